@@ -1,0 +1,438 @@
+// CPU kernels of neumf_fast::fused_input and its backward.
+//
+// Math (see neumf_fast/reference.py, the spec):
+//   pooled_user[b] = scale[b] * sum_l keep[b,l] * x[b,l,:]   (x dense, or user_table[ids[b,l]])
+//   pooled_item[b] = item[b] or item_table[item_ids[b]]
+//   proj_side      = pooled_side @ W_side^T + b_side          (identity with no weight)
+//   gmf            = proj_user[:, :h_mf] * proj_item[:, :h_mf]
+//   mlp_in         = cat(proj_user[:, h_mf:], proj_item[:, h_mf:])
+//
+// Tiling: rows are split across threads with at::parallel_for; each row of a pooled sum is
+// accumulated in the op-math type (fp32 for bf16/fp16, else the input type) with at::vec
+// vectors, and is never rounded to the input dtype before the projection.  The projections
+// are one BLAS GEMM per side against the stacked [H_mf + H_mlp, D] weight (a measured win over
+// a hand-written tile loop on AVX2); the GMF product and the cat are one epilogue pass.
+//
+// Saved for backward (returned as extra outputs, op-math dtype): pooled_user, pooled_item
+// (inputs of the weight gradients) and mf_user, mf_item (the other factor of each GMF
+// gradient).  Nothing of size [B, L, D] is saved.
+//
+// Backward: one pass forms d_proj from d_gmf and d_mlp_in; GEMMs give dW, d_pooled; db is a
+// column sum.  The dense sequence gradient broadcasts d_pooled over L under the mask.  A table
+// gradient is a deterministic scatter-add: each thread owns a range of table rows, zeroes it,
+// and adds the contributions that land in it in position order, so the result does not depend
+// on the thread count.  All offsets are int64.
+#include "../ops.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <torch/library.h>
+
+#include <type_traits>
+#include <vector>
+
+namespace neumf_fast {
+namespace {
+
+using at::Tensor;
+template <typename T>
+using opmath_t = at::opmath_type<T>;
+
+// acc[0:n] += w * src[0:n], reading src in its storage type and accumulating in op-math.
+template <typename scalar_t>
+inline void axpy_row(opmath_t<scalar_t>* acc, const scalar_t* src, opmath_t<scalar_t> w, int64_t n) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const Vec wv(w);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    Vec s;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      s = Vec::loadu(src + i);
+    } else {
+      at::vec::load_to_float<scalar_t>(src + i, s);
+    }
+    at::vec::fmadd(wv, s, Vec::loadu(acc + i)).store(acc + i);
+  }
+  for (; i < n; ++i) acc[i] += w * static_cast<acc_t>(src[i]);
+}
+
+// dst[0:n] = w * src[0:n], rounding once to the storage type.
+template <typename scalar_t>
+inline void scale_store_row(scalar_t* dst, const opmath_t<scalar_t>* src, opmath_t<scalar_t> w, int64_t n) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const Vec wv(w);
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (; i + Vec::size() <= n; i += Vec::size()) (wv * Vec::loadu(src + i)).store(dst + i);
+  } else {
+    for (; i + 2 * Vec::size() <= n; i += 2 * Vec::size()) {
+      auto lo = wv * Vec::loadu(src + i);
+      auto hi = wv * Vec::loadu(src + i + Vec::size());
+      at::vec::convert_from_float<scalar_t>(lo, hi).store(dst + i);
+    }
+  }
+  for (; i < n; ++i) dst[i] = static_cast<scalar_t>(w * src[i]);
+}
+
+template <typename scalar_t>
+inline void fill_zero(scalar_t* dst, int64_t n) {
+  std::fill(dst, dst + n, scalar_t(0));
+}
+
+// Rows per parallel task so that a task does roughly 32K element updates.
+inline int64_t grain_for(int64_t work_per_row) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_row));
+}
+
+// Per-row pooling scale: 1 for sum; 1/max(1, kept) for mean.  Also used by backward.
+template <typename acc_t, typename index_t>
+std::vector<acc_t> row_scales(const FusedDims& d, const Tensor& user, const std::optional<Tensor>& mask,
+                              const std::optional<int64_t>& padding_idx) {
+  std::vector<acc_t> scale(d.batch, acc_t(1));
+  if (!d.mean) return scale;
+  const int64_t L = d.seq_len;
+  if (d.user_ids && padding_idx.has_value()) {
+    const auto* ids = user.data_ptr<index_t>();
+    const int64_t pad = *padding_idx;
+    for (int64_t b = 0; b < d.batch; ++b) {
+      int64_t kept = 0;
+      for (int64_t l = 0; l < L; ++l) kept += static_cast<int64_t>(ids[b * L + l]) != pad;
+      scale[b] = acc_t(1) / static_cast<acc_t>(std::max<int64_t>(kept, 1));
+    }
+  } else if (!d.user_ids && mask.has_value()) {
+    const bool* m = mask->data_ptr<bool>();
+    for (int64_t b = 0; b < d.batch; ++b) {
+      int64_t kept = 0;
+      for (int64_t l = 0; l < L; ++l) kept += m[b * L + l];
+      scale[b] = acc_t(1) / static_cast<acc_t>(std::max<int64_t>(kept, 1));
+    }
+  } else {
+    std::fill(scale.begin(), scale.end(), acc_t(1) / static_cast<acc_t>(std::max<int64_t>(L, 1)));
+  }
+  return scale;
+}
+
+template <typename index_t>
+inline int64_t checked_id(index_t raw, int64_t rows, const char* name) {
+  const auto id = static_cast<int64_t>(raw);
+  TORCH_CHECK_INDEX(id >= 0 && id < rows, "neumf_fast: ", name, " id ", id, " is out of range for a table with ",
+                    rows, " rows");
+  return id;
+}
+
+// pooled[b, :] (op-math) from the dense or id user sequence.
+template <typename scalar_t, typename index_t>
+void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<Tensor>& mask,
+                    const std::optional<Tensor>& table, const std::optional<int64_t>& padding_idx,
+                    const std::vector<opmath_t<scalar_t>>& scale, Tensor& pooled) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t L = d.seq_len, D = d.user_dim;
+  auto* out = pooled.data_ptr<acc_t>();
+  const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  const scalar_t* x = d.user_ids ? table->data_ptr<scalar_t>() : user.data_ptr<scalar_t>();
+  const index_t* ids = d.user_ids ? user.data_ptr<index_t>() : nullptr;
+  const int64_t rows = d.user_ids ? table->size(0) : 0;
+  const bool has_pad = padding_idx.has_value();
+  const int64_t pad = padding_idx.value_or(0);
+  at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      acc_t* acc = out + b * D;
+      fill_zero(acc, D);
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t p = b * L + l;
+        const scalar_t* row;
+        if (ids != nullptr) {
+          if (has_pad && static_cast<int64_t>(ids[p]) == pad) continue;
+          row = x + checked_id(ids[p], rows, "user") * D;
+        } else {
+          if (m != nullptr && !m[p]) continue;
+          row = x + p * D;
+        }
+        axpy_row<scalar_t>(acc, row, acc_t(1), D);
+      }
+      if (scale[b] != acc_t(1)) {
+        for (int64_t i = 0; i < D; ++i) acc[i] *= scale[b];
+      }
+    }
+  });
+}
+
+// pooled_item[b, :] (op-math): the dense row or the gathered table row.
+template <typename scalar_t, typename index_t>
+void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optional<Tensor>& table, Tensor& pooled) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t D = d.item_dim;
+  auto* out = pooled.data_ptr<acc_t>();
+  const scalar_t* x = d.item_ids ? table->data_ptr<scalar_t>() : item.data_ptr<scalar_t>();
+  const index_t* ids = d.item_ids ? item.data_ptr<index_t>() : nullptr;
+  const int64_t rows = d.item_ids ? table->size(0) : 0;
+  at::parallel_for(0, d.batch, grain_for(D), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const scalar_t* row = ids != nullptr ? x + checked_id(ids[b], rows, "item") * D : x + b * D;
+      fill_zero(out + b * D, D);
+      axpy_row<scalar_t>(out + b * D, row, acc_t(1), D);
+    }
+  });
+}
+
+// [mf | mlp] = pooled @ W^T + b in op-math; the pooled rows themselves with no weight.
+Tensor project(const Tensor& pooled, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias) {
+  if (!weight.has_value()) return pooled;
+  const auto acc = pooled.scalar_type();
+  const Tensor w = weight->to(acc);
+  if (bias.has_value()) return at::addmm(bias->to(acc), pooled, w.t());
+  return at::mm(pooled, w.t());
+}
+
+// Dispatch on (float dtype, user index dtype, item index dtype); index types default to int64
+// for dense inputs so that only the used combinations do real work.
+#define NEUMF_DISPATCH(DTYPE, USER_IDX, ITEM_IDX, NAME, ...)                                          \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, DTYPE, NAME, [&] {                       \
+    AT_DISPATCH_INDEX_TYPES(USER_IDX, NAME, [&] {                                                     \
+      using user_index_t = index_t;                                                                   \
+      AT_DISPATCH_INDEX_TYPES(ITEM_IDX, NAME, [&] {                                                   \
+        using item_index_t = index_t;                                                                 \
+        __VA_ARGS__();                                                                                \
+      });                                                                                             \
+    });                                                                                               \
+  })
+
+at::ScalarType index_dtype(bool is_ids, const Tensor& t) { return is_ids ? t.scalar_type() : at::kLong; }
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
+    const Tensor& user_in, const std::optional<Tensor>& mask_in, const std::optional<Tensor>& user_table_in,
+    std::optional<int64_t> padding_idx, const Tensor& item_in, const std::optional<Tensor>& item_table_in,
+    const std::optional<Tensor>& user_weight, const std::optional<Tensor>& user_bias,
+    const std::optional<Tensor>& item_weight, const std::optional<Tensor>& item_bias, int64_t h_mf,
+    c10::string_view mode) {
+  const FusedDims d = check_fused_input(user_in, mask_in, user_table_in, padding_idx, item_in, item_table_in,
+                                        user_weight, user_bias, item_weight, item_bias, h_mf, mode);
+  TORCH_CHECK(user_in.device().is_cpu(), "neumf_fast: the CPU kernel got user on ", user_in.device());
+  // Non-contiguous inputs are accepted: made contiguous once here (a no-op when they already are).
+  const Tensor user = user_in.contiguous(), item = item_in.contiguous();
+  std::optional<Tensor> mask, user_table, item_table;
+  if (mask_in) mask = mask_in->contiguous();
+  if (user_table_in) user_table = user_table_in->contiguous();
+  if (item_table_in) item_table = item_table_in->contiguous();
+
+  const auto dtype = float_dtype(user, user_table);
+  const auto acc_dtype = at::toOpMathType(dtype);
+  const auto acc_opts = user.options().dtype(acc_dtype);
+  Tensor pooled_user = at::empty({d.batch, d.user_dim}, acc_opts);
+  Tensor pooled_item = at::empty({d.batch, d.item_dim}, acc_opts);
+  NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item), "neumf_fast.fused_input", [&] {
+    const auto scale = row_scales<opmath_t<scalar_t>, user_index_t>(d, user, mask, padding_idx);
+    pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user);
+    gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item);
+  });
+
+  const Tensor proj_user = project(pooled_user, user_weight, user_bias);
+  const Tensor proj_item = project(pooled_item, item_weight, item_bias);
+
+  const auto out_opts = user.options().dtype(dtype);
+  Tensor gmf = at::empty({d.batch, d.h_mf}, out_opts);
+  Tensor mlp_in = at::empty({d.batch, d.h_mlp_user() + d.h_mlp_item()}, out_opts);
+  Tensor mf_user = at::empty({d.batch, d.h_mf}, acc_opts);
+  Tensor mf_item = at::empty({d.batch, d.h_mf}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_epilogue", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+    const acc_t* pu = proj_user.data_ptr<acc_t>();
+    const acc_t* pi = proj_item.data_ptr<acc_t>();
+    scalar_t* g = gmf.data_ptr<scalar_t>();
+    scalar_t* mlp = mlp_in.data_ptr<scalar_t>();
+    acc_t* mfu = mf_user.data_ptr<acc_t>();
+    acc_t* mfi = mf_item.data_ptr<acc_t>();
+    at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const acc_t* u = pu + b * Hu;
+        const acc_t* v = pi + b * Hi;
+        for (int64_t j = 0; j < Hm; ++j) {
+          mfu[b * Hm + j] = u[j];
+          mfi[b * Hm + j] = v[j];
+          g[b * Hm + j] = static_cast<scalar_t>(u[j] * v[j]);
+        }
+        scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi), u + Hm, acc_t(1), Hmu);
+        scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi) + Hmu, v + Hm, acc_t(1), Hmi);
+      }
+    });
+  });
+  return {gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item};
+}
+
+// Scatter-add of scale[p / L] * grad_pooled[p / L] into table rows ids[p] (p over B*L), skipping
+// padding.  Deterministic: each task owns rows [r0, r1) and adds in position order.
+template <typename scalar_t, typename index_t>
+Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& padding_idx, int64_t rows,
+                  int64_t dim, const Tensor& grad_pooled, const std::vector<opmath_t<scalar_t>>& scale) {
+  using acc_t = opmath_t<scalar_t>;
+  constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+  Tensor out = at::empty({rows, dim}, ids_t.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+  // Reduced dtypes accumulate in an op-math buffer and round once at the end.
+  Tensor buf = direct ? out : at::empty({rows, dim}, ids_t.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const index_t* ids = ids_t.data_ptr<index_t>();
+  const acc_t* gp = grad_pooled.data_ptr<acc_t>();
+  acc_t* acc = buf.data_ptr<acc_t>();
+  const int64_t positions = ids_t.numel();
+  const bool has_pad = padding_idx.has_value();
+  const int64_t pad = padding_idx.value_or(0);
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = rows * t / tasks, r1 = rows * (t + 1) / tasks;
+      fill_zero(acc + r0 * dim, (r1 - r0) * dim);
+      for (int64_t p = 0; p < positions; ++p) {
+        const auto id = static_cast<int64_t>(ids[p]);
+        if (id < r0 || id >= r1 || (has_pad && id == pad)) continue;
+        const int64_t b = p / L;
+        axpy_row<acc_t>(acc + id * dim, gp + b * dim, scale[b], dim);
+      }
+      if constexpr (!direct) {
+        scalar_t* o = out.data_ptr<scalar_t>();
+        for (int64_t r = r0; r < r1; ++r) scale_store_row<scalar_t>(o + r * dim, acc + r * dim, acc_t(1), dim);
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_cpu(
+    const Tensor& grad_gmf_in, const Tensor& grad_mlp_in_in, const Tensor& user_in,
+    const std::optional<Tensor>& mask_in, const std::optional<Tensor>& user_table,
+    std::optional<int64_t> padding_idx, const Tensor& item_in, const std::optional<Tensor>& item_table,
+    const std::optional<Tensor>& user_weight, const std::optional<Tensor>& user_bias,
+    const std::optional<Tensor>& item_weight, const std::optional<Tensor>& item_bias, int64_t h_mf,
+    c10::string_view mode, const Tensor& pooled_user, const Tensor& pooled_item, const Tensor& mf_user,
+    const Tensor& mf_item, std::array<bool, 6> output_mask) {
+  const FusedDims d = check_fused_input(user_in, mask_in, user_table, padding_idx, item_in, item_table,
+                                        user_weight, user_bias, item_weight, item_bias, h_mf, mode);
+  const auto dtype = float_dtype(user_in, user_table);
+  const auto acc_dtype = at::toOpMathType(dtype);
+  auto check_saved = [&](const Tensor& t, const char* name, int64_t cols) {
+    TORCH_CHECK(t.scalar_type() == acc_dtype && t.dim() == 2 && t.size(0) == d.batch && t.size(1) == cols,
+                "neumf_fast: saved ", name, " must be ", acc_dtype, " [", d.batch, ", ", cols, "], got ",
+                t.scalar_type(), " ", t.sizes());
+  };
+  check_saved(pooled_user, "pooled_user", d.user_dim);
+  check_saved(pooled_item, "pooled_item", d.item_dim);
+  check_saved(mf_user, "mf_user", d.h_mf);
+  check_saved(mf_item, "mf_item", d.h_mf);
+  TORCH_CHECK(grad_gmf_in.sizes() == mf_user.sizes(), "neumf_fast: grad_gmf must be ", mf_user.sizes(), ", got ",
+              grad_gmf_in.sizes());
+  TORCH_CHECK(grad_mlp_in_in.dim() == 2 && grad_mlp_in_in.size(0) == d.batch &&
+                  grad_mlp_in_in.size(1) == d.h_mlp_user() + d.h_mlp_item(),
+              "neumf_fast: grad_mlp_in must be [", d.batch, ", ", d.h_mlp_user() + d.h_mlp_item(), "], got ",
+              grad_mlp_in_in.sizes());
+  const Tensor user = user_in.contiguous(), item = item_in.contiguous();
+  const Tensor grad_gmf = grad_gmf_in.contiguous(), grad_mlp = grad_mlp_in_in.contiguous();
+  std::optional<Tensor> mask;
+  if (mask_in) mask = mask_in->contiguous();
+  const auto [want_user_src, want_item_src, want_user_w, want_user_b, want_item_w, want_item_b] = output_mask;
+
+  // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math.
+  const auto acc_opts = user.options().dtype(acc_dtype);
+  Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
+  Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_backward_dproj", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+    const scalar_t* gg = grad_gmf.data_ptr<scalar_t>();
+    const scalar_t* gm = grad_mlp.data_ptr<scalar_t>();
+    const acc_t* mfu = mf_user.data_ptr<acc_t>();
+    const acc_t* mfi = mf_item.data_ptr<acc_t>();
+    acc_t* du = dproj_user.data_ptr<acc_t>();
+    acc_t* di = dproj_item.data_ptr<acc_t>();
+    at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t j = 0; j < Hm; ++j) {
+          const acc_t g = static_cast<acc_t>(gg[b * Hm + j]);
+          du[b * Hu + j] = g * mfi[b * Hm + j];
+          di[b * Hi + j] = g * mfu[b * Hm + j];
+        }
+        for (int64_t j = 0; j < Hmu; ++j) du[b * Hu + Hm + j] = static_cast<acc_t>(gm[b * (Hmu + Hmi) + j]);
+        for (int64_t j = 0; j < Hmi; ++j) di[b * Hi + Hm + j] = static_cast<acc_t>(gm[b * (Hmu + Hmi) + Hmu + j]);
+      }
+    });
+  });
+
+  const auto out_opts = user.options().dtype(dtype);
+  // Gradients not asked for are empty tensors, each its own (outputs of an op must not alias).
+  auto none = [&] { return at::empty({0}, out_opts); };
+  // Weight and bias gradients; d_pooled = d_proj @ W (d_proj itself with no projection).
+  auto side = [&](const Tensor& dproj, const Tensor& pooled, const std::optional<Tensor>& w, bool want_src,
+                  bool want_w, bool want_b) {
+    Tensor gw = none(), gb = none(), dpooled;
+    if (w.has_value()) {
+      if (want_w) gw = at::mm(dproj.t(), pooled).to(dtype);
+      if (want_b) gb = at::sum(dproj, {0}).to(dtype);
+      if (want_src) dpooled = at::mm(dproj, w->to(acc_dtype));
+    } else {
+      dpooled = dproj;
+    }
+    return std::make_tuple(dpooled, gw, gb);
+  };
+  auto [dpooled_user, grad_user_w, grad_user_b] =
+      side(dproj_user, pooled_user, user_weight, want_user_src, want_user_w, want_user_b && user_bias.has_value());
+  auto [dpooled_item, grad_item_w, grad_item_b] =
+      side(dproj_item, pooled_item, item_weight, want_item_src, want_item_w, want_item_b && item_bias.has_value());
+
+  Tensor grad_user_src = none(), grad_item_src = none();
+  NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item),
+                 "neumf_fast.fused_input_backward", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    if (want_user_src) {
+      const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
+      if (d.user_ids) {
+        grad_user_src = table_grad<scalar_t, user_index_t>(user, d.seq_len, padding_idx, user_table->size(0),
+                                                           d.user_dim, dpooled_user, scale);
+      } else {
+        // d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b]: the broadcast over L.
+        const int64_t L = d.seq_len, D = d.user_dim;
+        grad_user_src = at::empty({d.batch, L, D}, out_opts);
+        scalar_t* gx = grad_user_src.data_ptr<scalar_t>();
+        const acc_t* gp = dpooled_user.data_ptr<acc_t>();
+        const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+        at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            for (int64_t l = 0; l < L; ++l) {
+              const int64_t p = b * L + l;
+              if (m != nullptr && !m[p]) {
+                fill_zero(gx + p * D, D);
+              } else {
+                scale_store_row<scalar_t>(gx + p * D, gp + b * D, scale[b], D);
+              }
+            }
+          }
+        });
+      }
+    }
+    if (want_item_src) {
+      if (d.item_ids) {
+        const std::vector<acc_t> ones(d.batch, acc_t(1));
+        grad_item_src = table_grad<scalar_t, item_index_t>(item, 1, std::nullopt, item_table->size(0), d.item_dim,
+                                                           dpooled_item, ones);
+      } else {
+        grad_item_src = dpooled_item.to(dtype);  // a fresh tensor: dpooled_item is ours
+      }
+    }
+  });
+  return {grad_user_src, grad_item_src, grad_user_w, grad_user_b, grad_item_w, grad_item_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(neumf_fast, CPU, m) {
+  m.impl("fused_input", &fused_input_cpu);
+  m.impl("fused_input_backward", &fused_input_backward_cpu);
+}
+
+}  // namespace neumf_fast

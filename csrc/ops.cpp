@@ -1,0 +1,137 @@
+// The neumf_fast op namespace: schemas (declared once, here) and the shared argument checks.
+// Device files only register implementations (TORCH_LIBRARY_IMPL); Python adds the fake
+// (meta) kernels and autograd (neumf_fast/ops/_registration.py).
+#include "ops.h"
+
+#include <Python.h>
+#include <torch/library.h>
+
+namespace neumf_fast {
+
+namespace {
+
+bool is_index_dtype(at::ScalarType t) { return t == at::kLong || t == at::kInt; }
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+void check_same(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device) {
+  TORCH_CHECK(t.scalar_type() == dtype, "neumf_fast: ", name, " has dtype ", t.scalar_type(),
+              " but the other float inputs have ", dtype);
+  TORCH_CHECK(t.device() == device, "neumf_fast: ", name, " is on ", t.device(),
+              " but user is on ", device);
+}
+
+}  // namespace
+
+at::ScalarType float_dtype(const at::Tensor& user, const std::optional<at::Tensor>& user_table) {
+  return user_table.has_value() ? user_table->scalar_type() : user.scalar_type();
+}
+
+FusedDims check_fused_input(
+    const at::Tensor& user, const std::optional<at::Tensor>& user_mask,
+    const std::optional<at::Tensor>& user_table, const std::optional<int64_t>& padding_idx,
+    const at::Tensor& item, const std::optional<at::Tensor>& item_table,
+    const std::optional<at::Tensor>& user_weight, const std::optional<at::Tensor>& user_bias,
+    const std::optional<at::Tensor>& item_weight, const std::optional<at::Tensor>& item_bias,
+    int64_t h_mf, std::string_view mode) {
+  FusedDims d;
+  const auto device = user.device();
+  TORCH_CHECK(mode == "sum" || mode == "mean", "neumf_fast: mode must be 'sum' or 'mean', got '",
+              std::string(mode), "'");
+  d.mean = mode == "mean";
+
+  d.user_ids = is_index_dtype(user.scalar_type());
+  TORCH_CHECK(d.user_ids || is_float_dtype(user.scalar_type()),
+              "neumf_fast: user must be float [B, L, D] or int32/int64 ids [B, L], got dtype ",
+              user.scalar_type());
+  NEUMF_CHECK_DEFINED_IF(d.user_ids, user_table, "user_table");
+  if (d.user_ids) {
+    TORCH_CHECK(user.dim() == 2, "neumf_fast: user ids must be [B, L], got ", user.sizes());
+    TORCH_CHECK(!user_mask.has_value(), "neumf_fast: user_mask must be None for id input (use padding_idx)");
+    TORCH_CHECK(user_table->dim() == 2, "neumf_fast: user_table must be [N, D], got ", user_table->sizes());
+    d.user_dim = user_table->size(1);
+  } else {
+    TORCH_CHECK(user.dim() == 3, "neumf_fast: dense user must be [B, L, D], got ", user.sizes());
+    TORCH_CHECK(!padding_idx.has_value(), "neumf_fast: padding_idx must be None for dense input (use user_mask)");
+    d.user_dim = user.size(2);
+    if (user_mask.has_value()) {
+      TORCH_CHECK(user_mask->scalar_type() == at::kBool, "neumf_fast: user_mask must be bool, got ",
+                  user_mask->scalar_type());
+      TORCH_CHECK(user_mask->sizes() == user.sizes().slice(0, 2), "neumf_fast: user_mask must be [B, L] = ",
+                  user.sizes().slice(0, 2), ", got ", user_mask->sizes());
+      TORCH_CHECK(user_mask->device() == device, "neumf_fast: user_mask is on ", user_mask->device(),
+                  " but user is on ", device);
+    }
+  }
+  d.batch = user.size(0);
+  d.seq_len = user.size(1);
+  const auto dtype = float_dtype(user, user_table);
+  TORCH_CHECK(is_float_dtype(dtype), "neumf_fast: float inputs must be float16/bfloat16/float32/float64, got ", dtype);
+  if (d.user_ids) check_same(*user_table, "user_table", dtype, device);
+
+  d.item_ids = is_index_dtype(item.scalar_type());
+  TORCH_CHECK(d.item_ids || is_float_dtype(item.scalar_type()),
+              "neumf_fast: item must be float [B, D_i] or int32/int64 ids [B], got dtype ", item.scalar_type());
+  NEUMF_CHECK_DEFINED_IF(d.item_ids, item_table, "item_table");
+  if (d.item_ids) {
+    TORCH_CHECK(item.dim() == 1, "neumf_fast: item ids must be [B], got ", item.sizes());
+    TORCH_CHECK(item_table->dim() == 2, "neumf_fast: item_table must be [N_i, D_i], got ", item_table->sizes());
+    TORCH_CHECK(item.device() == device, "neumf_fast: item is on ", item.device(), " but user is on ", device);
+    check_same(*item_table, "item_table", dtype, device);
+    d.item_dim = item_table->size(1);
+  } else {
+    TORCH_CHECK(item.dim() == 2, "neumf_fast: dense item must be [B, D_i], got ", item.sizes());
+    check_same(item, "item", dtype, device);
+    d.item_dim = item.size(1);
+  }
+  TORCH_CHECK(item.size(0) == d.batch, "neumf_fast: user has ", d.batch, " rows but item has ", item.size(0));
+
+  auto check_side = [&](const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
+                        int64_t in_dim, const char* wname, const char* bname) -> int64_t {
+    if (!w.has_value()) {
+      TORCH_CHECK(!b.has_value(), "neumf_fast: ", bname, " given without ", wname);
+      return in_dim;
+    }
+    TORCH_CHECK(w->dim() == 2 && w->size(1) == in_dim, "neumf_fast: ", wname, " must be [H_mf + H_mlp, ",
+                in_dim, "], got ", w->sizes());
+    check_same(*w, wname, dtype, device);
+    if (b.has_value()) {
+      TORCH_CHECK(b->dim() == 1 && b->size(0) == w->size(0), "neumf_fast: ", bname, " must be [",
+                  w->size(0), "], got ", b->sizes());
+      check_same(*b, bname, dtype, device);
+    }
+    return w->size(0);
+  };
+  d.user_proj = check_side(user_weight, user_bias, d.user_dim, "user_weight", "user_bias");
+  d.item_proj = check_side(item_weight, item_bias, d.item_dim, "item_weight", "item_bias");
+  TORCH_CHECK(h_mf >= 0 && h_mf <= d.user_proj && h_mf <= d.item_proj, "neumf_fast: h_mf=", h_mf,
+              " must lie in [0, min(", d.user_proj, ", ", d.item_proj, ")] (the user and item projection widths)");
+  d.h_mf = h_mf;
+  return d;
+}
+
+TORCH_LIBRARY(neumf_fast, m) {
+  m.def(
+      "fused_input(Tensor user, Tensor? user_mask, Tensor? user_table, int? padding_idx, Tensor item, "
+      "Tensor? item_table, Tensor? user_weight, Tensor? user_bias, Tensor? item_weight, Tensor? item_bias, "
+      "int h_mf, str mode) -> (Tensor gmf, Tensor mlp_in, Tensor pooled_user, Tensor pooled_item, "
+      "Tensor mf_user, Tensor mf_item)");
+  m.def(
+      "fused_input_backward(Tensor grad_gmf, Tensor grad_mlp_in, Tensor user, Tensor? user_mask, "
+      "Tensor? user_table, int? padding_idx, Tensor item, Tensor? item_table, Tensor? user_weight, "
+      "Tensor? user_bias, Tensor? item_weight, Tensor? item_bias, int h_mf, str mode, Tensor pooled_user, "
+      "Tensor pooled_item, Tensor mf_user, Tensor mf_item, bool[6] output_mask) -> (Tensor grad_user_source, "
+      "Tensor grad_item_source, Tensor grad_user_weight, Tensor grad_user_bias, Tensor grad_item_weight, "
+      "Tensor grad_item_bias)");
+}
+
+}  // namespace neumf_fast
+
+// The shared library is imported as the Python module neumf_fast._C, which runs the
+// TORCH_LIBRARY registrations above as a side effect.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

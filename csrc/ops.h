@@ -1,0 +1,47 @@
+// Shared declarations of the neumf_fast op namespace: the dimensions of one fused NeuMF input
+// call and the argument checks every device implementation runs before touching data.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <string_view>
+
+namespace neumf_fast {
+
+// Checks that run at the top of every entry point; messages name the argument.
+#define NEUMF_CHECK_DEFINED_IF(cond, opt, name)                                   \
+  TORCH_CHECK((cond) == (opt).has_value(), "neumf_fast: ", name,                  \
+              (cond) ? " is required here" : " must be None here")
+
+// Sizes of one call, all int64 so that every offset computed from them is 64-bit.
+struct FusedDims {
+  int64_t batch = 0;        // B
+  int64_t seq_len = 0;      // L
+  int64_t user_dim = 0;     // D
+  int64_t item_dim = 0;     // D_i
+  int64_t user_proj = 0;    // H_mf + H_mlp_user (D with no projection)
+  int64_t item_proj = 0;    // H_mf + H_mlp_item (D_i with no projection)
+  int64_t h_mf = 0;
+  bool user_ids = false;    // user is ids into user_table, else dense [B, L, D]
+  bool item_ids = false;    // item is ids into item_table, else dense [B, D_i]
+  bool mean = false;        // mode == "mean"
+  int64_t h_mlp_user() const { return user_proj - h_mf; }
+  int64_t h_mlp_item() const { return item_proj - h_mf; }
+};
+
+// Validates ranks, shapes, dtypes and devices of a fused_input call and returns its sizes.
+// Id ranges are data, not metadata: each kernel checks them where it reads them.
+FusedDims check_fused_input(
+    const at::Tensor& user, const std::optional<at::Tensor>& user_mask,
+    const std::optional<at::Tensor>& user_table, const std::optional<int64_t>& padding_idx,
+    const at::Tensor& item, const std::optional<at::Tensor>& item_table,
+    const std::optional<at::Tensor>& user_weight, const std::optional<at::Tensor>& user_bias,
+    const std::optional<at::Tensor>& item_weight, const std::optional<at::Tensor>& item_bias,
+    int64_t h_mf, std::string_view mode);
+
+// The dtype of the float inputs (all share one).
+at::ScalarType float_dtype(const at::Tensor& user, const std::optional<at::Tensor>& user_table);
+
+}  // namespace neumf_fast

@@ -1,0 +1,56 @@
+"""The fused NeuMF input op: one call for sequence pooling, the dual user/item projections and
+the GMF product.  ``neumf_input`` validates, picks a backend and runs it; see
+``neumf_fast.reference`` for the exact math every backend reproduces."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._checks import FusedDims, check_inputs
+from .dispatch import BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, available_backends, select_backend
+
+
+def neumf_input(
+    user: Tensor,
+    item: Tensor,
+    *,
+    h_mf: int,
+    user_mask: Tensor | None = None,
+    user_table: Tensor | None = None,
+    padding_idx: int | None = None,
+    item_table: Tensor | None = None,
+    user_weight: Tensor | None = None,
+    user_bias: Tensor | None = None,
+    item_weight: Tensor | None = None,
+    item_bias: Tensor | None = None,
+    mode: str = "sum",
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Fused first half of a NeuMF forward pass; returns ``(gmf, mlp_in)``.
+
+    Args:
+        user: dense ``[B, L, D]`` float sequence, or int32/int64 ids ``[B, L]`` into ``user_table``.
+        item: dense ``[B, D_i]`` float vectors, or int32/int64 ids ``[B]`` into ``item_table``.
+        h_mf: width of the GMF part; the rest of each projection is its MLP part.
+        user_mask: optional bool ``[B, L]`` for dense input; ``False`` positions are ignored.
+        padding_idx: for id input, the id that marks an empty position.
+        user_weight / item_weight: the stacked ``[H_mf + H_mlp, D]`` projection of each side, or
+            ``None`` to split the pooled vector itself as ``[mf | mlp]``.
+        user_bias / item_bias: optional ``[H_mf + H_mlp]`` biases.
+        mode: ``"sum"`` or ``"mean"`` pooling (a row with nothing unmasked pools to zeros).
+        backend: ``"auto"``, ``"cpu"`` or ``"torch"``; ``NEUMF_FAST_BACKEND`` overrides it.
+
+    Returns:
+        ``gmf = mf_user * mf_item`` of shape ``[B, h_mf]`` and
+        ``mlp_in = cat(mlp_user, mlp_item)`` of shape ``[B, H_mlp_user + H_mlp_item]``.
+    """
+    args = (user, user_mask, user_table, padding_idx, item, item_table,
+            user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+    dims = check_inputs(*args)
+    return select_backend(dims, backend).run(*args)
+
+
+__all__ = [
+    "BACKENDS", "ENV_VAR", "PREFERENCE", "BackendUnavailable", "FusedDims",
+    "available_backends", "check_inputs", "neumf_input", "select_backend",
+]

@@ -1,0 +1,146 @@
+"""Metadata checks of a fused NeuMF input call, shared by every backend and the fake kernel.
+
+They read only shapes, dtypes and devices (no data, no host sync).  Id ranges are data: each
+backend checks them where it reads the ids.  The C++ entry points repeat these checks for
+callers that reach ``torch.ops.neumf_fast`` directly (csrc/ops.cpp).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+INDEX_DTYPES = (torch.int64, torch.int32)
+MODES = ("sum", "mean")
+
+
+class FusedDims(NamedTuple):
+    batch: int
+    seq_len: int
+    user_dim: int
+    item_dim: int
+    user_proj: int  # H_mf + H_mlp_user (user_dim with no projection)
+    item_proj: int  # H_mf + H_mlp_item
+    h_mf: int
+    user_ids: bool
+    item_ids: bool
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def h_mlp(self) -> int:
+        return self.user_proj + self.item_proj - 2 * self.h_mf
+
+
+def _same(t: Tensor, name: str, dtype: torch.dtype, device: torch.device) -> None:
+    if t.dtype != dtype:
+        raise TypeError(f"neumf_fast: {name} has dtype {t.dtype} but the other float inputs have {dtype}")
+    if t.device != device:
+        raise ValueError(f"neumf_fast: {name} is on {t.device} but user is on {device}")
+
+
+def _side(w: Tensor | None, b: Tensor | None, in_dim: int, wname: str, bname: str, dtype, device) -> int:
+    if w is None:
+        if b is not None:
+            raise ValueError(f"neumf_fast: {bname} given without {wname}")
+        return in_dim
+    if w.dim() != 2 or w.shape[1] != in_dim:
+        raise ValueError(f"neumf_fast: {wname} must be [H_mf + H_mlp, {in_dim}], got {list(w.shape)}")
+    _same(w, wname, dtype, device)
+    if b is not None:
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"neumf_fast: {bname} must be [{w.shape[0]}], got {list(b.shape)}")
+        _same(b, bname, dtype, device)
+    return w.shape[0]
+
+
+def check_inputs(
+    user: Tensor,
+    user_mask: Tensor | None,
+    user_table: Tensor | None,
+    padding_idx: int | None,
+    item: Tensor,
+    item_table: Tensor | None,
+    user_weight: Tensor | None,
+    user_bias: Tensor | None,
+    item_weight: Tensor | None,
+    item_bias: Tensor | None,
+    h_mf: int,
+    mode: str,
+) -> FusedDims:
+    """Validates one call and returns its sizes; raises TypeError/ValueError naming the argument."""
+    if not isinstance(user, Tensor) or not isinstance(item, Tensor):
+        raise TypeError("neumf_fast: user and item must be tensors")
+    if mode not in MODES:
+        raise ValueError(f"neumf_fast: mode must be one of {MODES}, got {mode!r}")
+    device = user.device
+    user_ids = user.dtype in INDEX_DTYPES
+    if user_ids:
+        if user_table is None:
+            raise ValueError("neumf_fast: user ids need user_table")
+        if user.dim() != 2:
+            raise ValueError(f"neumf_fast: user ids must be [B, L], got {list(user.shape)}")
+        if user_mask is not None:
+            raise ValueError("neumf_fast: user_mask must be None for id input (use padding_idx)")
+        if user_table.dim() != 2:
+            raise ValueError(f"neumf_fast: user_table must be [N, D], got {list(user_table.shape)}")
+        dtype, user_dim = user_table.dtype, user_table.shape[1]
+        if user_table.device != device:
+            raise ValueError(f"neumf_fast: user_table is on {user_table.device} but user is on {device}")
+    elif user.dtype in FLOAT_DTYPES:
+        if user_table is not None:
+            raise ValueError("neumf_fast: user_table must be None when user is dense (ids are int32/int64)")
+        if user.dim() != 3:
+            raise ValueError(f"neumf_fast: dense user must be [B, L, D], got {list(user.shape)}")
+        if padding_idx is not None:
+            raise ValueError("neumf_fast: padding_idx must be None for dense input (use user_mask)")
+        if user_mask is not None:
+            if user_mask.dtype != torch.bool:
+                raise TypeError(f"neumf_fast: user_mask must be bool, got {user_mask.dtype}")
+            if user_mask.shape != user.shape[:2]:
+                raise ValueError(f"neumf_fast: user_mask must be [B, L] = {list(user.shape[:2])}, got {list(user_mask.shape)}")
+            if user_mask.device != device:
+                raise ValueError(f"neumf_fast: user_mask is on {user_mask.device} but user is on {device}")
+        dtype, user_dim = user.dtype, user.shape[2]
+    else:
+        raise TypeError(f"neumf_fast: user must be float [B, L, D] or int32/int64 ids [B, L], got dtype {user.dtype}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"neumf_fast: float inputs must be one of {FLOAT_DTYPES}, got {dtype}")
+
+    if item.dtype in INDEX_DTYPES:
+        if item_table is None:
+            raise ValueError("neumf_fast: item ids need item_table")
+        if item.dim() != 1:
+            raise ValueError(f"neumf_fast: item ids must be [B], got {list(item.shape)}")
+        if item.device != device:
+            raise ValueError(f"neumf_fast: item is on {item.device} but user is on {device}")
+        if item_table.dim() != 2:
+            raise ValueError(f"neumf_fast: item_table must be [N_i, D_i], got {list(item_table.shape)}")
+        _same(item_table, "item_table", dtype, device)
+        item_dim = item_table.shape[1]
+    elif item.dtype in FLOAT_DTYPES:
+        if item_table is not None:
+            raise ValueError("neumf_fast: item_table must be None when item is dense (ids are int32/int64)")
+        if item.dim() != 2:
+            raise ValueError(f"neumf_fast: dense item must be [B, D_i], got {list(item.shape)}")
+        _same(item, "item", dtype, device)
+        item_dim = item.shape[1]
+    else:
+        raise TypeError(f"neumf_fast: item must be float [B, D_i] or int32/int64 ids [B], got dtype {item.dtype}")
+    if item.shape[0] != user.shape[0]:
+        raise ValueError(f"neumf_fast: user has {user.shape[0]} rows but item has {item.shape[0]}")
+
+    user_proj = _side(user_weight, user_bias, user_dim, "user_weight", "user_bias", dtype, device)
+    item_proj = _side(item_weight, item_bias, item_dim, "item_weight", "item_bias", dtype, device)
+    if not 0 <= h_mf <= min(user_proj, item_proj):
+        raise ValueError(
+            f"neumf_fast: h_mf={h_mf} must lie in [0, min({user_proj}, {item_proj})] "
+            "(the user and item projection widths)"
+        )
+    return FusedDims(
+        user.shape[0], user.shape[1], user_dim, item_dim, user_proj, item_proj, h_mf,
+        user_ids, item.dtype in INDEX_DTYPES, dtype, device,
+    )

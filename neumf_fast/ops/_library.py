@@ -1,0 +1,123 @@
+"""The ``torch.ops.neumf_fast`` namespace on the Python side: fake kernels and autograd.
+
+The C++ extension declares the schemas (csrc/ops.cpp) and registers the CPU (and, when built,
+CUDA) kernels.  This module loads it and adds what ``torch.compile`` and autograd need, so
+that every device implementation of ``fused_input`` shares one autograd formula:
+
+- ``fused_input`` returns ``(gmf, mlp_in)`` plus the tensors backward needs, in op-math dtype
+  (fp32 for bf16/fp16): ``pooled_user``, ``pooled_item``, ``mf_user``, ``mf_item``.
+- ``fused_input_backward`` returns the gradients of the user source (dense sequence or user
+  table), the item source (dense item or item table), and both weights and biases; a gradient
+  nobody asked for comes back as an empty tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_inputs
+
+try:
+    from neumf_fast import _C  # noqa: F401  (loading it registers the ops)
+
+    EXTENSION_ERROR: str | None = None
+except ImportError as exc:  # built with NEUMF_FAST_SKIP_EXTENSION=1, or a failed build
+    EXTENSION_ERROR = f"the C++ extension neumf_fast._C is not built ({exc})"
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _fake_fused_input(user, user_mask, user_table, padding_idx, item, item_table,
+                      user_weight, user_bias, item_weight, item_bias, h_mf, mode):
+    d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
+                     user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+    acc = _opmath(d.dtype)
+    new = user.new_empty
+    return (
+        new((d.batch, h_mf), dtype=d.dtype),
+        new((d.batch, d.h_mlp), dtype=d.dtype),
+        new((d.batch, d.user_dim), dtype=acc),
+        new((d.batch, d.item_dim), dtype=acc),
+        new((d.batch, h_mf), dtype=acc),
+        new((d.batch, h_mf), dtype=acc),
+    )
+
+
+def _fake_fused_input_backward(grad_gmf, grad_mlp_in, user, user_mask, user_table, padding_idx, item,
+                               item_table, user_weight, user_bias, item_weight, item_bias, h_mf, mode,
+                               pooled_user, pooled_item, mf_user, mf_item, output_mask):
+    d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
+                     user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+    user_src = user_table if d.user_ids else user
+    item_src = item_table if d.item_ids else item
+    shapes = [
+        user_src.shape,
+        item_src.shape,
+        user_weight.shape if user_weight is not None else None,
+        user_bias.shape if user_bias is not None else None,
+        item_weight.shape if item_weight is not None else None,
+        item_bias.shape if item_bias is not None else None,
+    ]
+    return tuple(
+        grad_gmf.new_empty(shape if want and shape is not None else (0,), dtype=d.dtype)
+        for want, shape in zip(output_mask, shapes)
+    )
+
+
+_INPUT_NAMES = ("user", "user_mask", "user_table", "padding_idx", "item", "item_table",
+                "user_weight", "user_bias", "item_weight", "item_bias", "h_mf", "mode")
+
+
+def _setup_context(ctx, inputs, output):
+    args = dict(zip(_INPUT_NAMES, inputs))
+    _, _, pooled_user, pooled_item, mf_user, mf_item = output
+    ctx.mark_non_differentiable(pooled_user, pooled_item, mf_user, mf_item)
+    ctx.save_for_backward(*(args[n] for n in _INPUT_NAMES if n not in ("padding_idx", "h_mf", "mode")),
+                          pooled_user, pooled_item, mf_user, mf_item)
+    ctx.padding_idx, ctx.h_mf, ctx.mode = args["padding_idx"], args["h_mf"], args["mode"]
+
+
+def _backward(ctx, grad_gmf, grad_mlp_in, *_unused):
+    (user, user_mask, user_table, item, item_table, user_weight, user_bias, item_weight, item_bias,
+     pooled_user, pooled_item, mf_user, mf_item) = ctx.saved_tensors
+    need = dict(zip(_INPUT_NAMES, ctx.needs_input_grad))
+    user_ids, item_ids = user_table is not None, item_table is not None
+    want_user_src = need["user_table"] if user_ids else need["user"]
+    want_item_src = need["item_table"] if item_ids else need["item"]
+    dtype = user_table.dtype if user_ids else user.dtype
+    batch = user.shape[0]
+    if grad_gmf is None:
+        grad_gmf = torch.zeros((batch, ctx.h_mf), dtype=dtype, device=user.device)
+    if grad_mlp_in is None:
+        width = (user_weight.shape[0] if user_weight is not None else pooled_user.shape[1]) + (
+            item_weight.shape[0] if item_weight is not None else pooled_item.shape[1]) - 2 * ctx.h_mf
+        grad_mlp_in = torch.zeros((batch, width), dtype=dtype, device=user.device)
+    mask = [want_user_src, want_item_src, need["user_weight"], need["user_bias"], need["item_weight"], need["item_bias"]]
+    grads = torch.ops.neumf_fast.fused_input_backward(
+        grad_gmf, grad_mlp_in, user, user_mask, user_table, ctx.padding_idx, item, item_table,
+        user_weight, user_bias, item_weight, item_bias, ctx.h_mf, ctx.mode,
+        pooled_user, pooled_item, mf_user, mf_item, mask)
+    g_user_src, g_item_src, g_uw, g_ub, g_iw, g_ib = (g if want else None for g, want in zip(grads, mask))
+    out = dict.fromkeys(_INPUT_NAMES)
+    out["user_table" if user_ids else "user"] = g_user_src
+    out["item_table" if item_ids else "item"] = g_item_src
+    out.update(user_weight=g_uw, user_bias=g_ub, item_weight=g_iw, item_bias=g_ib)
+    return tuple(out[n] for n in _INPUT_NAMES)
+
+
+if EXTENSION_ERROR is None:
+    torch.library.register_fake("neumf_fast::fused_input")(_fake_fused_input)
+    torch.library.register_fake("neumf_fast::fused_input_backward")(_fake_fused_input_backward)
+    torch.library.register_autograd("neumf_fast::fused_input", _backward, setup_context=_setup_context)
+
+
+def fused_input(user: Tensor, user_mask, user_table, padding_idx, item, item_table,
+                user_weight, user_bias, item_weight, item_bias, h_mf: int, mode: str) -> tuple[Tensor, Tensor]:
+    """``(gmf, mlp_in)`` from the registered op (whichever device kernel the tensors select)."""
+    gmf, mlp_in, *_saved = torch.ops.neumf_fast.fused_input(
+        user, user_mask, user_table, padding_idx, item, item_table,
+        user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+    return gmf, mlp_in

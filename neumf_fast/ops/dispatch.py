@@ -1,0 +1,102 @@
+"""Backend selection for the fused NeuMF input op.
+
+Each backend can say why it cannot run a given call (``not_supported_reasons``).  ``"auto"``
+takes the first backend in ``PREFERENCE`` with no reasons; an explicitly requested backend
+that cannot run raises, listing its reasons.  ``NEUMF_FAST_BACKEND`` in the environment forces
+a backend for the whole process, overriding the ``backend=`` argument.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable
+
+from . import _library
+from ._checks import FusedDims
+from .. import reference
+
+ENV_VAR = "NEUMF_FAST_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """A requested backend cannot run these inputs; the message lists why."""
+
+
+class Backend:
+    """One implementation of the op: a name, a reason check and a call."""
+
+    def __init__(self, name: str, reasons: Callable[[FusedDims], list[str]], run: Callable):
+        self.name, self._reasons, self.run = name, reasons, run
+
+    def not_supported_reasons(self, dims: FusedDims) -> list[str]:
+        return self._reasons(dims)
+
+
+def _torch_reasons(dims: FusedDims) -> list[str]:
+    return []
+
+
+def _cpu_reasons(dims: FusedDims) -> list[str]:
+    reasons = []
+    if _library.EXTENSION_ERROR is not None:
+        reasons.append(_library.EXTENSION_ERROR)
+    if dims.device.type != "cpu":
+        reasons.append(f"the C++ CPU kernel runs on CPU tensors, these are on {dims.device}")
+    return reasons
+
+
+def _run_reference(user, user_mask, user_table, padding_idx, item, item_table,
+                   user_weight, user_bias, item_weight, item_bias, h_mf, mode):
+    return reference.neumf_input(
+        user, item, h_mf=h_mf, user_mask=user_mask, user_table=user_table, padding_idx=padding_idx,
+        item_table=item_table, user_weight=user_weight, user_bias=user_bias,
+        item_weight=item_weight, item_bias=item_bias, mode=mode)
+
+
+BACKENDS: dict[str, Backend] = {
+    "cpu": Backend("cpu", _cpu_reasons, _library.fused_input),
+    "torch": Backend("torch", _torch_reasons, _run_reference),
+}
+# Fastest first: "auto" takes the first that can run.  Later backends (triton, cuda) go in front.
+PREFERENCE = ["cpu", "torch"]
+
+_warned_fallback = False
+
+
+def _warn_fallback_once(dims: FusedDims) -> None:
+    global _warned_fallback
+    if not _warned_fallback and _library.EXTENSION_ERROR is not None and dims.device.type == "cpu":
+        _warned_fallback = True
+        warnings.warn(
+            f"neumf_fast: {_library.EXTENSION_ERROR}; falling back to the PyTorch reference "
+            "(reinstall with `pip install --no-build-isolation -e .` to build it)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
+    """The backend that will run these inputs, honouring ``NEUMF_FAST_BACKEND``."""
+    requested = os.environ.get(ENV_VAR) or backend
+    if requested == "auto":
+        for name in PREFERENCE:
+            chosen = BACKENDS[name]
+            if not chosen.not_supported_reasons(dims):
+                if name == "torch":
+                    _warn_fallback_once(dims)
+                return chosen
+        raise BackendUnavailable("neumf_fast: no backend can run these inputs")  # torch always can
+    if requested not in BACKENDS:
+        source = f"{ENV_VAR}={requested!r}" if os.environ.get(ENV_VAR) else f"backend={requested!r}"
+        raise ValueError(f"neumf_fast: unknown {source}; choose 'auto' or one of {sorted(BACKENDS)}")
+    chosen = BACKENDS[requested]
+    reasons = chosen.not_supported_reasons(dims)
+    if reasons:
+        raise BackendUnavailable(f"neumf_fast: backend {requested!r} cannot run these inputs: " + "; ".join(reasons))
+    return chosen
+
+
+def available_backends(dims: FusedDims) -> list[str]:
+    """Names of the backends that can run these inputs, fastest first."""
+    return [n for n in PREFERENCE if not BACKENDS[n].not_supported_reasons(dims)]

@@ -1,0 +1,67 @@
+"""Build of neumf_fast: what gets compiled is decided here.
+
+- The C++ CPU extension (csrc/ops.cpp, csrc/cpu/) is always built, unless
+  NEUMF_FAST_SKIP_EXTENSION=1: the package then runs on the reference (and Triton) backends.
+- CUDA sources (csrc/cuda/, when present) are added only when torch has CUDA and nvcc is
+  found, or when FORCE_CUDA=1.
+- NEUMF_FAST_CPU_ARCH=generic builds portable CPU code; by default the CPU kernels use AVX2/FMA
+  when the building machine has them (the package is built where it runs).
+
+Install with `pip install --no-build-isolation -e .` so the build uses the torch already
+installed instead of downloading another into an isolated environment.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _host_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def _extensions():
+    if _env_flag("NEUMF_FAST_SKIP_EXTENSION"):
+        print("neumf_fast: NEUMF_FAST_SKIP_EXTENSION=1, building no C++/CUDA extension")
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    sources = [os.path.relpath(p, ROOT) for p in ["csrc/ops.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
+    cxx = ["-O3", "-fopenmp", "-fdiagnostics-color=always"]
+    if os.environ.get("NEUMF_FAST_CPU_ARCH", "native") != "generic" and _host_has_avx2():
+        # at::vec picks its AVX2 Vectorized<T> from this macro, as ATen's own kernels do.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    cuda_sources = sorted(glob.glob(f"{ROOT}/csrc/cuda/*.cu"))
+    want_cuda = _env_flag("FORCE_CUDA") or (torch.cuda.is_available() or torch.version.cuda is not None)
+    build_cuda = bool(cuda_sources) and want_cuda and (CUDA_HOME is not None or shutil.which("nvcc"))
+    kwargs = dict(
+        name="neumf_fast._C",
+        sources=sources + ([os.path.relpath(p, ROOT) for p in cuda_sources] if build_cuda else []),
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=["-fopenmp"],
+    )
+    ext = CUDAExtension(**kwargs) if build_cuda else CppExtension(**kwargs)
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=find_packages(include=["neumf_fast", "neumf_fast.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
