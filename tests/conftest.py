@@ -1,0 +1,140 @@
+"""Shared helpers: input builders and comparisons that print what differs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import neumf_fast
+from neumf_fast.ops import _library
+
+# Backends under test against the reference.  "torch" *is* the reference, so parity is
+# asserted for the kernels; a kernel that is not built is reported as skipped with the reason.
+KERNEL_BACKENDS = ["cpu"]
+
+
+def backend_param(name: str):
+    reason = None
+    if name == "cpu" and _library.EXTENSION_ERROR is not None:
+        reason = _library.EXTENSION_ERROR
+    return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=str(reason)), id=name)
+
+
+KERNELS = [backend_param(n) for n in KERNEL_BACKENDS]
+
+
+@dataclasses.dataclass
+class Case:
+    """One call of the op: its keyword arguments and which of them are differentiable."""
+
+    user: torch.Tensor
+    item: torch.Tensor
+    kwargs: dict
+
+    def float_inputs(self) -> dict[str, torch.Tensor]:
+        named = {"user": self.user, "item": self.item, **self.kwargs}
+        return {k: v for k, v in named.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+    def to(self, dtype: torch.dtype) -> "Case":
+        """The same call with every float input cast to dtype (ids and masks unchanged)."""
+        cast = lambda t: t.detach().to(dtype).requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        return Case(cast(self.user), cast(self.item), {k: cast(v) for k, v in self.kwargs.items()})
+
+
+def make_case(
+    *,
+    batch: int = 7,
+    seq_len: int = 10,
+    user_dim: int = 37,
+    item_dim: int | None = None,
+    h_mf: int = 3,
+    h_mlp: int = 5,
+    h_mlp_item: int | None = None,
+    user_ids: bool = False,
+    item_ids: bool = False,
+    project: bool = True,
+    bias: bool = True,
+    mask: str = "random",  # "none" | "random" | "empty_rows" (random plus fully masked rows)
+    mode: str = "sum",
+    num_user_rows: int = 50,
+    num_item_rows: int = 40,
+    padding_idx: int | None = 0,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    requires_grad: bool = True,
+) -> Case:
+    g = torch.Generator().manual_seed(seed)
+    item_dim = user_dim if item_dim is None else item_dim
+    h_mlp_item = h_mlp if h_mlp_item is None else h_mlp_item
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+    keep = torch.rand(batch, seq_len, generator=g) > 0.3
+    if mask == "none":
+        keep = None
+    elif mask == "empty_rows" and batch:
+        keep[:: max(1, batch // 3)] = False
+    kwargs: dict = {"h_mf": h_mf, "mode": mode}
+    if user_ids:
+        ids = torch.randint(0, num_user_rows, (batch, seq_len), generator=g)
+        if keep is not None:
+            ids[~keep] = padding_idx
+            kwargs["padding_idx"] = padding_idx
+        user = ids
+        kwargs["user_table"] = rand(num_user_rows, user_dim)
+    else:
+        user = rand(batch, seq_len, user_dim)
+        if keep is not None:
+            kwargs["user_mask"] = keep
+    if item_ids:
+        item = torch.randint(0, num_item_rows, (batch,), generator=g)
+        kwargs["item_table"] = rand(num_item_rows, item_dim)
+    else:
+        item = rand(batch, item_dim)
+    if project:
+        kwargs["user_weight"] = rand(h_mf + h_mlp, user_dim)
+        kwargs["item_weight"] = rand(h_mf + h_mlp_item, item_dim)
+        if bias:
+            kwargs["user_bias"] = rand(h_mf + h_mlp)
+            kwargs["item_bias"] = rand(h_mf + h_mlp_item)
+    return Case(user, item, kwargs)
+
+
+def run(case: Case, backend: str, seed: int = 1):
+    """Forward and backward of one call: the outputs, then the gradient of every float input
+    under fixed random upstream gradients."""
+    gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+    inputs = case.float_inputs()
+    g = torch.Generator().manual_seed(seed)
+    up_gmf = torch.randn(gmf.shape, generator=g, dtype=torch.float64).to(gmf.dtype)
+    up_mlp = torch.randn(mlp_in.shape, generator=g, dtype=torch.float64).to(mlp_in.dtype)
+    grads = torch.autograd.grad((gmf, mlp_in), list(inputs.values()), (up_gmf, up_mlp), allow_unused=True)
+    out = {"gmf": gmf.detach(), "mlp_in": mlp_in.detach()}
+    out.update({f"grad_{k}": (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(inputs.items(), grads)})
+    return out
+
+
+def describe_diff(name: str, actual: torch.Tensor, expected: torch.Tensor) -> str:
+    diff = (actual.double() - expected.double()).abs()
+    if diff.numel() == 0:
+        return f"{name}: empty"
+    idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    rel = diff / expected.double().abs().clamp_min(1e-12)
+    return (f"{name}: max abs err {diff.max().item():.3e} at {idx} "
+            f"(actual {actual[idx].item():.6g}, expected {expected[idx].item():.6g}), max rel err {rel.max().item():.3e}")
+
+
+def assert_close(actual: dict, expected: dict, *, atol: float, rtol: float) -> None:
+    """Entrywise ``|a - e| <= atol * max(1, max|e|) + rtol * |e|`` for every named tensor.
+
+    atol is normwise (scaled by the tensor's largest entry): a gradient reduced over many rows
+    can cancel to a small entry whose rounding error is set by the size of its terms, not its own."""
+    assert actual.keys() == expected.keys()
+    failures = []
+    for name in expected:
+        a, e = actual[name], expected[name]
+        assert a.shape == e.shape and a.dtype == e.dtype, f"{name}: {a.dtype}{list(a.shape)} vs {e.dtype}{list(e.shape)}"
+        scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
+        if not torch.allclose(a.double(), e.double(), atol=atol * scale, rtol=rtol):
+            failures.append(describe_diff(name, a, e))
+    assert not failures, "\n".join(failures)

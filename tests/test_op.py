@@ -1,0 +1,93 @@
+"""The registered op itself: torch.library.opcheck (schema, fake kernel, autograd
+registration), numeric gradcheck of the kernel in float64, and torch.compile(fullgraph=True)
+equal to eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import neumf_fast
+from neumf_fast.ops import _library
+from conftest import KERNELS, assert_close, make_case, run
+
+needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
+
+OP_ARG_ORDER = ("user_mask", "user_table", "padding_idx", "item", "item_table",
+                "user_weight", "user_bias", "item_weight", "item_bias", "h_mf", "mode")
+
+
+def op_args(case):
+    kw = {"item": case.item, **case.kwargs}
+    return (case.user, *(kw.get(name) for name in OP_ARG_ORDER))
+
+
+CASES = {
+    "dense_mask_bias_sum": dict(user_ids=False, mask="empty_rows", mode="sum"),
+    "ids_pad_mean": dict(user_ids=True, item_ids=True, mode="mean"),
+    "ids_noproj": dict(user_ids=True, item_ids=False, project=False, h_mf=2),
+    "dense_nobias_item_ids": dict(user_ids=False, item_ids=True, bias=False, mask="none"),
+}
+
+
+@needs_extension
+@pytest.mark.parametrize("name", CASES)
+def test_opcheck(name):
+    case = make_case(batch=5, seq_len=4, user_dim=6, h_mlp=4, num_user_rows=9, num_item_rows=8, **CASES[name])
+    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, op_args(case))
+    # And without requires_grad (the inference path).
+    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, op_args(case.to(torch.float32)))
+
+
+@needs_extension
+@pytest.mark.parametrize("name", CASES)
+def test_kernel_gradcheck_float64(name):
+    case = make_case(batch=4, seq_len=3, user_dim=5, h_mlp=3, num_user_rows=6, num_item_rows=5,
+                     dtype=torch.float64, **CASES[name])
+    inputs = case.float_inputs()
+    names = list(inputs)
+
+    def fn(*tensors):
+        named = dict(zip(names, tensors))
+        kwargs = {**case.kwargs, **{k: v for k, v in named.items() if k in case.kwargs}}
+        return neumf_fast.neumf_input(named.get("user", case.user), named.get("item", case.item), backend="cpu", **kwargs)
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs.values()), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("name", CASES)
+def test_compile_fullgraph_matches_eager(backend, name):
+    torch._dynamo.reset()
+    case = make_case(batch=9, seq_len=5, user_dim=6, h_mlp=4, **CASES[name])
+    eager = run(case, backend)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def compiled_forward(user, item, kwargs):
+        return neumf_fast.neumf_input(user, item, backend=backend, **kwargs)
+
+    gmf, mlp_in = compiled_forward(case.user, case.item, case.kwargs)
+    assert_close({"gmf": gmf.detach(), "mlp_in": mlp_in.detach()},
+                 {"gmf": eager["gmf"], "mlp_in": eager["mlp_in"]}, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_compile_inductor_forward_backward(backend):
+    """The inductor backend (the default of torch.compile) keeps the op and its backward."""
+    torch._dynamo.reset()
+    case = make_case(batch=9, seq_len=5, user_dim=6, h_mlp=4, user_ids=True, item_ids=True, mode="mean")
+    eager = run(case, backend)
+    inputs = case.float_inputs()
+
+    @torch.compile(fullgraph=True)
+    def step(user, item, kwargs, up_gmf, up_mlp):
+        gmf, mlp_in = neumf_fast.neumf_input(user, item, backend=backend, **kwargs)
+        return (gmf * up_gmf).sum() + (mlp_in * up_mlp).sum(), gmf, mlp_in
+
+    g = torch.Generator().manual_seed(1)
+    up_gmf = torch.randn(eager["gmf"].shape, generator=g, dtype=torch.float64).float()
+    up_mlp = torch.randn(eager["mlp_in"].shape, generator=g, dtype=torch.float64).float()
+    loss, gmf, mlp_in = step(case.user, case.item, case.kwargs, up_gmf, up_mlp)
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    actual = {"gmf": gmf.detach(), "mlp_in": mlp_in.detach(), **{f"grad_{k}": g for k, g in zip(inputs, grads)}}
+    assert_close(actual, eager, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,157 @@
+"""Every kernel backend against the reference (neumf_fast.reference), forward and backward.
+
+Tolerances:
+- float32: atol = rtol = 2e-5 against the float32 reference, atol relative to the tensor's
+  largest entry (conftest.assert_close).  The two implementations sum in different orders
+  (per-row vector accumulation vs. torch's reductions, GEMMs over up to 1000 rows), which
+  moves the result by ~sqrt(n) ulps (float32 eps 1.2e-7) of the terms summed; 2e-5 is ~100
+  ulps, well below any real error (a wrong row or a missed mask moves an output by O(1)).
+- float64: atol = rtol = 1e-10 (same argument with eps 2.2e-16).
+- bfloat16 / float16 (flash-attention's rule): the kernel's max error against the float64
+  reference of the same (rounded) inputs must be at most 2x the error of the PyTorch reference
+  computed in that dtype, plus one unit of that dtype's eps times the largest magnitude (so an
+  output that both compute exactly must still match to the last bit of precision).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import KERNELS, assert_close, describe_diff, make_case, run
+
+DIRECT_TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
+
+
+def check_parity(case, backend):
+    expected = run(case, "torch")
+    actual = run(case, backend)
+    tol = DIRECT_TOL[case.user.dtype if case.user.is_floating_point() else case.kwargs["user_table"].dtype]
+    assert_close(actual, expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("seq_len", [1, 10, 33])
+@pytest.mark.parametrize("batch", [0, 1, 7, 1000])
+def test_batch_and_length(backend, batch, seq_len, user_ids):
+    case = make_case(batch=batch, seq_len=seq_len, user_ids=user_ids, item_ids=user_ids, mask="empty_rows",
+                     num_user_rows=300, num_item_rows=200)
+    check_parity(case, backend)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize(
+    "user_dim,item_dim,h_mf,h_mlp,h_mlp_item",
+    [(3, 3, 3, 3, 3), (37, 3, 3, 37, 5), (128, 37, 37, 128, 3), (3, 128, 128, 3, 37), (37, 37, 0, 37, 3)],
+    ids=lambda v: str(v),
+)
+@pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
+def test_widths_and_projection(backend, user_ids, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project, bias):
+    if not project:
+        # No projection: the pooled vector is split as [mf | mlp], so h_mf must fit both sides.
+        h_mf = min(h_mf, user_dim, item_dim)
+    case = make_case(batch=37, seq_len=10, user_dim=user_dim, item_dim=item_dim, h_mf=h_mf, h_mlp=h_mlp,
+                     h_mlp_item=h_mlp_item, user_ids=user_ids, item_ids=not user_ids, project=project, bias=bias)
+    check_parity(case, backend)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("mask", ["none", "random", "empty_rows", "all"])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_masks_and_modes(backend, user_ids, mask, mode):
+    case = make_case(batch=37, seq_len=33, user_ids=user_ids, mode=mode,
+                     mask="empty_rows" if mask == "all" else mask)
+    if mask == "all":  # every position of every row masked: pooled zeros, never NaN
+        if user_ids:
+            case.user.fill_(case.kwargs["padding_idx"])
+        else:
+            case.kwargs["user_mask"].fill_(False)
+    expected = run(case, "torch")
+    assert all(torch.isfinite(t).all() for t in expected.values())
+    check_parity(case, backend)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("padding_idx", [0, 49, -1])
+def test_padding_idx_values(backend, padding_idx):
+    """The padding id may be any value, including one outside the table (-1)."""
+    case = make_case(user_ids=True, padding_idx=padding_idx, mode="mean", mask="empty_rows")
+    check_parity(case, backend)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_int32_ids(backend, index_dtype):
+    case = make_case(user_ids=True, item_ids=True, mask="random")
+    case.user = case.user.to(index_dtype)
+    case.item = case.item.to(index_dtype)
+    check_parity(case, backend)
+
+
+def test_repeated_ids_accumulate():
+    """The same id many times in a row and across rows: the table gradient sums them all."""
+    case = make_case(user_ids=True, item_ids=True, mask="none", num_user_rows=2, num_item_rows=1, batch=50)
+    for backend in [p.values[0] for p in KERNELS if not p.marks]:
+        check_parity(case, backend)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float64])
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_float64(backend, dtype, user_ids):
+    check_parity(make_case(user_ids=user_ids, item_ids=user_ids, dtype=dtype, mode="mean"), backend)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("project", [True, False], ids=["proj", "noproj"])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_reduced_precision(backend, dtype, user_ids, project, mode):
+    low = make_case(batch=100, seq_len=10, user_dim=128, h_mf=37, h_mlp=128, h_mlp_item=3,
+                    user_ids=user_ids, item_ids=user_ids, project=project, mode=mode, dtype=dtype)
+    truth = run(low.to(torch.float64), "torch")
+    torch_low = run(low, "torch")
+    kernel = run(low, backend)
+    eps = torch.finfo(dtype).eps
+    failures = []
+    for name, exact in truth.items():
+        assert kernel[name].dtype == dtype, name
+        err_kernel = (kernel[name].double() - exact).abs().max().item() if exact.numel() else 0.0
+        err_torch = (torch_low[name].double() - exact).abs().max().item() if exact.numel() else 0.0
+        floor = eps * max(1.0, exact.abs().max().item() if exact.numel() else 0.0)
+        if err_kernel > 2 * err_torch + floor:
+            failures.append(f"{describe_diff(name, kernel[name], exact)}; torch {dtype} err {err_torch:.3e}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_non_contiguous_inputs(backend):
+    """Non-contiguous inputs are handled (made contiguous inside), with the same results."""
+    case = make_case(batch=20, seq_len=6, user_dim=8, h_mf=4, h_mlp=4)
+    strided = make_case(batch=20, seq_len=6, user_dim=8, h_mf=4, h_mlp=4)
+    with torch.no_grad():
+        strided.user = case.user.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+        strided.item = torch.cat([case.item.detach(), case.item.detach()], 1)[:, :8].requires_grad_()
+        strided.kwargs["user_weight"] = case.kwargs["user_weight"].detach().t().contiguous().t().requires_grad_()
+        strided.kwargs["user_mask"] = case.kwargs["user_mask"].t().contiguous().t()
+    assert not strided.user.is_contiguous() and not strided.item.is_contiguous()
+    assert_close(run(strided, backend), run(case, "torch"), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_deterministic_table_gradient(backend):
+    """The table gradient is a fixed-order reduction: bitwise equal across runs and thread counts."""
+    case = make_case(batch=500, seq_len=20, user_ids=True, item_ids=True, num_user_rows=7, num_item_rows=3)
+    threads = torch.get_num_threads()
+    try:
+        first = run(case, backend)
+        torch.set_num_threads(1)
+        single = run(case, backend)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("grad_user_table", "grad_item_table"):
+        assert torch.equal(first[name], single[name]), name
