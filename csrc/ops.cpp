@@ -117,12 +117,12 @@ TORCH_LIBRARY(neumf_fast, m) {
       "fused_input(Tensor user, Tensor? user_mask, Tensor? user_table, int? padding_idx, Tensor item, "
       "Tensor? item_table, Tensor? user_weight, Tensor? user_bias, Tensor? item_weight, Tensor? item_bias, "
       "int h_mf, str mode) -> (Tensor gmf, Tensor mlp_in, Tensor pooled_user, Tensor pooled_item, "
-      "Tensor mf_user, Tensor mf_item)");
+      "Tensor proj_user, Tensor proj_item)");
   m.def(
       "fused_input_backward(Tensor grad_gmf, Tensor grad_mlp_in, Tensor user, Tensor? user_mask, "
       "Tensor? user_table, int? padding_idx, Tensor item, Tensor? item_table, Tensor? user_weight, "
       "Tensor? user_bias, Tensor? item_weight, Tensor? item_bias, int h_mf, str mode, Tensor pooled_user, "
-      "Tensor pooled_item, Tensor mf_user, Tensor mf_item, bool[6] output_mask) -> (Tensor grad_user_source, "
+      "Tensor pooled_item, Tensor proj_user, Tensor proj_item, bool[6] output_mask) -> (Tensor grad_user_source, "
       "Tensor grad_item_source, Tensor grad_user_weight, Tensor grad_user_bias, Tensor grad_item_weight, "
       "Tensor grad_item_bias)");
 }

@@ -14,8 +14,10 @@
 // a hand-written tile loop on AVX2); the GMF product and the cat are one epilogue pass.
 //
 // Saved for backward (returned as extra outputs, op-math dtype): pooled_user, pooled_item
-// (inputs of the weight gradients) and mf_user, mf_item (the other factor of each GMF
-// gradient).  Nothing of size [B, L, D] is saved.
+// (inputs of the weight gradients) and proj_user, proj_item (their first h_mf columns are the
+// other factor of each GMF gradient; an empty tensor for a side with no projection, whose
+// pooled rows are the projection).  Nothing of size [B, L, D] is saved, and nothing is copied
+// only to be saved: the projections are the GEMM outputs the epilogue reads anyway.
 //
 // Backward: one pass forms d_proj from d_gmf and d_mlp_in; GEMMs give dW, d_pooled; db is a
 // column sum.  The dense sequence gradient broadcasts d_pooled over L under the mask.  A table
@@ -88,6 +90,51 @@ inline void fill_zero(scalar_t* dst, int64_t n) {
   std::fill(dst, dst + n, scalar_t(0));
 }
 
+// out[0:D] = scale * sum_r rows[r][0:D], summing in row order.  Blocked over D so that four
+// vector accumulators stay in registers across all rows: x is read once, out written once.
+template <typename scalar_t>
+inline void sum_rows(opmath_t<scalar_t>* out, const scalar_t* const* rows, int64_t n, int64_t D,
+                     opmath_t<scalar_t> scale) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  auto load = [](const scalar_t* p) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      return Vec::loadu(p);
+    } else {
+      Vec v;
+      at::vec::load_to_float<scalar_t>(p, v);
+      return v;
+    }
+  };
+  const Vec sv(scale);
+  int64_t i = 0;
+  for (; i + 4 * V <= D; i += 4 * V) {
+    Vec a0(0), a1(0), a2(0), a3(0);
+    for (int64_t r = 0; r < n; ++r) {
+      const scalar_t* p = rows[r] + i;
+      a0 += load(p);
+      a1 += load(p + V);
+      a2 += load(p + 2 * V);
+      a3 += load(p + 3 * V);
+    }
+    (a0 * sv).store(out + i);
+    (a1 * sv).store(out + i + V);
+    (a2 * sv).store(out + i + 2 * V);
+    (a3 * sv).store(out + i + 3 * V);
+  }
+  for (; i + V <= D; i += V) {
+    Vec a(0);
+    for (int64_t r = 0; r < n; ++r) a += load(rows[r] + i);
+    (a * sv).store(out + i);
+  }
+  for (; i < D; ++i) {
+    acc_t a(0);
+    for (int64_t r = 0; r < n; ++r) a += static_cast<acc_t>(rows[r][i]);
+    out[i] = a * scale;
+  }
+}
+
 // Rows per parallel task so that a task does roughly 32K element updates.
 inline int64_t grain_for(int64_t work_per_row) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_row));
@@ -144,24 +191,20 @@ void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<
   const bool has_pad = padding_idx.has_value();
   const int64_t pad = padding_idx.value_or(0);
   at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
+    std::vector<const scalar_t*> rows_of_b(L);
     for (int64_t b = b0; b < b1; ++b) {
-      acc_t* acc = out + b * D;
-      fill_zero(acc, D);
+      int64_t n = 0;
       for (int64_t l = 0; l < L; ++l) {
         const int64_t p = b * L + l;
-        const scalar_t* row;
         if (ids != nullptr) {
           if (has_pad && static_cast<int64_t>(ids[p]) == pad) continue;
-          row = x + checked_id(ids[p], rows, "user") * D;
+          rows_of_b[n++] = x + checked_id(ids[p], rows, "user") * D;
         } else {
           if (m != nullptr && !m[p]) continue;
-          row = x + p * D;
+          rows_of_b[n++] = x + p * D;
         }
-        axpy_row<scalar_t>(acc, row, acc_t(1), D);
       }
-      if (scale[b] != acc_t(1)) {
-        for (int64_t i = 0; i < D; ++i) acc[i] *= scale[b];
-      }
+      sum_rows<scalar_t>(out + b * D, rows_of_b.data(), n, D, scale[b]);
     }
   });
 }
@@ -178,8 +221,7 @@ void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optiona
   at::parallel_for(0, d.batch, grain_for(D), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const scalar_t* row = ids != nullptr ? x + checked_id(ids[b], rows, "item") * D : x + b * D;
-      fill_zero(out + b * D, D);
-      axpy_row<scalar_t>(out + b * D, row, acc_t(1), D);
+      sum_rows<scalar_t>(out + b * D, &row, 1, D, acc_t(1));
     }
   });
 }
@@ -235,38 +277,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
     gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item);
   });
 
-  const Tensor proj_user = project(pooled_user, user_weight, user_bias);
-  const Tensor proj_item = project(pooled_item, item_weight, item_bias);
+  // With no weight a side's projection is its pooled rows; the returned proj is then empty
+  // (outputs of an op must not alias each other).
+  const Tensor proj_user = user_weight ? project(pooled_user, user_weight, user_bias) : at::empty({0}, acc_opts);
+  const Tensor proj_item = item_weight ? project(pooled_item, item_weight, item_bias) : at::empty({0}, acc_opts);
+  const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
+  const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
 
   const auto out_opts = user.options().dtype(dtype);
   Tensor gmf = at::empty({d.batch, d.h_mf}, out_opts);
   Tensor mlp_in = at::empty({d.batch, d.h_mlp_user() + d.h_mlp_item()}, out_opts);
-  Tensor mf_user = at::empty({d.batch, d.h_mf}, acc_opts);
-  Tensor mf_item = at::empty({d.batch, d.h_mf}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_epilogue", [&] {
     using acc_t = opmath_t<scalar_t>;
     const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
-    const acc_t* pu = proj_user.data_ptr<acc_t>();
-    const acc_t* pi = proj_item.data_ptr<acc_t>();
+    const acc_t* pu = proj_user_rows.data_ptr<acc_t>();
+    const acc_t* pi = proj_item_rows.data_ptr<acc_t>();
     scalar_t* g = gmf.data_ptr<scalar_t>();
     scalar_t* mlp = mlp_in.data_ptr<scalar_t>();
-    acc_t* mfu = mf_user.data_ptr<acc_t>();
-    acc_t* mfi = mf_item.data_ptr<acc_t>();
     at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const acc_t* u = pu + b * Hu;
         const acc_t* v = pi + b * Hi;
-        for (int64_t j = 0; j < Hm; ++j) {
-          mfu[b * Hm + j] = u[j];
-          mfi[b * Hm + j] = v[j];
-          g[b * Hm + j] = static_cast<scalar_t>(u[j] * v[j]);
-        }
+        for (int64_t j = 0; j < Hm; ++j) g[b * Hm + j] = static_cast<scalar_t>(u[j] * v[j]);
         scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi), u + Hm, acc_t(1), Hmu);
         scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi) + Hmu, v + Hm, acc_t(1), Hmi);
       }
     });
   });
-  return {gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item};
+  return {gmf, mlp_in, pooled_user, pooled_item, proj_user, proj_item};
 }
 
 // Scatter-add of scale[p / L] * grad_pooled[p / L] into table rows ids[p] (p over B*L), skipping
@@ -311,8 +349,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
     std::optional<int64_t> padding_idx, const Tensor& item_in, const std::optional<Tensor>& item_table,
     const std::optional<Tensor>& user_weight, const std::optional<Tensor>& user_bias,
     const std::optional<Tensor>& item_weight, const std::optional<Tensor>& item_bias, int64_t h_mf,
-    c10::string_view mode, const Tensor& pooled_user, const Tensor& pooled_item, const Tensor& mf_user,
-    const Tensor& mf_item, std::array<bool, 6> output_mask) {
+    c10::string_view mode, const Tensor& pooled_user, const Tensor& pooled_item, const Tensor& proj_user,
+    const Tensor& proj_item, std::array<bool, 6> output_mask) {
   const FusedDims d = check_fused_input(user_in, mask_in, user_table, padding_idx, item_in, item_table,
                                         user_weight, user_bias, item_weight, item_bias, h_mf, mode);
   const auto dtype = float_dtype(user_in, user_table);
@@ -324,10 +362,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   };
   check_saved(pooled_user, "pooled_user", d.user_dim);
   check_saved(pooled_item, "pooled_item", d.item_dim);
-  check_saved(mf_user, "mf_user", d.h_mf);
-  check_saved(mf_item, "mf_item", d.h_mf);
-  TORCH_CHECK(grad_gmf_in.sizes() == mf_user.sizes(), "neumf_fast: grad_gmf must be ", mf_user.sizes(), ", got ",
-              grad_gmf_in.sizes());
+  if (user_weight) check_saved(proj_user, "proj_user", d.user_proj);
+  if (item_weight) check_saved(proj_item, "proj_item", d.item_proj);
+  // Row b of a side's projection: the saved GEMM output, or the pooled rows with no weight.
+  const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
+  const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
+  TORCH_CHECK(grad_gmf_in.dim() == 2 && grad_gmf_in.size(0) == d.batch && grad_gmf_in.size(1) == d.h_mf,
+              "neumf_fast: grad_gmf must be [", d.batch, ", ", d.h_mf, "], got ", grad_gmf_in.sizes());
   TORCH_CHECK(grad_mlp_in_in.dim() == 2 && grad_mlp_in_in.size(0) == d.batch &&
                   grad_mlp_in_in.size(1) == d.h_mlp_user() + d.h_mlp_item(),
               "neumf_fast: grad_mlp_in must be [", d.batch, ", ", d.h_mlp_user() + d.h_mlp_item(), "], got ",
@@ -338,7 +379,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   if (mask_in) mask = mask_in->contiguous();
   const auto [want_user_src, want_item_src, want_user_w, want_user_b, want_item_w, want_item_b] = output_mask;
 
-  // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math.
+  // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math;
+  // mf_side is the first h_mf columns of that side's projection rows.
   const auto acc_opts = user.options().dtype(acc_dtype);
   Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
   Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
@@ -347,16 +389,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
     const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
     const scalar_t* gg = grad_gmf.data_ptr<scalar_t>();
     const scalar_t* gm = grad_mlp.data_ptr<scalar_t>();
-    const acc_t* mfu = mf_user.data_ptr<acc_t>();
-    const acc_t* mfi = mf_item.data_ptr<acc_t>();
+    const acc_t* mfu = proj_user_rows.data_ptr<acc_t>();
+    const acc_t* mfi = proj_item_rows.data_ptr<acc_t>();
     acc_t* du = dproj_user.data_ptr<acc_t>();
     acc_t* di = dproj_item.data_ptr<acc_t>();
     at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t j = 0; j < Hm; ++j) {
           const acc_t g = static_cast<acc_t>(gg[b * Hm + j]);
-          du[b * Hu + j] = g * mfi[b * Hm + j];
-          di[b * Hi + j] = g * mfu[b * Hm + j];
+          du[b * Hu + j] = g * mfi[b * Hi + j];
+          di[b * Hi + j] = g * mfu[b * Hu + j];
         }
         for (int64_t j = 0; j < Hmu; ++j) du[b * Hu + Hm + j] = static_cast<acc_t>(gm[b * (Hmu + Hmi) + j]);
         for (int64_t j = 0; j < Hmi; ++j) di[b * Hi + Hm + j] = static_cast<acc_t>(gm[b * (Hmu + Hmi) + Hmu + j]);

@@ -5,7 +5,8 @@ CUDA) kernels.  This module loads it and adds what ``torch.compile`` and autogra
 that every device implementation of ``fused_input`` shares one autograd formula:
 
 - ``fused_input`` returns ``(gmf, mlp_in)`` plus the tensors backward needs, in op-math dtype
-  (fp32 for bf16/fp16): ``pooled_user``, ``pooled_item``, ``mf_user``, ``mf_item``.
+  (fp32 for bf16/fp16): ``pooled_user``, ``pooled_item``, ``proj_user``, ``proj_item`` (a
+  side's ``[B, H_mf + H_mlp]`` projection, or an empty tensor when it has no weight).
 - ``fused_input_backward`` returns the gradients of the user source (dense sequence or user
   table), the item source (dense item or item table), and both weights and biases; a gradient
   nobody asked for comes back as an empty tensor.
@@ -41,14 +42,14 @@ def _fake_fused_input(user, user_mask, user_table, padding_idx, item, item_table
         new((d.batch, d.h_mlp), dtype=d.dtype),
         new((d.batch, d.user_dim), dtype=acc),
         new((d.batch, d.item_dim), dtype=acc),
-        new((d.batch, h_mf), dtype=acc),
-        new((d.batch, h_mf), dtype=acc),
+        new((d.batch, d.user_proj) if user_weight is not None else (0,), dtype=acc),
+        new((d.batch, d.item_proj) if item_weight is not None else (0,), dtype=acc),
     )
 
 
 def _fake_fused_input_backward(grad_gmf, grad_mlp_in, user, user_mask, user_table, padding_idx, item,
                                item_table, user_weight, user_bias, item_weight, item_bias, h_mf, mode,
-                               pooled_user, pooled_item, mf_user, mf_item, output_mask):
+                               pooled_user, pooled_item, proj_user, proj_item, output_mask):
     d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                      user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     user_src = user_table if d.user_ids else user
@@ -73,16 +74,16 @@ _INPUT_NAMES = ("user", "user_mask", "user_table", "padding_idx", "item", "item_
 
 def _setup_context(ctx, inputs, output):
     args = dict(zip(_INPUT_NAMES, inputs))
-    _, _, pooled_user, pooled_item, mf_user, mf_item = output
-    ctx.mark_non_differentiable(pooled_user, pooled_item, mf_user, mf_item)
+    _, _, pooled_user, pooled_item, proj_user, proj_item = output
+    ctx.mark_non_differentiable(pooled_user, pooled_item, proj_user, proj_item)
     ctx.save_for_backward(*(args[n] for n in _INPUT_NAMES if n not in ("padding_idx", "h_mf", "mode")),
-                          pooled_user, pooled_item, mf_user, mf_item)
+                          pooled_user, pooled_item, proj_user, proj_item)
     ctx.padding_idx, ctx.h_mf, ctx.mode = args["padding_idx"], args["h_mf"], args["mode"]
 
 
 def _backward(ctx, grad_gmf, grad_mlp_in, *_unused):
     (user, user_mask, user_table, item, item_table, user_weight, user_bias, item_weight, item_bias,
-     pooled_user, pooled_item, mf_user, mf_item) = ctx.saved_tensors
+     pooled_user, pooled_item, proj_user, proj_item) = ctx.saved_tensors
     need = dict(zip(_INPUT_NAMES, ctx.needs_input_grad))
     user_ids, item_ids = user_table is not None, item_table is not None
     want_user_src = need["user_table"] if user_ids else need["user"]
@@ -99,7 +100,7 @@ def _backward(ctx, grad_gmf, grad_mlp_in, *_unused):
     grads = torch.ops.neumf_fast.fused_input_backward(
         grad_gmf, grad_mlp_in, user, user_mask, user_table, ctx.padding_idx, item, item_table,
         user_weight, user_bias, item_weight, item_bias, ctx.h_mf, ctx.mode,
-        pooled_user, pooled_item, mf_user, mf_item, mask)
+        pooled_user, pooled_item, proj_user, proj_item, mask)
     g_user_src, g_item_src, g_uw, g_ub, g_iw, g_ib = (g if want else None for g, want in zip(grads, mask))
     out = dict.fromkeys(_INPUT_NAMES)
     out["user_table" if user_ids else "user"] = g_user_src
