@@ -14,17 +14,19 @@ that every device implementation of ``fused_input`` shares one autograd formula:
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import Tensor
 
 from ._checks import check_inputs
 
 try:
-    from neumf_fast import _C  # noqa: F401  (loading it registers the ops)
+    importlib.import_module("neumf_fast._C")  # loading it registers the ops
 
     EXTENSION_ERROR: str | None = None
 except ImportError as exc:  # built with NEUMF_FAST_SKIP_EXTENSION=1, or a failed build
-    EXTENSION_ERROR = f"the C++ extension neumf_fast._C is not built ({exc})"
+    EXTENSION_ERROR = f"the C++ extension neumf_fast._C is not built or does not load ({exc})"
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
