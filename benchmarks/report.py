@@ -22,7 +22,8 @@ def main(path: str) -> None:
           f"torch threads {mi.get('torch_threads')}, ATen CPU capability {mi.get('cpu_capability')}, "
           f"GPU {mi.get('cuda_device') or 'none'}")
     print(f"- versions: python {mi.get('python_version')}, torch {mi.get('torch')}, triton {mi.get('triton')}")
-    print(f"- command: see the header of the benchmark file; times are medians\n")
+    print("- command: `bash dev.sh bench` (pytest benchmarks/test_bench_cpu.py --benchmark-json=...; "
+          "python benchmarks/report.py ...); times are medians of the timed rounds\n")
     print("| direction | shape | dtype | " + " | ".join(f"{p} (ms)" for p in providers)
           + " | " + " | ".join(f"eager/{p}" for p in providers if p != "eager") + " |")
     print("|" + "---|" * (3 + 2 * len(providers) - 1))
