@@ -25,9 +25,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MODES = ("sum", "mean")
-
-
 def _check_ids(ids: Tensor, keep: Tensor, num_rows: int, name: str) -> None:
     bad = keep & ((ids < 0) | (ids >= num_rows))
     if bool(bad.any()):
