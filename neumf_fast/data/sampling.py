@@ -1,0 +1,87 @@
+"""Negative sampling that never returns a positive of the user, vectorised, on CPU or GPU.
+
+A user's positives are kept as sorted ``user * num_items + item`` keys.  Items are drawn
+uniformly for all rows at once; membership is one ``searchsorted``; the few rows that hit a
+positive are redrawn, again all at once, until none do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class NegativeSampler:
+    """Uniform negatives for users, excluding every (user, item) pair given as a positive.
+
+    Args:
+        user, item: the positives (numpy arrays or tensors of contiguous ids).
+        num_items: the item vocabulary size.
+        device: where the keys live and where samples are drawn.
+    """
+
+    def __init__(self, user, item, num_items: int, num_users: int | None = None, device="cpu"):
+        user = torch.as_tensor(np.asarray(user), dtype=torch.int64)
+        item = torch.as_tensor(np.asarray(item), dtype=torch.int64)
+        self.num_items, self.device = num_items, torch.device(device)
+        self.keys = torch.unique(user * num_items + item).to(self.device)  # sorted, distinct
+        num_users = num_users if num_users is not None else (int(user.max()) + 1 if len(user) else 0)
+        self.positives_per_user = torch.bincount(self.keys // num_items, minlength=num_users)
+
+    def is_positive(self, user: Tensor, item: Tensor) -> Tensor:
+        query = user * self.num_items + item
+        if self.keys.numel() == 0:
+            return torch.zeros_like(query, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, query).clamp_max(self.keys.numel() - 1)
+        return self.keys[pos] == query
+
+    def positive_mask(self, users: Tensor) -> Tensor:
+        """``[U, num_items]`` bool: True where ``users[j]`` has a positive for the item."""
+        users = users.to(self.device)
+        n_items = self.num_items
+        lo = torch.searchsorted(self.keys, users * n_items)
+        hi = torch.searchsorted(self.keys, (users + 1) * n_items)
+        counts = hi - lo
+        rows = torch.repeat_interleave(torch.arange(users.numel(), device=self.device), counts)
+        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
+        pos = torch.arange(rows.numel(), device=self.device) + starts
+        mask = torch.zeros(users.numel(), n_items, dtype=torch.bool, device=self.device)
+        mask[rows, self.keys[pos] % n_items] = True
+        return mask
+
+    def sample(self, user: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One negative item per entry of ``user`` (any shape), drawn uniformly from the items
+        that user has no positive for.  Raises ``ValueError`` for a user with every item positive."""
+        user = user.to(self.device)
+        if user.numel() and bool((self.positives_per_user[user] >= self.num_items).any()):
+            bad = int(user[self.positives_per_user[user] >= self.num_items][0])
+            raise ValueError(f"user {bad} has a positive for every one of the {self.num_items} items: no negative exists")
+        item = torch.randint(self.num_items, user.shape, generator=generator, device=self.device)
+        redo = self.is_positive(user, item)
+        while bool(redo.any()):
+            idx = redo.nonzero(as_tuple=True)
+            item[idx] = torch.randint(self.num_items, (idx[0].numel(),), generator=generator, device=self.device)
+            redo[idx] = self.is_positive(user[idx], item[idx])
+        return item
+
+
+def distinct_negatives(sampler: NegativeSampler, users: Tensor, count: int, seed: int, chunk: int = 4096) -> Tensor:
+    """``count`` distinct negatives per user ``[U, count]``, fixed by ``seed``.
+
+    Random keys for every item, positives pushed to +inf, the ``count`` smallest taken: exact,
+    distinct and vectorised.  Users are processed in chunks to bound memory at ``chunk × num_items``.
+    """
+    users = users.to(sampler.device)
+    free = sampler.num_items - sampler.positives_per_user[users]
+    if users.numel() and int(free.min()) < count:
+        u = int(users[free.argmin()])
+        raise ValueError(f"user {u} has only {int(free.min())} items without a positive; {count} negatives were asked for")
+    g = torch.Generator(device=sampler.device).manual_seed(seed)
+    out = torch.empty(users.numel(), count, dtype=torch.int64, device=sampler.device)
+    for start in range(0, users.numel(), chunk):
+        u = users[start:start + chunk]
+        keys = torch.rand(u.numel(), sampler.num_items, generator=g, device=sampler.device)
+        keys[sampler.positive_mask(u)] = float("inf")
+        out[start:start + chunk] = keys.topk(count, dim=1, largest=False).indices
+    return out

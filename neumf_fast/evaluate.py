@@ -1,0 +1,127 @@
+"""Scoring and evaluation of a trained model under the paper's protocols.
+
+- ``evaluate_candidates``: HR/NDCG/MRR@K and AUC of the held-out item among its fixed
+  candidates (the held-out item and 99 sampled negatives in the paper).
+- ``evaluate_full``: the same metrics over a ranking of every item, with the user's training
+  items (and the other held-out item) excluded.
+- ``popularity_scores``: the popularity baseline, scored through the same code.
+
+The model side is any ``neumf_fast.models`` module: ``model.score(user, items)`` computes the
+user side once per user.  ``UserInput`` turns user ids into what the model takes as a user (the
+ids themselves, or the user's history of training items for ``SequenceNeuMF``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import metrics
+from .data import NegativeSampler, Split
+from .models import SequenceNeuMF
+
+
+class UserInput:
+    """Maps user ids to a model's user input: ids, or the last ``history_len`` training items of
+    each user (by time, padded with the padding id ``num_items``) for ``SequenceNeuMF``."""
+
+    def __init__(self, split: Split, model, history_len: int = 20, device="cpu"):
+        self.history = None
+        if isinstance(model, SequenceNeuMF):
+            self.history = training_history(split, history_len).to(device)
+            self.pad = split.num_items
+
+    def __call__(self, users: Tensor, items: Tensor | None = None) -> Tensor:
+        if self.history is None:
+            return users
+        hist = self.history[users]
+        if items is not None:  # a training positive must not see itself in its own history
+            hist = hist.masked_fill(hist == items[:, None], self.pad)
+        return hist
+
+
+def training_history(split: Split, history_len: int) -> Tensor:
+    """``[num_users, history_len]`` int64: each user's latest training items, oldest first,
+    left-padded with ``num_items``."""
+    order = np.lexsort((split.train_time, split.train_user))
+    user, item = split.train_user[order], split.train_item[order]
+    counts = np.bincount(user, minlength=split.num_users)
+    ends = np.cumsum(counts)
+    from_end = np.repeat(ends, counts) - np.arange(len(user))  # 1 = latest
+    keep = from_end <= history_len
+    hist = np.full((split.num_users, history_len), split.num_items, np.int64)
+    hist[user[keep], history_len - from_end[keep]] = item[keep]
+    return torch.from_numpy(hist)
+
+
+def popularity_scores(split: Split) -> Tensor:
+    """Training-set interaction count of every item: the popularity baseline's scores."""
+    return torch.from_numpy(np.bincount(split.train_item, minlength=split.num_items).astype(np.float32))
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.no_grad()
+def evaluate_candidates(model, split: Split, which: str = "valid", *, k: int = 10, user_input: UserInput | None = None,
+                        batch_users: int = 2048, device="cpu", popularity: Tensor | None = None) -> dict:
+    """Metrics of the held-out item among its fixed candidates (column 0 is the held-out item).
+    With ``popularity`` given instead of a model, ranks by those per-item scores."""
+    users, cands = split.candidates(which)
+    users, cands = torch.from_numpy(users), torch.from_numpy(cands)
+    ranks = []
+    if model is not None:
+        was_training = model.training
+        model.eval()
+    for sl in _chunks(len(users), batch_users):
+        c = cands[sl].to(device)
+        if popularity is not None:
+            scores = popularity.to(device)[c]
+        else:
+            u = users[sl].to(device)
+            scores = model.score(user_input(u) if user_input else u, c)
+        ranks.append(metrics.target_rank(scores.float(), 0).cpu())
+    if model is not None:
+        model.train(was_training)
+    rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    return metrics.summarize(rank, cands.shape[1], k)
+
+
+@torch.no_grad()
+def evaluate_full(model, split: Split, which: str = "test", *, k: int = 10, user_input: UserInput | None = None,
+                  batch_users: int = 256, device="cpu", popularity: Tensor | None = None) -> dict:
+    """Metrics of the held-out item ranked against every item, excluding the user's training
+    items and the other held-out item (validation when testing, and vice versa)."""
+    held = split.valid if which == "valid" else split.test
+    other = split.test if which == "valid" else split.valid
+    users = torch.from_numpy(split.eval_users(which))
+    train = NegativeSampler(split.train_user, split.train_item, split.num_items, split.num_users, device=device)
+    all_items = torch.arange(split.num_items, device=device)
+    held_t, other_t = torch.from_numpy(held).to(device), torch.from_numpy(other).to(device)
+    ranks, counts = [], []
+    if model is not None:
+        was_training = model.training
+        model.eval()
+    for sl in _chunks(len(users), batch_users):
+        u = users[sl].to(device)
+        if popularity is not None:
+            scores = popularity.to(device)[None, :].expand(len(u), -1)
+        else:
+            scores = model.score(user_input(u) if user_input else u, all_items)
+        exclude = train.positive_mask(u)
+        o = other_t[u]
+        has_other = o >= 0
+        exclude[has_other.nonzero(as_tuple=True)[0], o[has_other]] = True
+        target = held_t[u]
+        exclude[torch.arange(len(u), device=device), target] = False
+        ranks.append(metrics.target_rank(scores.float(), target, exclude).cpu())
+        counts.append((split.num_items - exclude.sum(1)).cpu())
+    if model is not None:
+        model.train(was_training)
+    rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    count = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+    out = metrics.summarize(rank, count, k)
+    return out

@@ -1,0 +1,202 @@
+"""Data: readers, bad files, the synthetic set, leave-one-out, candidates, negative sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neumf_fast.data import (DataError, NegativeSampler, Split, distinct_negatives, from_raw, leave_one_out,
+                             load_dataset, random_split, read_interactions, synthetic)
+
+ROWS = [(10, 100, 5.0, 3), (10, 200, 3.0, 1), (10, 300, 4.0, 2), (20, 100, 1.0, 7), (30, 300, 2.0, 9),
+        (30, 200, 4.5, 8)]
+
+
+def _write(path, rows, sep, header=None):
+    lines = ([header] if header else []) + [sep.join(str(int(x)) if i != 2 else str(x) for i, x in enumerate(r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+FORMATS = [
+    ("u.data", "\t", None),
+    ("ratings.dat", "::", None),
+    ("ratings.csv", ",", "userId,movieId,rating,timestamp"),
+    ("mine.csv", ",", "user,item,rating,timestamp"),
+]
+
+
+@pytest.mark.parametrize("name,sep,header", FORMATS)
+def test_readers_remap_ids_and_keep_every_rating(tmp_path, name, sep, header):
+    data = read_interactions(_write(tmp_path / name, ROWS, sep, header))
+    assert (data.num_users, data.num_items, len(data)) == (3, 3, 6)
+    assert list(data.user_ids) == [10, 20, 30] and list(data.item_ids) == [100, 200, 300]
+    got = sorted(zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp))
+    assert got == sorted((r[0], r[1], r[3]) for r in ROWS)
+
+
+def test_parquet_and_directory_and_threshold(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame(ROWS, columns=["user", "item", "rating", "timestamp"])
+    frame.to_parquet(tmp_path / "x.parquet")
+    assert len(read_interactions(tmp_path / "x.parquet", threshold=4.0)) == 3
+    (tmp_path / "ml-1m").mkdir()
+    _write(tmp_path / "ml-1m" / "ratings.dat", ROWS, "::")
+    assert len(load_dataset(str(tmp_path / "ml-1m"))) == 6
+
+
+def test_duplicates_are_kept_once_at_their_earliest_time():
+    data = from_raw([1, 1, 2], [5, 5, 5], [9, 4, 1])
+    assert len(data) == 2
+    assert sorted(data.timestamp.tolist()) == [1, 4]
+
+
+@pytest.mark.parametrize("content,line,what", [
+    ("1::2::3::4\n1::2::3\n", 2, "expected 4 fields"),
+    ("1::2::3::4\n5::x::3::4\n", 2, "'x' is not a valid int"),
+    ("1::2::3::4\n\n5::6::3::4\n", 2, "empty line"),
+    ("1::2::3::4\n5::6::3::4::8\n", 2, "expected 4 fields"),
+    ("1::2::3::4\n5::6::3::12", None, None),  # a last line without newline is fine
+    ("1::2::3::4\n5::6::3::1", None, None),
+    ("1::2::3::4\n5::6", 2, "expected 4 fields"),  # truncated mid-line
+])
+def test_corrupt_files_name_file_and_line(tmp_path, content, line, what):
+    path = tmp_path / "ratings.dat"
+    path.write_text(content)
+    if line is None:
+        assert len(read_interactions(path)) == 2
+        return
+    with pytest.raises(DataError) as e:
+        read_interactions(path)
+    assert str(path) in str(e.value) and f"line {line}" in str(e.value) and what in str(e.value)
+
+
+def test_bad_header_binary_garbage_and_parquet(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("who,what\n1,2\n")
+    with pytest.raises(DataError, match=r"x.csv, line 1: no user column"):
+        read_interactions(path)
+    path = tmp_path / "u.data"
+    path.write_bytes(b"1\t2\t3\t4\n\xff\xfe\t2\n")
+    with pytest.raises(DataError, match=r"u.data, line 2: not UTF-8"):
+        read_interactions(path)
+    path = tmp_path / "x.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        read_interactions(path)
+
+
+def test_unknown_format_lists_the_supported_ones(tmp_path):
+    path = tmp_path / "ratings.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataError, match=r"unknown data format; supported: ml-100k, ml-1m, ml-10m, ml-csv, csv, parquet"):
+        read_interactions(path)
+    with pytest.raises(DataError, match="unknown dataset 'nope'"):
+        load_dataset("nope")
+
+
+def test_empty_data_is_an_error(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("user,item\n")
+    with pytest.raises(DataError, match="holds no interactions"):
+        read_interactions(path)
+    with pytest.raises(DataError, match="empty after the rating threshold"):
+        from_raw([1], [2], rating=[1.0], threshold=4.0)
+
+
+def test_synthetic_is_deterministic_and_ml1m_like():
+    a = synthetic(0)
+    assert (a.num_users, a.num_items) == (6040, 3706)
+    assert 0.95e6 <= len(a) <= 1.05e6
+    per_user = np.bincount(a.user)
+    assert per_user.min() >= 20
+    popularity = np.sort(np.bincount(a.item, minlength=a.num_items))[::-1]
+    assert popularity[: a.num_items // 10].sum() > 0.3 * len(a)  # long tail: top 10% of items > 30%
+    assert len(np.unique(a.user * a.num_items + a.item)) == len(a)  # no duplicate pairs
+    small = synthetic(1, 50, 40, 800)
+    again = synthetic(1, 50, 40, 800)
+    assert small.fingerprint() == again.fingerprint()
+    assert small.fingerprint() != synthetic(2, 50, 40, 800).fingerprint()
+
+
+def test_leave_one_out_follows_time_and_handles_short_users():
+    #           user 0: 4 interactions, user 1: 2, user 2: 1, user 3: 3 with a time tie
+    user = [0, 0, 0, 0, 1, 1, 2, 3, 3, 3]
+    item = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    time = [5, 1, 9, 7, 2, 1, 4, 3, 3, 1]
+    data = from_raw(user, item, time)
+    split = leave_one_out(data, num_negatives=2, seed=0)
+    assert split.test.tolist() == [2, 4, -1, 8]  # latest; tie (7, 8) broken by row order
+    assert split.valid.tolist() == [3, -1, -1, 7]
+    train = sorted(zip(split.train_user.tolist(), split.train_item.tolist()))
+    assert train == [(0, 0), (0, 1), (1, 5), (2, 6), (3, 9)]
+    assert split.eval_users("valid").tolist() == [0, 3] and split.eval_users("test").tolist() == [0, 1, 3]
+    assert (split.valid_candidates[1] == -1).all() and (split.test_candidates[2] == -1).all()
+
+
+def test_candidates_are_distinct_negatives_fixed_by_seed(tmp_path):
+    data = synthetic(3, 60, 300, 3000)  # at most 150 positives per user: >= 150 free items
+    split = leave_one_out(data, num_negatives=99, seed=7)
+    users, cands = split.candidates("test")
+    assert cands.shape == (len(users), 100)
+    assert (cands[:, 0] == split.test[users]).all()
+    positives = set(zip(data.user.tolist(), data.item.tolist()))
+    for u, row in zip(users, cands):
+        assert len(set(row.tolist())) == 100
+        assert not any((u, i) in positives for i in row[1:].tolist())
+    again = leave_one_out(data, num_negatives=99, seed=7)
+    assert (again.test_candidates == split.test_candidates).all()
+    assert not (leave_one_out(data, num_negatives=99, seed=8).test_candidates == split.test_candidates).all()
+    split.save(tmp_path / "s.npz")
+    loaded = Split.load(tmp_path / "s.npz")
+    assert loaded.fingerprint == split.fingerprint == data.fingerprint()
+    assert (loaded.valid_candidates == split.valid_candidates).all() and loaded.name == split.name
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(DataError, match="not a readable split file"):
+        Split.load(tmp_path / "bad.npz")
+
+
+def test_too_few_items_for_the_candidates_is_an_error():
+    data = from_raw([0, 0, 0], [0, 1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="has only 0 items without a positive; 99 negatives"):
+        leave_one_out(data)
+
+
+def test_negative_sampler_never_returns_a_positive():
+    g = torch.Generator().manual_seed(0)
+    user = torch.randint(0, 30, (400,), generator=g)
+    item = torch.randint(0, 20, (400,), generator=g)  # dense: about half the items are positives
+    sampler = NegativeSampler(user, item, 20, 30)
+    u = torch.arange(30).repeat_interleave(200)
+    neg = sampler.sample(u, torch.Generator().manual_seed(1))
+    keys = set((user * 20 + item).tolist())
+    assert not any(k in keys for k in (u * 20 + neg).tolist())
+    assert sampler.positive_mask(torch.tensor([3]))[0].sum() == sampler.positives_per_user[3]
+    full = NegativeSampler(torch.zeros(20, dtype=torch.long), torch.arange(20), 20)
+    with pytest.raises(ValueError, match="user 0 has a positive for every one of the 20 items"):
+        full.sample(torch.zeros(3, dtype=torch.long))
+
+
+def test_negatives_are_uniform_over_the_allowed_items():
+    sampler = NegativeSampler(torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]), 6)
+    neg = sampler.sample(torch.zeros(60000, dtype=torch.long), torch.Generator().manual_seed(0))
+    counts = torch.bincount(neg, minlength=6)
+    assert counts[:2].sum() == 0
+    assert (counts[2:] - 15000).abs().max() < 600  # 4.9 sigma of a binomial(60000, 1/4)
+
+
+def test_distinct_negatives_chunking_does_not_change_the_draw_shape():
+    sampler = NegativeSampler(torch.tensor([0, 1]), torch.tensor([0, 1]), 10, 2)
+    out = distinct_negatives(sampler, torch.tensor([0, 1]), 9, seed=0, chunk=1)
+    assert out.shape == (2, 9) and 0 not in out[0].tolist() and 1 not in out[1].tolist()
+
+
+def test_random_split_partitions_the_data():
+    data = synthetic(0, 30, 40, 500)
+    train, test = random_split(data, 0.8, seed=1)
+    assert len(train) + len(test) == len(data)
+    assert abs(len(train) / len(data) - 0.8) < 0.06
+    with pytest.raises(ValueError, match="ratio"):
+        random_split(data, 1.0)
