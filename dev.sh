@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: set up (venv, pinned deps, build the extension), then
-#   bash dev.sh demo   run the main job
+#   bash dev.sh train  the main job: train NeuMF on the built-in synthetic data, print HR@10/NDCG@10
 #   bash dev.sh test   run the test suite (what .ci/run runs)
-#   bash dev.sh bench  run the CPU benchmarks and write benchmarks/results/
+#   bash dev.sh demo   the fused op alone on the design's shapes (parity and speed)
+#   bash dev.sh bench [op|train]  run the CPU benchmarks and write benchmarks/results/
 # Extra arguments go to the command (pytest, the demo).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,13 +20,20 @@ pip install --quiet --disable-pip-version-check --no-build-isolation -e . 2>&1 |
 python -c "import neumf_fast.ops._library as l; print('neumf_fast extension:', l.EXTENSION_ERROR or 'built')"
 
 case "$cmd" in
+  train) neumf-fast train --model neumf --dataset synthetic --out runs/neumf "$@" ;;
   demo) python -m neumf_fast.demo "$@" ;;
   test) python -m pytest tests "$@" ;;
   bench)
-    stamp="cpu-$(date -u +%Y-%m-%d)"
-    python -m pytest benchmarks/test_bench_cpu.py -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
-    python benchmarks/report.py "benchmarks/results/$stamp.json" > "benchmarks/results/$stamp.md"
-    cat "benchmarks/results/$stamp.md"
+    which="${1:-all}"
+    [ $# -gt 0 ] && shift
+    for suite in op train; do
+      [ "$which" = all ] || [ "$which" = "$suite" ] || continue
+      file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%d)"
+      if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%d)"; fi
+      python -m pytest "$file" -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
+      python benchmarks/report.py "benchmarks/results/$stamp.json" "bash dev.sh bench $suite" > "benchmarks/results/$stamp.md"
+      cat "benchmarks/results/$stamp.md"
+    done
     ;;
-  *) echo "usage: bash dev.sh {demo|test|bench} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash dev.sh {train|test|demo|bench [op|train]} [args...]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 
 
-def main(path: str) -> None:
+def main(path: str, command: str = "bash dev.sh bench op") -> None:
     data = json.load(open(path))
     mi = data["machine_info"]
     rows = defaultdict(dict)
@@ -22,8 +22,8 @@ def main(path: str) -> None:
           f"torch threads {mi.get('torch_threads')}, ATen CPU capability {mi.get('cpu_capability')}, "
           f"GPU {mi.get('cuda_device') or 'none'}")
     print(f"- versions: python {mi.get('python_version')}, torch {mi.get('torch')}, triton {mi.get('triton')}")
-    print("- command: `bash dev.sh bench` (pytest benchmarks/test_bench_cpu.py --benchmark-json=...; "
-          "python benchmarks/report.py ...); times are medians of the timed rounds\n")
+    print(f"- command: `{command}` (pytest benchmarks/... --benchmark-json=...; python benchmarks/report.py ...); "
+          "times are medians of the timed rounds\n")
     print("| direction | shape | dtype | " + " | ".join(f"{p} (ms)" for p in providers)
           + " | " + " | ".join(f"eager/{p}" for p in providers if p != "eager") + " |")
     print("|" + "---|" * (3 + 2 * len(providers) - 1))
@@ -35,4 +35,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

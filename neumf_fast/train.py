@@ -166,6 +166,29 @@ def epoch_samples(train_user: torch.Tensor, train_item: torch.Tensor, sampler: N
     return user[perm], item[perm], label[perm]
 
 
+def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, desc: str = "train",
+                progress: bool = False, on_step: Callable[[int], None] | None = None) -> float:
+    """One pass over ``samples = (user, item, label)`` in order, in batches; returns the mean
+    log loss.  The loss is accumulated on the device: no host sync inside the loop."""
+    from tqdm.auto import tqdm
+
+    user, item, label = samples
+    model.train()
+    total = torch.zeros((), device=user.device)
+    steps = math.ceil(len(user) / batch_size)
+    for step in tqdm(range(steps), desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
+        sl = slice(step * batch_size, (step + 1) * batch_size)
+        u, i = user[sl], item[sl]
+        loss = F.binary_cross_entropy_with_logits(model(user_input(u, i) if user_input else u, i), label[sl])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(u)
+        if on_step is not None:
+            on_step(step)
+    return float(total) / max(1, len(user))
+
+
 def _optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
     lr = config.learning_rate()
     name = config.optimizer_name()
@@ -199,8 +222,6 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
     ``progress`` shows tqdm bars; ``log`` prints a line per epoch.
     ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt).
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -246,30 +267,16 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
         history.append({"epoch": 0, "loss": None, "train_s": 0.0, "eval_s": time.perf_counter() - t0, **m})
         if log:
             print(f"epoch 0: HR@{config.k} {m[f'hr@{config.k}']:.4f}  NDCG@{config.k} {m[f'ndcg@{config.k}']:.4f}")
-    bs = config.batch_size
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        user, item, label = epoch_samples(train_user, train_item, sampler, config.neg, config.seed, epoch)
-        model.train()
-        total = torch.zeros((), device=device)
-        steps = math.ceil(len(user) / bs)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress,
-                   leave=False, mininterval=0.5)
-        for step in bar:
-            sl = slice(step * bs, (step + 1) * bs)
-            u, i = user[sl], item[sl]
-            loss = F.binary_cross_entropy_with_logits(model(user_input(u, i), i), label[sl])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(u)
-            if on_step is not None:
-                on_step(epoch, step)
-        bar.close()
+        samples = epoch_samples(train_user, train_item, sampler, config.neg, config.seed, epoch)
+        loss = train_epoch(model, optimizer, samples, config.batch_size, user_input,
+                           desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
+                           on_step=None if on_step is None else (lambda step, e=epoch: on_step(e, step)))
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         m = evaluate_candidates(model, split, "valid", k=config.k, user_input=user_input, device=device)
-        row = {"epoch": epoch + 1, "loss": float(total) / len(user), "train_s": train_s,
+        row = {"epoch": epoch + 1, "loss": loss, "train_s": train_s,
                "eval_s": time.perf_counter() - t1, **m}
         history.append(row)
         hr = m[f"hr@{config.k}"]

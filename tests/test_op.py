@@ -91,3 +91,26 @@ def test_compile_inductor_forward_backward(backend):
     grads = torch.autograd.grad(loss, list(inputs.values()))
     actual = {"gmf": gmf.detach(), "mlp_in": mlp_in.detach(), **{f"grad_{k}": g for k, g in zip(inputs, grads)}}
     assert_close(actual, eager, atol=1e-5, rtol=1e-5)
+
+
+@needs_extension
+@pytest.mark.parametrize("name", CASES)
+def test_eager_fast_path_equals_the_registered_autograd(name):
+    """Eager calls take ``_EagerFusedInput`` (no per-call ``fill_defaults``); direct
+    ``torch.ops`` calls and torch.compile take the ``register_autograd`` registration.  Both run
+    the same kernels in the same order, so their outputs and gradients are bitwise equal."""
+    case = make_case(batch=7, **CASES[name])
+    inputs = case.float_inputs()
+    results = []
+    for direct in (False, True):
+        for t in inputs.values():
+            t.grad = None
+        if direct:
+            gmf, mlp_in, *_ = torch.ops.neumf_fast.fused_input(*op_args(case))
+        else:
+            gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend="cpu", **case.kwargs)
+        (gmf.square().sum() + mlp_in.sin().sum()).backward()
+        results.append([gmf.detach(), mlp_in.detach(), *(t.grad for t in inputs.values() if t.requires_grad)])
+    assert len(results[0]) > 2 and all(g is not None for g in results[0])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -1,0 +1,96 @@
+"""CPU benchmark of NeuMF training and evaluation on ML-1M-sized data (the synthetic set:
+6,040 users, 3,706 items, about 1M positives; 4 negatives each, so about 5M samples an epoch).
+
+- ``test_epoch``: one training epoch at the paper's defaults (factors 8, layers [64,32,16,8],
+  Adam), negative sampling and shuffling included, at batch 256 and 8192.  Providers: the model
+  on the reference op in eager PyTorch (``eager``), the same model under ``torch.compile``
+  (``compiled``), and the model on the C++ kernel (``cpu_kernel``).
+- ``test_evaluate``: leave-one-out evaluation of all 6,040 users (100 candidates each), and a
+  full ranking over all items.
+- ``test_negative_sampling``: one epoch's negatives and shuffle alone.
+
+    python -m pytest benchmarks/test_bench_train.py --benchmark-json=benchmarks/results/train.json
+    python benchmarks/report.py benchmarks/results/train.json
+
+Targets (issue: "NeuMF models ..."): an epoch <= 20 s at batch 256 and <= 5 s at batch 8192,
+evaluation of 6,040 users <= 2 s, on this 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from neumf_fast.data import NegativeSampler, leave_one_out, synthetic
+from neumf_fast.evaluate import evaluate_candidates, evaluate_full
+from neumf_fast.models import NeuMF
+from neumf_fast.ops import _library
+from neumf_fast.train import TrainConfig, epoch_samples, train_epoch
+
+
+@functools.lru_cache(maxsize=1)
+def _split():
+    return leave_one_out(synthetic(0), num_negatives=99, seed=0)
+
+
+def _tensors():
+    split = _split()
+    sampler = NegativeSampler(split.train_user, split.train_item, split.num_items, split.num_users)
+    return split, sampler, torch.from_numpy(split.train_user), torch.from_numpy(split.train_item)
+
+
+PROVIDERS = {"eager": ("torch", False), "compiled": ("torch", True), "cpu_kernel": ("cpu", False)}
+
+
+def _model(provider: str):
+    split = _split()
+    backend, compiled = PROVIDERS[provider]
+    if backend == "cpu" and _library.EXTENSION_ERROR is not None:
+        pytest.skip(_library.EXTENSION_ERROR)
+    torch.manual_seed(0)
+    model = NeuMF(split.num_users, split.num_items, 8, (64, 32, 16, 8), backend=backend)
+    optimizer = torch.optim.Adam(model.parameters(), lr=TrainConfig().learning_rate(), fused=True)
+    return (torch.compile(model) if compiled else model), optimizer
+
+
+@pytest.mark.parametrize("batch_size", [256, 8192])
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_epoch(benchmark, provider, batch_size):
+    split, sampler, train_user, train_item = _tensors()
+    model, optimizer = _model(provider)
+    # warm-up: compilation and first-touch allocations happen outside the timed epoch
+    warm = epoch_samples(train_user[:20000], train_item[:20000], sampler, 4, 0, 99)
+    train_epoch(model, optimizer, warm, batch_size)
+    epoch = iter(range(1000))
+
+    def one_epoch():
+        samples = epoch_samples(train_user, train_item, sampler, 4, 0, next(epoch))
+        return train_epoch(model, optimizer, samples, batch_size)
+
+    loss = benchmark.pedantic(one_epoch, rounds=1 if batch_size == 256 else 2, iterations=1)
+    assert 0 < loss < 1
+    benchmark.extra_info.update(direction="train epoch", shape=f"ML-1M-sized, batch {batch_size}", dtype="float32",
+                                provider=provider, samples=5 * len(train_user))
+
+
+@pytest.mark.parametrize("protocol", ["100 candidates", "full ranking"])
+def test_evaluate(benchmark, protocol):
+    split = _split()
+    model, _ = _model("cpu_kernel")
+    fn = evaluate_candidates if protocol == "100 candidates" else evaluate_full
+    result = benchmark.pedantic(lambda: fn(model, split, "test"), rounds=3, iterations=1)
+    assert result["users"] == 6040
+    benchmark.extra_info.update(direction="evaluate", shape=f"6040 users, {protocol}", dtype="float32",
+                                provider="cpu_kernel")
+
+
+def test_negative_sampling(benchmark):
+    split, sampler, train_user, train_item = _tensors()
+    epoch = iter(range(1000))
+    user, _, _ = benchmark.pedantic(lambda: epoch_samples(train_user, train_item, sampler, 4, 0, next(epoch)),
+                                    rounds=3, iterations=1)
+    assert len(user) == 5 * len(train_user)
+    benchmark.extra_info.update(direction="epoch negatives + shuffle", shape="ML-1M-sized, 4 per positive",
+                                dtype="-", provider="cpu_kernel")
