@@ -2,7 +2,9 @@
 
 from . import reference
 from .layers import FusedUserItem
+from .models import GMF, MLP, NeuMF, SequenceNeuMF
 from .ops import BACKENDS, BackendUnavailable, available_backends, neumf_input
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "BackendUnavailable", "FusedUserItem", "available_backends", "neumf_input", "reference"]
+__all__ = ["BACKENDS", "BackendUnavailable", "FusedUserItem", "GMF", "MLP", "NeuMF", "SequenceNeuMF",
+           "available_backends", "neumf_input", "reference"]

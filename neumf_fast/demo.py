@@ -1,6 +1,6 @@
-"""The main job for now: run the fused op on the design's shapes (B=16 and B=4096, L=10,
-D=H=128, plus the id path), print its parity with the reference and its speed against eager
-PyTorch.  Later issues replace this with NeuMF training.
+"""The fused op alone on the design's shapes (B=16 and B=4096, L=10, D=H=128, plus the id
+path): its parity with the reference and its speed against eager PyTorch.  (The main job,
+NeuMF training, is ``neumf-fast train``; see the README.)
 
     python -m neumf_fast.demo
 """

@@ -13,6 +13,8 @@ ids themselves, or the user's history of training items for ``SequenceNeuMF``).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -60,6 +62,23 @@ def popularity_scores(split: Split) -> Tensor:
     return torch.from_numpy(np.bincount(split.train_item, minlength=split.num_items).astype(np.float32))
 
 
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Model in eval mode for the block, restored after (no-op for the popularity baseline)."""
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    try:
+        yield
+    finally:
+        if model is not None:
+            model.train(was_training)
+
+
+def _scores(model, user_input, users: Tensor, items: Tensor) -> Tensor:
+    return model.score(user_input(users) if user_input else users, items)
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -73,19 +92,11 @@ def evaluate_candidates(model, split: Split, which: str = "valid", *, k: int = 1
     users, cands = split.candidates(which)
     users, cands = torch.from_numpy(users), torch.from_numpy(cands)
     ranks = []
-    if model is not None:
-        was_training = model.training
-        model.eval()
-    for sl in _chunks(len(users), batch_users):
-        c = cands[sl].to(device)
-        if popularity is not None:
-            scores = popularity.to(device)[c]
-        else:
-            u = users[sl].to(device)
-            scores = model.score(user_input(u) if user_input else u, c)
-        ranks.append(metrics.target_rank(scores.float(), 0).cpu())
-    if model is not None:
-        model.train(was_training)
+    with _eval_mode(model):
+        for sl in _chunks(len(users), batch_users):
+            c = cands[sl].to(device)
+            scores = popularity.to(device)[c] if popularity is not None else _scores(model, user_input, users[sl].to(device), c)
+            ranks.append(metrics.target_rank(scores.float(), 0).cpu())
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     return metrics.summarize(rank, cands.shape[1], k)
 
@@ -102,26 +113,21 @@ def evaluate_full(model, split: Split, which: str = "test", *, k: int = 10, user
     all_items = torch.arange(split.num_items, device=device)
     held_t, other_t = torch.from_numpy(held).to(device), torch.from_numpy(other).to(device)
     ranks, counts = [], []
-    if model is not None:
-        was_training = model.training
-        model.eval()
-    for sl in _chunks(len(users), batch_users):
-        u = users[sl].to(device)
-        if popularity is not None:
-            scores = popularity.to(device)[None, :].expand(len(u), -1)
-        else:
-            scores = model.score(user_input(u) if user_input else u, all_items)
-        exclude = train.positive_mask(u)
-        o = other_t[u]
-        has_other = o >= 0
-        exclude[has_other.nonzero(as_tuple=True)[0], o[has_other]] = True
-        target = held_t[u]
-        exclude[torch.arange(len(u), device=device), target] = False
-        ranks.append(metrics.target_rank(scores.float(), target, exclude).cpu())
-        counts.append((split.num_items - exclude.sum(1)).cpu())
-    if model is not None:
-        model.train(was_training)
+    with _eval_mode(model):
+        for sl in _chunks(len(users), batch_users):
+            u = users[sl].to(device)
+            if popularity is not None:
+                scores = popularity.to(device)[None, :].expand(len(u), -1)
+            else:
+                scores = _scores(model, user_input, u, all_items)
+            exclude = train.positive_mask(u)
+            o = other_t[u]
+            has_other = o >= 0
+            exclude[has_other.nonzero(as_tuple=True)[0], o[has_other]] = True
+            target = held_t[u]
+            exclude[torch.arange(len(u), device=device), target] = False
+            ranks.append(metrics.target_rank(scores.float(), target, exclude).cpu())
+            counts.append((split.num_items - exclude.sum(1)).cpu())
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     count = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
-    out = metrics.summarize(rank, count, k)
-    return out
+    return metrics.summarize(rank, count, k)

@@ -12,8 +12,23 @@ class DataError(ValueError):
     """A data file or dataset that cannot be used; the message names the file (and line)."""
 
 
+class IdSpace:
+    """Sizes of the contiguous id ranges, from the original-id maps ``user_ids``/``item_ids``."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+
 @dataclasses.dataclass
-class Interactions:
+class Interactions(IdSpace):
     """One row per (user, item) positive.
 
     ``user`` and ``item`` are contiguous ids ``0..num_users-1`` and ``0..num_items-1``;
@@ -27,14 +42,6 @@ class Interactions:
     user_ids: np.ndarray
     item_ids: np.ndarray
     name: str = "interactions"
-
-    @property
-    def num_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_ids)
 
     def __len__(self) -> int:
         return len(self.user)

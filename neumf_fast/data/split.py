@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .interactions import DataError, Interactions
+from .interactions import DataError, IdSpace, Interactions
 from .sampling import NegativeSampler, distinct_negatives
 
 NONE = -1
 
 
 @dataclasses.dataclass
-class Split:
+class Split(IdSpace):
     """A leave-one-out split.  ``valid``/``test`` are ``[num_users]`` item ids (``-1``: none);
     ``valid_candidates``/``test_candidates`` are ``[num_users, 1 + num_negatives]`` with the
     held-out item in column 0 (rows of users without that item are all ``-1``)."""
@@ -47,14 +47,6 @@ class Split:
     item_ids: np.ndarray
     fingerprint: str
     name: str = "split"
-
-    @property
-    def num_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_ids)
 
     def eval_users(self, which: str) -> np.ndarray:
         held = self.valid if which == "valid" else self.test
