@@ -75,7 +75,14 @@ class TrainConfig:
 
 
 def build_model(config: TrainConfig, num_users: int, num_items: int) -> torch.nn.Module:
-    torch.manual_seed(config.seed)
+    """The model ``config`` describes, initialised from ``config.seed`` (the caller's global
+    RNG state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _build_model(config, num_users, num_items)
+
+
+def _build_model(config: TrainConfig, num_users: int, num_items: int) -> torch.nn.Module:
     if config.model == "gmf":
         return models.GMF(num_users, num_items, config.factors, backend=config.backend)
     if config.model == "mlp":
@@ -200,10 +207,11 @@ def _optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
 
 
-def prepare_split(config: TrainConfig, out_dir: Path | None = None, log: bool = True) -> Split:
-    """The run's split: ``out_dir/split.npz`` if present (resume, evaluate), else built and saved."""
+def prepare_split(config: TrainConfig, out_dir: Path | None = None, log: bool = True, reuse: bool = False) -> Split:
+    """The run's split, built from ``config`` and saved as ``out_dir/split.npz``; with ``reuse``
+    (resuming), the saved one is loaded instead."""
     path = out_dir / "split.npz" if out_dir is not None else None
-    if path is not None and path.exists():
+    if reuse and path is not None and path.exists():
         return Split.load(path)
     data = load_dataset(config.dataset, threshold=config.threshold)
     if log:
@@ -236,12 +244,14 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
             raise ValueError(f"--resume: the run in {out_dir} was started with a different configuration "
                              f"({'; '.join(differs)})")
         config = dataclasses.replace(saved, epochs=config.epochs, backend=config.backend, device=config.device)
-    split = split if split is not None else prepare_split(config, out_dir, log)
+    split = split if split is not None else prepare_split(config, out_dir, log, reuse=state is not None)
     if state is not None and state["data_fingerprint"] != split.fingerprint:
         raise ValueError(f"--resume: {out_dir}'s checkpoint was trained on different data")
 
     device = torch.device(config.device)
-    model = build_model(config, split.num_users, split.num_items).to(device)
+    # resuming loads every weight from last.pt, so the pretrained checkpoints are not needed again
+    model = build_model(config if state is None else dataclasses.replace(config, pretrain=None),
+                        split.num_users, split.num_items).to(device)
     config = _model_config(config, model)
     optimizer = _optimizer(config, model)
     history, best, start_epoch = [], None, 0

@@ -47,6 +47,27 @@ def test_parquet_and_directory_and_threshold(tmp_path):
     assert len(load_dataset(str(tmp_path / "ml-1m"))) == 6
 
 
+def test_generic_files_take_text_ids(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "events.csv"
+    path.write_text("user,item\nalice,B0001\nbob,B0002\nalice,B0002\n")
+    data = read_interactions(path)
+    assert list(data.user_ids) == ["alice", "bob"] and list(data.item_ids) == ["B0001", "B0002"]
+    assert data.user_ids.dtype.kind == "U"  # fixed-width text: splits save without pickle
+    split = leave_one_out(from_raw(["a", "a", "a", "b"], ["x", "y", "z", "x"], [1, 2, 3, 1]), num_negatives=0)
+    split.save(tmp_path / "s.npz")
+    assert list(Split.load(tmp_path / "s.npz").user_ids) == ["a", "b"]
+    path.write_text("user,item\nalice,B0001\n,B0002\n")
+    with pytest.raises(DataError, match=r"events.csv, line 3: '' is not a valid id"):
+        read_interactions(path)
+    pd.DataFrame({"user": ["u1", "u2"], "item": [3, 4]}).to_parquet(tmp_path / "x.parquet")
+    assert list(read_interactions(tmp_path / "x.parquet").user_ids) == ["u1", "u2"]
+    pd.DataFrame({"user": ["u1", None], "item": [3, 4]}).to_parquet(tmp_path / "y.parquet")
+    with pytest.raises(DataError, match="column user has missing values"):
+        read_interactions(tmp_path / "y.parquet")
+
+
 def test_duplicates_are_kept_once_at_their_earliest_time():
     data = from_raw([1, 1, 2], [5, 5, 5], [9, 4, 1])
     assert len(data) == 2

@@ -183,3 +183,12 @@ def test_learning_rate_scales_with_batch():
     assert TrainConfig(batch_size=1024, lr=0.01).learning_rate() == 0.01
     assert TrainConfig(pretrain=("a", "b")).optimizer_name() == "sgd"
     assert dataclasses.asdict(TrainConfig())["layers"] == (64, 32, 16, 8)
+
+
+def test_a_new_run_never_reuses_an_old_runs_split(tiny_csv, tmp_path):
+    fit(_config(tiny_csv, epochs=0), tmp_path, progress=False, log=False)
+    other = tmp_path / "other.csv"
+    other.write_text("user,item,timestamp\n" + "\n".join(f"{u},{i},{u + i}" for u in range(30) for i in range(u % 5, 200, 5)))
+    result = fit(_config(other, epochs=0, eval_negatives=5), tmp_path, progress=False, log=False)
+    from neumf_fast.data import Split
+    assert Split.load(tmp_path / "split.npz").num_users == 30 == result["test"]["candidates"]["users"]

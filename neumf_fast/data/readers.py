@@ -5,7 +5,7 @@
 | ``ml-100k`` | ``u.data`` | ``user \\t item \\t rating \\t timestamp``, no header |
 | ``ml-1m``, ``ml-10m`` | ``ratings.dat`` | ``user::item::rating::timestamp``, no header |
 | ``ml-csv`` | ``ratings.csv`` (ml-20m, ml-25m, ml-latest) | header ``userId,movieId,rating,timestamp`` |
-| ``csv``, ``parquet`` | any | columns ``user``, ``item``, optional ``rating`` and ``timestamp`` |
+| ``csv``, ``parquet`` | any | columns ``user``, ``item``, optional ``rating`` and ``timestamp``; ids may be text |
 
 The fast path is pandas' C parser.  If it rejects the file, a second, line-by-line pass finds
 the first bad line, so the error names the file and the line.
@@ -76,7 +76,31 @@ def _first_bad_line(path: Path, text: str, sep: str, types: list, skip_header: b
     return None
 
 
-def _read_delimited(path: Path, sep: str, header: bool) -> dict[str, np.ndarray]:
+def _id(field: str) -> str:
+    """A generic file's id: any non-empty text (numeric ids are converted afterwards)."""
+    if not field.strip():
+        raise ValueError(field)
+    return field
+
+
+_id.__name__ = "id"
+
+
+def as_ids(values: np.ndarray) -> np.ndarray:
+    """int64 when every id is an integer, else fixed-width strings (never Python objects, so
+    splits save without pickle)."""
+    if np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.int64)
+    text = np.asarray(values, dtype=str)
+    if text.size and np.char.isdigit(np.char.lstrip(text, "-")).all():
+        try:
+            return text.astype(np.int64)
+        except (ValueError, OverflowError):  # "--5", or past int64: keep the text
+            pass
+    return text
+
+
+def _read_delimited(path: Path, sep: str, header: bool, string_ids: bool = False) -> dict[str, np.ndarray]:
     import pandas as pd
 
     raw = path.read_bytes()
@@ -100,7 +124,7 @@ def _read_delimited(path: Path, sep: str, header: bool) -> dict[str, np.ndarray]
     else:
         names = ["user", "item", "rating", "timestamp"]
         columns = {n: n for n in names}
-    types = {columns["user"]: int, columns["item"]: int}
+    types = {columns["user"]: _id if string_ids else int, columns["item"]: _id if string_ids else int}
     if "rating" in columns:
         types[columns["rating"]] = float
     if "timestamp" in columns:
@@ -108,16 +132,21 @@ def _read_delimited(path: Path, sep: str, header: bool) -> dict[str, np.ndarray]
     line_types = [types.get(n, str) for n in names]
     # pandas' C parser takes one-character separators only; "::" never occurs inside a field
     data = text.replace(sep, "\t") if len(sep) > 1 else text
+    pandas_types = {int: "int64", float: "float64", _id: "str"}
     try:
         frame = pd.read_csv(io.StringIO(data), sep="\t" if len(sep) > 1 else sep, header=0 if header else None,
-                            names=None if header else names, dtype={c: ("float64" if t is float else "int64") for c, t in types.items()},
-                            engine="c", skip_blank_lines=False)
+                            names=None if header else names, dtype={c: pandas_types[t] for c, t in types.items()},
+                            engine="c", skip_blank_lines=False, keep_default_na=False, na_values=[""])
         if frame.shape[1] != len(names):
             raise ValueError("column count")
+        if string_ids and frame[[columns["user"], columns["item"]]].isna().to_numpy().any():
+            raise ValueError("missing id")
     except (ValueError, pd.errors.ParserError) as e:
         bad = _first_bad_line(path, text, sep, line_types, header)
         raise (bad or DataError(f"{path}: could not parse: {e}")) from None
-    return {want: frame[col].to_numpy() for want, col in columns.items()}
+    out = {want: frame[col].to_numpy() for want, col in columns.items()}
+    out["user"], out["item"] = as_ids(out["user"]), as_ids(out["item"])
+    return out
 
 
 def _read_parquet(path: Path) -> dict[str, np.ndarray]:
@@ -127,17 +156,20 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
         frame = pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-    out = {}
+    out, out_columns = {}, {}
     for want, aliases in _COLUMN_ALIASES.items():
         found = [c for c in frame.columns if c in aliases]
         if found:
-            out[want] = frame[found[0]].to_numpy()
+            out[want], out_columns[want] = frame[found[0]].to_numpy(), found[0]
     for need in ("user", "item"):
         if need not in out:
             raise DataError(f"{path}: no {need} column among {list(frame.columns)}")
-    for name in ("user", "item", "timestamp"):
-        if name in out and not np.issubdtype(out[name].dtype, np.integer):
-            raise DataError(f"{path}: column {name} must be integer, got {out[name].dtype}")
+    for name in ("user", "item"):
+        if frame[out_columns[name]].isna().any():
+            raise DataError(f"{path}: column {name} has missing values")
+        out[name] = as_ids(out[name])
+    if "timestamp" in out and not np.issubdtype(out["timestamp"].dtype, np.integer):
+        raise DataError(f"{path}: column timestamp must be integer, got {out['timestamp'].dtype}")
     return out
 
 
@@ -160,8 +192,10 @@ def read_interactions(path: str | os.PathLike, fmt: str | None = None, *, thresh
         cols = _read_delimited(path, "\t", header=False)
     elif fmt in ("ml-1m", "ml-10m"):
         cols = _read_delimited(path, "::", header=False)
-    elif fmt in ("ml-csv", "csv"):
+    elif fmt == "ml-csv":
         cols = _read_delimited(path, ",", header=True)
+    elif fmt == "csv":
+        cols = _read_delimited(path, ",", header=True, string_ids=True)
     else:
         cols = _read_parquet(path)
     if len(cols["user"]) == 0:
