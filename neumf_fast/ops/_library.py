@@ -121,22 +121,33 @@ if EXTENSION_ERROR is None:
     torch.library.register_autograd("neumf_fast::fused_input", _backward, setup_context=_setup_context)
 
 
-class _EagerFusedInput(torch.autograd.Function):
-    """The same forward and backward as the ``register_autograd`` registration above, for eager
-    calls.  The registered path costs about 150 µs of Python per training step (``fill_defaults``
-    over 12 schema arguments and the generated wrapper, in forward and backward); this one calls
-    the op below autograd and the backward op directly.  ``torch.compile`` and direct
-    ``torch.ops`` calls keep using the registered op, which is what they can trace."""
+def make_eager_function(name: str, op, save, backward) -> type:
+    """An ``autograd.Function`` with the same forward and backward as an op's
+    ``register_autograd`` registration, for eager calls.  The registered path costs about
+    150 µs of Python per training step (``fill_defaults`` over the schema's arguments and the
+    generated wrapper, in forward and backward); this one calls the op below autograd and the
+    backward directly.  ``torch.compile`` and direct ``torch.ops`` calls keep using the
+    registered op, which is what they can trace."""
 
-    @staticmethod
     def forward(ctx, *inputs):
-        output = torch.ops.neumf_fast.fused_input(*inputs)  # grad mode is off in here
-        _save(ctx, inputs, output)
+        output = op(*inputs)  # grad mode is off in here
+        save(ctx, inputs, output)
         return output[0], output[1]
 
-    @staticmethod
-    def backward(ctx, grad_gmf, grad_mlp_in):
-        return _backward(ctx, grad_gmf, grad_mlp_in)
+    def backward_(ctx, grad_gmf, grad_mlp_in):
+        return backward(ctx, grad_gmf, grad_mlp_in)
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward_)})
+
+
+def use_eager_function(args) -> bool:
+    return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and any(isinstance(t, Tensor) and t.requires_grad for t in args))
+
+
+_EagerFusedInput = make_eager_function(
+    "_EagerFusedInput", lambda *a: torch.ops.neumf_fast.fused_input(*a), lambda *a: _save(*a),
+    lambda *a: _backward(*a))
 
 
 def fused_input(user: Tensor, user_mask, user_table, padding_idx, item, item_table,
@@ -144,8 +155,7 @@ def fused_input(user: Tensor, user_mask, user_table, padding_idx, item, item_tab
     """``(gmf, mlp_in)`` from the registered op (whichever device kernel the tensors select)."""
     args = (user, user_mask, user_table, padding_idx, item, item_table,
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
-    if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and any(isinstance(t, Tensor) and t.requires_grad for t in args)):
+    if use_eager_function(args):
         return _EagerFusedInput.apply(*args)
     gmf, mlp_in, *_saved = torch.ops.neumf_fast.fused_input(*args)
     return gmf, mlp_in

@@ -26,8 +26,9 @@ class BackendUnavailable(RuntimeError):
 class Backend:
     """One implementation of the op: a name, a reason check and a call."""
 
-    def __init__(self, name: str, reasons: Callable[[FusedDims], list[str]], run: Callable):
-        self.name, self._reasons, self.run = name, reasons, run
+    def __init__(self, name: str, reasons: Callable[[FusedDims], list[str]], run: Callable,
+                 auto: Callable[[FusedDims], bool] = lambda dims: True):
+        self.name, self._reasons, self.run, self.auto = name, reasons, run, auto
 
     def not_supported_reasons(self, dims: FusedDims) -> list[str]:
         return self._reasons(dims)
@@ -54,12 +55,30 @@ def _run_reference(user, user_mask, user_table, padding_idx, item, item_table,
         item_weight=item_weight, item_bias=item_bias, mode=mode)
 
 
+def _triton_reasons(dims: FusedDims) -> list[str]:
+    if dims.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":  # no need to import Triton
+        return [f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
+                f"these are on {dims.device}"]
+    from . import triton_backend
+
+    return triton_backend.triton_reasons(dims)
+
+
+def _run_triton(*args):
+    from . import triton_backend
+
+    return triton_backend.run_triton(*args)
+
+
 BACKENDS: dict[str, Backend] = {
+    # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
+    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda"),
     "cpu": Backend("cpu", _cpu_reasons, _library.fused_input),
     "torch": Backend("torch", _torch_reasons, _run_reference),
 }
-# Fastest first: "auto" takes the first that can run.  Later backends (triton, cuda) go in front.
-PREFERENCE = ["cpu", "torch"]
+# Fastest first: "auto" takes the first that can run.  (The CUDA C++ backend, when built, is
+# to be placed by its benchmark against Triton.)
+PREFERENCE = ["triton", "cpu", "torch"]
 
 _warned_fallback = False
 
@@ -82,7 +101,7 @@ def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
     if requested == "auto":
         for name in PREFERENCE:
             chosen = BACKENDS[name]
-            if not chosen.not_supported_reasons(dims):
+            if chosen.auto(dims) and not chosen.not_supported_reasons(dims):
                 if name == "torch":
                     _warn_fallback_once(dims)
                 return chosen

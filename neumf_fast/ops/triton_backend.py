@@ -1,0 +1,307 @@
+"""``backend="triton"``: launchers for the kernels in ``_triton_kernels``, their registration as
+``torch.library.triton_op`` (so ``torch.compile(fullgraph=True)`` keeps the kernels), and autograd.
+
+Layers, as in Liger-Kernel: ``_triton_kernels`` (the ``@triton.jit`` kernels) → the launchers
+here (validate, pick block sizes, allocate) registered as ops → autograd → ``neumf_input`` and
+the modules.  On the CPU the kernels run only under ``TRITON_INTERPRET=1`` (tests).
+
+Table gradients: ``tl.atomic_add`` scatter by default; with
+``torch.use_deterministic_algorithms(True)`` a sort-based segment reduction that adds each row's
+contributions in a fixed order instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._checks import check_inputs
+
+try:
+    import triton
+
+    from . import _triton_kernels as K
+
+    TRITON_ERROR: str | None = None
+except Exception as e:  # ImportError, or a Triton that cannot initialise on this machine
+    triton, K = None, None
+    TRITON_ERROR = f"Triton is not available ({type(e).__name__}: {e})"
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _block(n: int) -> int:
+    # tl.dot needs every dimension >= 16
+    return max(16, triton.next_power_of_2(max(1, n)))
+
+
+def _allow_tf32() -> bool:
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def _dummy(device) -> Tensor:
+    return torch.empty(1, device=device, dtype=torch.float32)
+
+
+def _strides(dims, user, user_table, item, item_table):
+    """Source strides as [row, position, column] (a table: [id, column, -]) and id strides."""
+    if dims.user_ids:
+        su = (user_table.stride(0), user_table.stride(1), 0)
+        sui = (user.stride(0), user.stride(1))
+    else:
+        su = tuple(user.stride())
+        sui = (0, 0)
+    if dims.item_ids:
+        si = (item_table.stride(0), item_table.stride(1), 0)
+        sii = item.stride(0)
+    else:
+        si = (item.stride(0), 0, item.stride(1))
+        sii = 0
+    return su, sui, si, sii
+
+
+if TRITON_ERROR is None:
+    _forward_kernel = triton.autotune(
+        configs=K.FORWARD_CONFIGS, key=["D", "DI", "H_MF", "H_MLP_U", "H_MLP_I", "L", "B_CLASS"])(
+        K.fused_forward_kernel)
+    from torch.library import triton_op, wrap_triton
+
+    @triton_op("neumf_fast::triton_fused_input", mutates_args={})
+    def triton_fused_input(
+        user: Tensor, user_mask: Optional[Tensor], user_table: Optional[Tensor], padding_idx: Optional[int],
+        item: Tensor, item_table: Optional[Tensor], user_weight: Optional[Tensor], user_bias: Optional[Tensor],
+        item_weight: Optional[Tensor], item_bias: Optional[Tensor], h_mf: int, mode: str, save: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item); the last four are fp32
+        tensors saved for backward when ``save`` (pooled only with a projection), else empty."""
+        d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
+                         user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+        dev, B = d.device, d.batch
+        h_mlp_u, h_mlp_i = d.user_proj - h_mf, d.item_proj - h_mf
+        f32 = dict(device=dev, dtype=torch.float32)
+        gmf = torch.empty((B, h_mf), device=dev, dtype=d.dtype)
+        mlp_in = torch.empty((B, h_mlp_u + h_mlp_i), device=dev, dtype=d.dtype)
+        pooled_user = torch.empty((B, d.user_dim) if save and user_weight is not None else (0,), **f32)
+        pooled_item = torch.empty((B, d.item_dim) if save and item_weight is not None else (0,), **f32)
+        mf_user = torch.empty((B, h_mf) if save else (0,), **f32)
+        mf_item = torch.empty((B, h_mf) if save else (0,), **f32)
+        if B == 0:
+            return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
+        _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table)
+        dummy = _dummy(dev)
+        su, sui, si, sii = _strides(d, user, user_table, item, item_table)
+        mask = user_mask.contiguous().view(torch.uint8) if user_mask is not None else dummy
+        cont = lambda t: t.contiguous() if t is not None else dummy
+        grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]),)
+        wrap_triton(_forward_kernel)[grid](
+            user, mask, user_table if d.user_ids else user, item, item_table if d.item_ids else item,
+            cont(user_weight), cont(user_bias), cont(item_weight), cont(item_bias),
+            gmf, mlp_in, pooled_user if pooled_user.numel() else dummy, pooled_item if pooled_item.numel() else dummy,
+            mf_user if save else dummy, mf_item if save else dummy,
+            B, d.seq_len, d.user_dim, d.item_dim, h_mf, h_mlp_u, h_mlp_i, padding_idx if padding_idx is not None else -1,
+            su[0], su[1], su[2], sui[0], sui[1], si[0], si[1], si[2], sii, 0 if B <= 512 else 1,
+            USER_IDS=d.user_ids, ITEM_IDS=d.item_ids, HAS_MASK=user_mask is not None, HAS_PAD=padding_idx is not None,
+            MEAN=mode == "mean", USER_PROJ=user_weight is not None, ITEM_PROJ=item_weight is not None,
+            USER_BIAS=user_bias is not None, ITEM_BIAS=item_bias is not None, SAVE=save, ALLOW_TF32=_allow_tf32(),
+            BLOCK_MF=_block(h_mf), BLOCK_MLP_U=_block(h_mlp_u), BLOCK_MLP_I=_block(h_mlp_i),
+        )
+        return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
+
+    @triton_op("neumf_fast::triton_fused_input_backward", mutates_args={})
+    def triton_fused_input_backward(
+        grad_gmf: Tensor, grad_mlp_in: Tensor, user: Tensor, user_mask: Optional[Tensor],
+        user_table: Optional[Tensor], padding_idx: Optional[int], item: Tensor, item_table: Optional[Tensor],
+        user_weight: Optional[Tensor], user_bias: Optional[Tensor], item_weight: Optional[Tensor],
+        item_bias: Optional[Tensor], h_mf: int, mode: str, pooled_user: Tensor, pooled_item: Tensor,
+        mf_user: Tensor, mf_item: Tensor, output_mask: list[bool], deterministic: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Gradients of (user source, item source, user_weight, user_bias, item_weight,
+        item_bias); an entry not asked for in ``output_mask`` is an empty tensor."""
+        d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
+                         user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+        dev, B, L = d.device, d.batch, d.seq_len
+        h_mlp_u, h_mlp_i = d.user_proj - h_mf, d.item_proj - h_mf
+        want_u, want_i, want_uw, want_ub, want_iw, want_ib = output_mask
+        want_ub, want_ib = want_ub and user_bias is not None, want_ib and item_bias is not None
+        want_uw, want_iw = want_uw and user_weight is not None, want_iw and item_weight is not None
+        f32 = dict(device=dev, dtype=torch.float32)
+        dummy = _dummy(dev)
+        none = lambda: torch.empty((0,), device=dev, dtype=d.dtype)
+
+        def source_buffers(want, ids, table, dense_shape, rows, width):
+            """(kernel target, final gradient or None): dense grads are written in place; table
+            grads go to an fp32 buffer by atomics, or to d_pooled rows for the segment sum."""
+            if not want:
+                return dummy, None
+            if not ids:
+                out = torch.empty(dense_shape, device=dev, dtype=d.dtype)
+                return out, out
+            if deterministic:
+                return torch.empty((rows, width), **f32), None
+            acc = torch.zeros(table.shape, **f32)
+            return acc, acc
+
+        dsrc_u, grad_u = source_buffers(want_u, d.user_ids, user_table, (B, L, d.user_dim), B, d.user_dim)
+        dsrc_i, grad_i = source_buffers(want_i, d.item_ids, item_table, (B, d.item_dim), B, d.item_dim)
+        dproj_u = torch.empty((B, d.user_proj), **f32) if want_uw or want_ub else dummy
+        dproj_i = torch.empty((B, d.item_proj), **f32) if want_iw or want_ib else dummy
+        if B > 0:
+            block_b = 16 if INTERPRET else 32
+            su, sui, si, sii = _strides(d, user, user_table, item, item_table)
+            mask = user_mask.contiguous().view(torch.uint8) if user_mask is not None else dummy
+            cont = lambda t: t.contiguous() if t is not None else dummy
+            wrap_triton(K.fused_backward_rows_kernel)[(triton.cdiv(B, block_b),)](
+                grad_gmf.contiguous(), grad_mlp_in.contiguous(), mf_user, mf_item, user, mask, item,
+                cont(user_weight), cont(item_weight), dproj_u, dproj_i, dsrc_u, dsrc_i,
+                B, L, d.user_dim, d.item_dim, h_mf, h_mlp_u, h_mlp_i,
+                padding_idx if padding_idx is not None else -1, sui[0], sui[1], sii,
+                USER_IDS=d.user_ids, ITEM_IDS=d.item_ids, HAS_MASK=user_mask is not None,
+                HAS_PAD=padding_idx is not None, MEAN=mode == "mean", USER_PROJ=user_weight is not None,
+                ITEM_PROJ=item_weight is not None, SAVE_DPROJ_U=want_uw or want_ub, SAVE_DPROJ_I=want_iw or want_ib,
+                WANT_USER=want_u, WANT_ITEM=want_i, ATOMIC=not deterministic, ALLOW_TF32=_allow_tf32(),
+                BLOCK_MF=_block(h_mf), BLOCK_MLP_U=_block(h_mlp_u), BLOCK_MLP_I=_block(h_mlp_i),
+                BLOCK_B=block_b, BLOCK_K=16 if INTERPRET else 64,
+            )
+        if want_u and d.user_ids and deterministic:
+            grad_u = _segment_sum(dsrc_u, user, padding_idx, user_table.shape[0], L, d.dtype)
+        if want_i and d.item_ids and deterministic:
+            grad_i = _segment_sum(dsrc_i, item[:, None], None, item_table.shape[0], 1, d.dtype)
+        if grad_u is not None and d.user_ids and grad_u.dtype != d.dtype:
+            grad_u = grad_u.to(d.dtype)
+        if grad_i is not None and d.item_ids and grad_i.dtype != d.dtype:
+            grad_i = grad_i.to(d.dtype)
+        gw_u, gb_u = _weight_grads(dproj_u, pooled_user, d.user_proj, d.user_dim, want_uw, want_ub, d.dtype, B)
+        gw_i, gb_i = _weight_grads(dproj_i, pooled_item, d.item_proj, d.item_dim, want_iw, want_ib, d.dtype, B)
+        pick = lambda t: t if t is not None else none()
+        return pick(grad_u), pick(grad_i), pick(gw_u), pick(gb_u), pick(gw_i), pick(gb_i)
+
+    def _weight_grads(dproj, pooled, H, D, want_w, want_b, dtype, B):
+        if not (want_w or want_b):
+            return None, None
+        dev = dproj.device
+        dw = torch.empty((H, D), device=dev, dtype=dtype) if want_w else _dummy(dev)
+        db = torch.empty((H,), device=dev, dtype=dtype) if want_b else _dummy(dev)
+        if B == 0:
+            return (dw.zero_() if want_w else None), (db.zero_() if want_b else None)
+        bh, bd = (16, 16) if INTERPRET else (64, 64)
+        wrap_triton(K.weight_grad_kernel)[(triton.cdiv(H, bh), triton.cdiv(D, bd) if want_w else 1)](
+            dproj, pooled if want_w else _dummy(dev), dw, db, B, H, D,
+            WANT_W=want_w, WANT_B=want_b, ALLOW_TF32=_allow_tf32(),
+            BLOCK_H=bh, BLOCK_D=bd, BLOCK_R=16 if INTERPRET else 64)
+        return (dw if want_w else None), (db if want_b else None)
+
+    def _segment_sum(d_pooled, ids, padding_idx, rows, L, dtype):
+        """Deterministic table gradient: positions sorted (stably) by id; the first position of
+        each run of equal ids sums the run in that order.  Static shapes throughout."""
+        dev = d_pooled.device
+        flat = ids.reshape(-1).to(torch.int64)
+        if padding_idx is not None:
+            flat = torch.where(flat == padding_idx, torch.full_like(flat, rows), flat)  # padding sorts last
+        sorted_ids, order = torch.sort(flat, stable=True)
+        ends = torch.searchsorted(sorted_ids, sorted_ids, right=True)
+        starts = torch.searchsorted(sorted_ids, sorted_ids, right=False)
+        out = torch.zeros((rows, d_pooled.shape[1]), device=dev, dtype=dtype)
+        if flat.numel():
+            bd = 16 if INTERPRET else 128
+            wrap_triton(K.segment_sum_kernel)[(flat.numel(), triton.cdiv(d_pooled.shape[1], bd))](
+                d_pooled, order, starts, ends, sorted_ids, out, rows, L, d_pooled.shape[1], BLOCK_D=bd)
+        return out
+
+    def _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table):
+        # traceable (torch.compile) and asynchronous on the GPU; eager callers get an IndexError
+        # earlier, from the host-side check in ``run_triton``
+        if d.user_ids:
+            keep = user != padding_idx if padding_idx is not None else torch.ones_like(user, dtype=torch.bool)
+            bad = keep & ((user < 0) | (user >= user_table.shape[0]))
+            torch._assert_async(~bad.any(), "neumf_fast: a user id is out of range for user_table")
+        if d.item_ids:
+            bad = (item < 0) | (item >= item_table.shape[0])
+            torch._assert_async(~bad.any(), "neumf_fast: an item id is out of range for item_table")
+
+    _INPUTS = ("user", "user_mask", "user_table", "padding_idx", "item", "item_table",
+               "user_weight", "user_bias", "item_weight", "item_bias", "h_mf", "mode")
+
+    def _save(ctx, inputs, output):
+        args = dict(zip(_INPUTS, inputs))
+        ctx.save_for_backward(*(args[n] for n in _INPUTS if n not in ("padding_idx", "h_mf", "mode")), *output[2:])
+        ctx.padding_idx, ctx.h_mf, ctx.mode = args["padding_idx"], args["h_mf"], args["mode"]
+
+    def _setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[2:])
+        _save(ctx, inputs, output)
+
+    def _backward(ctx, grad_gmf, grad_mlp_in, *_unused):
+        (user, user_mask, user_table, item, item_table, user_weight, user_bias, item_weight, item_bias,
+         pooled_user, pooled_item, mf_user, mf_item) = ctx.saved_tensors
+        need = dict(zip(_INPUTS, ctx.needs_input_grad))
+        user_ids, item_ids = user_table is not None, item_table is not None
+        dtype = user_table.dtype if user_ids else user.dtype
+        if grad_gmf is None:
+            grad_gmf = torch.zeros((user.shape[0], ctx.h_mf), dtype=dtype, device=user.device)
+        if grad_mlp_in is None:
+            width = (user_weight.shape[0] if user_weight is not None else (user_table if user_ids else user).shape[-1]) + \
+                (item_weight.shape[0] if item_weight is not None else (item_table if item_ids else item).shape[-1]) - 2 * ctx.h_mf
+            grad_mlp_in = torch.zeros((user.shape[0], width), dtype=dtype, device=user.device)
+        mask = [need["user_table"] if user_ids else need["user"], need["item_table"] if item_ids else need["item"],
+                need["user_weight"], need["user_bias"], need["item_weight"], need["item_bias"]]
+        grads = torch.ops.neumf_fast.triton_fused_input_backward(
+            grad_gmf, grad_mlp_in, user, user_mask, user_table, ctx.padding_idx, item, item_table,
+            user_weight, user_bias, item_weight, item_bias, ctx.h_mf, ctx.mode,
+            pooled_user, pooled_item, mf_user, mf_item, mask, torch.are_deterministic_algorithms_enabled())
+        g_src_u, g_src_i, g_uw, g_ub, g_iw, g_ib = (g if want else None for g, want in zip(grads, mask))
+        out = dict.fromkeys(_INPUTS)
+        out["user_table" if user_ids else "user"] = g_src_u
+        out["item_table" if item_ids else "item"] = g_src_i
+        out.update(user_weight=g_uw, user_bias=g_ub, item_weight=g_iw, item_bias=g_ib)
+        return (*(out[n] for n in _INPUTS), None)  # None: the `save` flag
+
+    torch.library.register_autograd("neumf_fast::triton_fused_input", _backward, setup_context=_setup_context)
+
+    from ._library import make_eager_function, use_eager_function
+
+    _EagerTritonFusedInput = make_eager_function(
+        "_EagerTritonFusedInput", lambda *a: torch.ops.neumf_fast.triton_fused_input(*a, True),
+        lambda ctx, inputs, output: _save(ctx, inputs, output),
+        lambda ctx, g1, g2: _backward(ctx, g1, g2)[:-1])
+
+
+def _check_id_range(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> None:
+    bad = (ids < 0) | (ids >= rows)
+    if keep is not None:
+        bad &= keep
+    if bool(bad.any()):
+        raise IndexError(f"neumf_fast: {name} id {int(ids[bad][0])} is out of range for a table with {rows} rows")
+
+
+def run_triton(user, user_mask, user_table, padding_idx, item, item_table,
+               user_weight, user_bias, item_weight, item_bias, h_mf, mode):
+    """``(gmf, mlp_in)`` from the Triton kernels; saves for backward only when autograd needs it."""
+    args = (user, user_mask, user_table, padding_idx, item, item_table,
+            user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+    if not torch.compiler.is_compiling():  # an exact IndexError for eager callers (one host sync)
+        if user_table is not None:
+            _check_id_range(user, user != padding_idx if padding_idx is not None else None, user_table.shape[0], "user")
+        if item_table is not None:
+            _check_id_range(item, None, item_table.shape[0], "item")
+    if use_eager_function(args):
+        return _EagerTritonFusedInput.apply(*args)
+    save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
+    gmf, mlp_in, *_saved = torch.ops.neumf_fast.triton_fused_input(*args, save)
+    return gmf, mlp_in
+
+
+def triton_reasons(dims) -> list[str]:
+    reasons = []
+    if TRITON_ERROR is not None:
+        reasons.append(TRITON_ERROR)
+    if dims.device.type != "cuda" and not (INTERPRET and dims.device.type == "cpu"):
+        reasons.append(f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
+                       f"these are on {dims.device}")
+    if dims.dtype == torch.float64:
+        reasons.append("the Triton kernels take float32, bfloat16 and float16, not float64")
+    if INTERPRET and dims.dtype == torch.bfloat16:
+        reasons.append("the Triton interpreter (TRITON_INTERPRET=1) has no bfloat16 arithmetic")
+    return reasons
