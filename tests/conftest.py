@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
 
-import neumf_fast
-from neumf_fast.ops import _library
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU tensors only in its interpreter; set before Triton is imported.
+    # "auto" never picks Triton for CPU tensors, so only tests that ask for it are affected.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import neumf_fast  # noqa: E402
+from neumf_fast.ops import _library  # noqa: E402
 
 # Backends under test against the reference.  "torch" *is* the reference, so parity is
 # asserted for the kernels; a kernel that is not built is reported as skipped with the reason.
@@ -36,6 +42,11 @@ class Case:
     def float_inputs(self) -> dict[str, torch.Tensor]:
         named = {"user": self.user, "item": self.item, **self.kwargs}
         return {k: v for k, v in named.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+    def on(self, device) -> "Case":
+        """The same call with every tensor moved to device (leaves stay leaves)."""
+        move = lambda t: (t.detach().to(device).requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t)
+        return Case(move(self.user), move(self.item), {k: move(v) for k, v in self.kwargs.items()})
 
     def to(self, dtype: torch.dtype) -> "Case":
         """The same call with every float input cast to dtype (ids and masks unchanged)."""
@@ -106,8 +117,8 @@ def run(case: Case, backend: str, seed: int = 1):
     gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
     inputs = case.float_inputs()
     g = torch.Generator().manual_seed(seed)
-    up_gmf = torch.randn(gmf.shape, generator=g, dtype=torch.float64).to(gmf.dtype)
-    up_mlp = torch.randn(mlp_in.shape, generator=g, dtype=torch.float64).to(mlp_in.dtype)
+    up_gmf = torch.randn(gmf.shape, generator=g, dtype=torch.float64).to(gmf.device, gmf.dtype)
+    up_mlp = torch.randn(mlp_in.shape, generator=g, dtype=torch.float64).to(mlp_in.device, mlp_in.dtype)
     grads = torch.autograd.grad((gmf, mlp_in), list(inputs.values()), (up_gmf, up_mlp), allow_unused=True)
     out = {"gmf": gmf.detach(), "mlp_in": mlp_in.detach()}
     out.update({f"grad_{k}": (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(inputs.items(), grads)})

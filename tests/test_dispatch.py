@@ -68,4 +68,5 @@ def test_missing_extension_falls_back_and_warns_once(monkeypatch, no_env):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         neumf_fast.neumf_input(case.user, case.item, **case.kwargs)  # no second warning
-    assert neumf_fast.available_backends(dims_of(case)) == ["torch"]
+    available = neumf_fast.available_backends(dims_of(case))
+    assert "cpu" not in available and available[-1] == "torch"  # (Triton too, under its interpreter)

@@ -1,0 +1,184 @@
+"""``backend="triton"`` against the reference, forward and backward.
+
+On a machine without CUDA these run on CPU tensors under ``TRITON_INTERPRET=1`` (set in
+conftest.py), which is slow, so the shapes are small but still odd-sized (1, 3, 37, 1000 rows;
+widths 3 and 37, never a multiple of the 16-wide tiles).  On a GPU the same cases run on CUDA.
+
+Tolerances (as tests/test_parity.py, which explains them): float32 atol = rtol = 2e-5 normwise;
+float16 by flash-attention's rule (kernel error against the float64 truth at most 2x PyTorch's
+own float16 error, plus one float16 eps of the largest magnitude).  The interpreter has no
+bfloat16 arithmetic, so bfloat16 runs only on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import neumf_fast
+from conftest import assert_close, describe_diff, make_case, run
+from neumf_fast.ops import BackendUnavailable, check_inputs, select_backend
+from neumf_fast.ops.dispatch import BACKENDS
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_probe = make_case(batch=1, seq_len=1, user_dim=3, h_mf=1, h_mlp=1).on(DEVICE)
+REASONS = BACKENDS["triton"].not_supported_reasons(check_inputs(
+    _probe.user, _probe.kwargs.get("user_mask"), None, None, _probe.item, None, _probe.kwargs["user_weight"],
+    _probe.kwargs["user_bias"], _probe.kwargs["item_weight"], _probe.kwargs["item_bias"], 1, "sum"))
+pytestmark = pytest.mark.skipif(bool(REASONS), reason="; ".join(REASONS))
+
+
+def parity(case, atol=2e-5):
+    case = case.on(DEVICE)
+    assert_close(run(case, "triton"), run(case, "torch"), atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("mask", ["none", "random", "empty_rows", "all"])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_masks_and_modes(user_ids, mask, mode):
+    case = make_case(batch=7, seq_len=5, user_dim=37, h_mf=3, h_mlp=5, h_mlp_item=3, user_ids=user_ids,
+                     item_ids=user_ids, mode=mode, mask="empty_rows" if mask == "all" else mask)
+    if mask == "all":  # every position masked: pooled zeros, never NaN
+        if user_ids:
+            case.user.fill_(case.kwargs["padding_idx"])
+        else:
+            case.kwargs["user_mask"].fill_(False)
+    parity(case)
+
+
+@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", [
+    (0, 3, 3, 3, 3, 3, 3),
+    (1, 1, 3, 3, 3, 3, 3),
+    (3, 7, 37, 3, 3, 37, 5),
+    (37, 3, 3, 37, 37, 3, 1),
+    (37, 2, 37, 37, 0, 37, 3),
+    (1000, 2, 3, 3, 1, 3, 2),
+])
+@pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_sizes_and_projection(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project, bias, user_ids):
+    if not project:  # the pooled vectors are split as [mf | mlp]
+        h_mf = min(h_mf, user_dim, item_dim)
+    case = make_case(batch=batch, seq_len=seq_len, user_dim=user_dim, item_dim=item_dim, h_mf=h_mf, h_mlp=h_mlp,
+                     h_mlp_item=h_mlp_item, user_ids=user_ids, item_ids=not user_ids, project=project, bias=bias,
+                     num_user_rows=30, num_item_rows=20)
+    parity(case)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("padding_idx", [0, 29, -1])
+def test_ids_index_dtypes_and_padding(index_dtype, padding_idx):
+    case = make_case(batch=9, seq_len=6, user_dim=5, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     padding_idx=padding_idx, mode="mean", mask="empty_rows", num_user_rows=30)
+    case.user, case.item = case.user.to(index_dtype), case.item.to(index_dtype)
+    parity(case)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "sorted"])
+def test_table_gradient_modes(deterministic):
+    """Atomic scatter and the sort-based segment sum both match the reference; the latter is
+    bitwise reproducible.  Few rows, many repeats: every row collects many contributions."""
+    case = make_case(batch=40, seq_len=9, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     num_user_rows=5, num_item_rows=3).on(DEVICE)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        first = run(case, "triton")
+        second = run(case, "triton")
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert_close(first, run(case, "torch"), atol=2e-5, rtol=2e-5)
+    if deterministic:
+        for name in ("grad_user_table", "grad_item_table"):
+            assert torch.equal(first[name], second[name]), name
+
+
+LOW = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("project", [True, False], ids=["proj", "noproj"])
+def test_reduced_precision(dtype, user_ids, project):
+    low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3 if project else 16, h_mlp=37, h_mlp_item=3,
+                    user_ids=user_ids, item_ids=user_ids, project=project, mode="mean", dtype=dtype).on(DEVICE)
+    truth = run(low.to(torch.float64), "torch")
+    torch_low = run(low, "torch")
+    kernel = run(low, "triton")
+    eps = torch.finfo(dtype).eps
+    failures = []
+    for name, exact in truth.items():
+        assert kernel[name].dtype == dtype, name
+        err_kernel = (kernel[name].double() - exact).abs().max().item() if exact.numel() else 0.0
+        err_torch = (torch_low[name].double() - exact).abs().max().item() if exact.numel() else 0.0
+        floor = eps * max(1.0, exact.abs().max().item() if exact.numel() else 0.0)
+        if err_kernel > 2 * err_torch + floor:
+            failures.append(f"{describe_diff(name, kernel[name], exact)}; torch {dtype} err {err_torch:.3e}")
+    assert not failures, "\n".join(failures)
+
+
+def test_non_contiguous_inputs():
+    case = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(DEVICE)
+    strided = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(DEVICE)
+    with torch.no_grad():
+        strided.user = case.user.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+        strided.item = torch.cat([case.item.detach(), case.item.detach()], 1)[:, :8].requires_grad_()
+        strided.kwargs["user_weight"] = case.kwargs["user_weight"].detach().t().contiguous().t().requires_grad_()
+    assert not strided.user.is_contiguous() and not strided.item.is_contiguous()
+    assert_close(run(strided, "triton"), run(case, "torch"), atol=2e-5, rtol=2e-5)
+
+
+def test_inference_saves_nothing_and_matches():
+    case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, requires_grad=False).on(DEVICE)
+    args = (case.user, case.kwargs.get("user_mask"), None, None, case.item, None, case.kwargs["user_weight"],
+            case.kwargs["user_bias"], case.kwargs["item_weight"], case.kwargs["item_bias"], 2, "sum")
+    gmf, mlp_in, *saved = torch.ops.neumf_fast.triton_fused_input(*args, False)
+    assert all(t.numel() == 0 for t in saved)
+    ref_gmf, ref_mlp = neumf_fast.reference.neumf_input(case.user, case.item, **case.kwargs)
+    torch.testing.assert_close(gmf, ref_gmf, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(mlp_in, ref_mlp, atol=2e-5, rtol=2e-5)
+
+
+def test_opcheck():
+    case = make_case(batch=4, seq_len=3, user_dim=5, h_mf=2, h_mlp=3, user_ids=True, item_ids=False).on(DEVICE)
+    args = (case.user, None, case.kwargs["user_table"], case.kwargs.get("padding_idx"), case.item, None,
+            case.kwargs["user_weight"], case.kwargs["user_bias"], case.kwargs["item_weight"], case.kwargs["item_bias"],
+            2, "mean", True)
+    # Under the interpreter the kernel runs even on FakeTensors (it reads their storage), so the
+    # fake-tensor and AOT checks run on a GPU only.
+    utils = ("test_schema", "test_autograd_registration")
+    if DEVICE == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.neumf_fast.triton_fused_input.default, args, test_utils=utils)
+
+
+def test_ids_out_of_range_and_unsupported_dtype():
+    case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
+                     num_user_rows=10).on(DEVICE)
+    case.user[1, 0] = 10
+    with pytest.raises(IndexError, match="user id 10 is out of range for a table with 10 rows"):
+        neumf_fast.neumf_input(case.user, case.item, backend="triton", **case.kwargs)
+    wide = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, dtype=torch.float64).on(DEVICE)
+    with pytest.raises(BackendUnavailable, match="not float64"):
+        neumf_fast.neumf_input(wide.user, wide.item, backend="triton", **wide.kwargs)
+
+
+def test_auto_takes_triton_only_for_cuda_tensors():
+    case = make_case(batch=2, seq_len=2, user_dim=4, h_mf=2, h_mlp=2).on(DEVICE)
+    dims = check_inputs(case.user, case.kwargs.get("user_mask"), None, None, case.item, None,
+                        case.kwargs["user_weight"], case.kwargs["user_bias"], case.kwargs["item_weight"],
+                        case.kwargs["item_bias"], 2, "sum")
+    assert (select_backend(dims, "auto").name == "triton") == (DEVICE == "cuda")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile of a Triton kernel needs a GPU")
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_compile_fullgraph_keeps_the_kernel(user_ids):
+    case = make_case(batch=33, seq_len=5, user_dim=37, h_mf=3, h_mlp=5, user_ids=user_ids, item_ids=user_ids).on(DEVICE)
+    fn = lambda u, i, kw: neumf_fast.neumf_input(u, i, backend="triton", **kw)
+    eager = run(case, "triton")
+    compiled_fn = torch.compile(fn, fullgraph=True)
+    gmf, mlp_in = compiled_fn(case.user, case.item, case.kwargs)
+    torch.testing.assert_close(gmf, eager["gmf"], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(mlp_in, eager["mlp_in"], atol=2e-5, rtol=2e-5)
