@@ -31,7 +31,7 @@ case "$cmd" in
       file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%d)"
       if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%d)"; fi
       python -m pytest "$file" -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
-      python benchmarks/report.py "benchmarks/results/$stamp.json" "bash dev.sh bench $suite" > "benchmarks/results/$stamp.md"
+      python benchmarks/report.py "benchmarks/results/$stamp.json" --command "bash dev.sh bench $suite" > "benchmarks/results/$stamp.md"
       cat "benchmarks/results/$stamp.md"
     done
     ;;

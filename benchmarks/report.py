@@ -3,18 +3,28 @@ ratios of every provider to the eager reference (medians from the same run)."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 
 
-def main(path: str, command: str = "bash dev.sh bench op") -> None:
-    data = json.load(open(path))
+def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
+    runs = [json.load(open(p)) for p in paths]
+    data = {**runs[0], "benchmarks": [b for r in runs for b in r["benchmarks"]]}  # one machine, one session
+    path = paths[0]
     mi = data["machine_info"]
     rows = defaultdict(dict)
+    moved = {}  # (direction, shape, dtype) -> bytes the op must move (GPU benchmarks)
+    copy_rate = None
     for b in data["benchmarks"]:
         e = b["extra_info"]
-        rows[(e["direction"], e["shape"], e.get("dtype", ""))][e["provider"]] = b["stats"]["median"]
+        if e.get("provider") == "copy":
+            copy_rate = e["bytes"] / b["stats"]["median"]
+            continue
+        key = (e["direction"], e["shape"], e.get("dtype", ""))
+        rows[key][e["provider"]] = b["stats"]["median"]
+        if "bytes" in e:
+            moved[key] = e["bytes"]
     providers = sorted({p for r in rows.values() for p in r}, key=lambda p: (p != "eager", p))
     print(f"# Benchmark results: {path.rsplit('/', 1)[-1]}\n")
     print(f"- date: {data['datetime']}")
@@ -32,7 +42,22 @@ def main(path: str, command: str = "bash dev.sh bench op") -> None:
         ratios = " | ".join(f"{r['eager'] / r[p]:.2f}x" if p in r and "eager" in r else "-"
                             for p in providers if p != "eager")
         print(f"| {direction} | {shape} | {dtype} | {times} | {ratios} |")
+    if moved and copy_rate:
+        print(f"\n## Achieved bandwidth (minimum bytes moved / median time)\n")
+        print(f"Device-to-device copy, measured in the same run: {copy_rate / 1e9:.0f} GB/s.\n")
+        print("| direction | shape | dtype | " + " | ".join(f"{p} GB/s (% of copy)" for p in providers) + " |")
+        print("|" + "---|" * (3 + len(providers)))
+        for key, r in sorted(rows.items()):
+            if key not in moved:
+                continue
+            cells = " | ".join(f"{moved[key] / r[p] / 1e9:.0f} ({100 * moved[key] / r[p] / copy_rate:.0f}%)"
+                               if p in r else "-" for p in providers)
+            print(f"| {key[0]} | {key[1]} | {key[2]} | {cells} |")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("json", nargs="+", help="pytest-benchmark JSON files of one session, merged")
+    parser.add_argument("--command", default="bash dev.sh bench op", help="the command that produced them")
+    args = parser.parse_args()
+    main(args.json, args.command)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("pandas", reason="the data pipeline needs pandas")
+
 from neumf_fast.data import (DataError, NegativeSampler, Split, distinct_negatives, from_raw, leave_one_out,
                              load_dataset, random_split, read_interactions, synthetic)
 

@@ -10,6 +10,9 @@ import zipfile
 
 import pytest
 
+pytest.importorskip("pandas", reason="the data pipeline needs pandas")
+pytest.importorskip("tqdm", reason="the data pipeline needs tqdm")
+
 from neumf_fast.cli import main as cli_main
 from neumf_fast.data import ARCHIVES, Archive, DataError, download, read_interactions
 

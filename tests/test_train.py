@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("pandas", reason="the data pipeline needs pandas")
+pytest.importorskip("tqdm", reason="the data pipeline needs tqdm")
+pytest.importorskip("matplotlib", reason="the data pipeline needs matplotlib")
+
 from neumf_fast.cli import main as cli_main
 from neumf_fast.data import leave_one_out, synthetic
 from neumf_fast.evaluate import UserInput, evaluate_candidates, training_history

@@ -32,13 +32,17 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# NEUMF_FAST_TRITON_AUTOTUNE=0: one config, no search (the tests set it: dozens of shapes would
+# otherwise each compile and time every config)
+AUTOTUNE = os.environ.get("NEUMF_FAST_TRITON_AUTOTUNE", "1") != "0" and not INTERPRET
 
 
-def _configs(big_b, small_b):
-    if INTERPRET:  # the interpreter runs every config; one is enough to test the math
-        return [triton.Config({"BLOCK_B": 16, "BLOCK_K": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bb in (*small_b, *big_b) for bk in (32, 64) for w, s in ((4, 2), (8, 3))]
+def _forward_configs():
+    if not AUTOTUNE:
+        return [triton.Config({"BLOCK_B": 16 if INTERPRET else 32, "BLOCK_K": 16 if INTERPRET else 64}, num_warps=4)]
+    # small BLOCK_B for serving-sized batches (more programs), large for training-sized ones
+    return [triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bb, bk, w, st in ((16, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3))]
 
 
 @triton.jit
@@ -335,4 +339,4 @@ def segment_sum_kernel(d_pooled, order, starts, ends, sorted_ids, out, ROWS, L, 
         tl.store(out + row_id * D + ds, acc.to(out.dtype.element_ty), mask=d_ok)
 
 
-FORWARD_CONFIGS = _configs(big_b=(64, 128), small_b=(16, 32))
+FORWARD_CONFIGS = _forward_configs()
