@@ -19,9 +19,9 @@ Saved for backward (only when autograd needs it): pooled_user and pooled_item (f
 and mf_user and mf_item (fp32, for the GMF product's gradient).  The MLP halves of the
 projections are not needed by the backward and are not saved.
 
-Precision: fp32 accumulation always; fp32 dots in IEEE precision unless ``ALLOW_TF32`` (which
-follows ``torch.backends.cuda.matmul.allow_tf32``); bf16/fp16 inputs go to the dots in their
-own dtype, with fp32 accumulation.
+Precision: fp32 accumulation always.  fp32 dots run in IEEE precision (``PRECISION="ieee"``)
+unless ``torch.backends.cuda.matmul.allow_tf32`` is set (``"tf32"``); bf16/fp16 inputs go to
+the dots in their own dtype, with fp32 accumulation.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _side_forward(src, ids_ptr, mask_ptr, w_ptr, b_ptr, pooled_ptr, mf_ptr, rows
                   L, D, H_MF, H_MLP, pad,
                   stride_s0, stride_s1, stride_s2, stride_i0, stride_i1,
                   IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PAD: tl.constexpr, PROJ: tl.constexpr,
-                  BIAS: tl.constexpr, SAVE: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                  BIAS: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_MF: tl.constexpr, BLOCK_MLP: tl.constexpr):
     """(mf [BLOCK_B, BLOCK_MF], mlp [BLOCK_B, BLOCK_MLP]) of one side, fp32."""
     h_mf = tl.arange(0, BLOCK_MF)
@@ -117,12 +117,8 @@ def _side_forward(src, ids_ptr, mask_ptr, w_ptr, b_ptr, pooled_ptr, mf_ptr, rows
             w_mlp = tl.load(w_ptr + (H_MF + h_mlp[:, None]) * D + cols[None, :],
                             mask=mlp_ok[:, None] & col_ok[None, :], other=0.0)
             a = tile.to(w_mf.dtype)
-            if ALLOW_TF32:
-                mf += tl.dot(a, tl.trans(w_mf), input_precision="tf32")
-                mlp += tl.dot(a, tl.trans(w_mlp), input_precision="tf32")
-            else:
-                mf += tl.dot(a, tl.trans(w_mf), input_precision="ieee")
-                mlp += tl.dot(a, tl.trans(w_mlp), input_precision="ieee")
+            mf += tl.dot(a, tl.trans(w_mf), input_precision=PRECISION)
+            mlp += tl.dot(a, tl.trans(w_mlp), input_precision=PRECISION)
         if BIAS:
             mf += tl.load(b_ptr + h_mf, mask=mf_ok, other=0.0).to(tl.float32)[None, :]
             mlp += tl.load(b_ptr + H_MF + h_mlp, mask=mlp_ok, other=0.0).to(tl.float32)[None, :]
@@ -147,7 +143,7 @@ def fused_forward_kernel(
     su0, su1, su2, sui0, sui1, si0, si1, si2, sii0, B_CLASS,
     USER_IDS: tl.constexpr, ITEM_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PAD: tl.constexpr,
     MEAN: tl.constexpr, USER_PROJ: tl.constexpr, ITEM_PROJ: tl.constexpr, USER_BIAS: tl.constexpr,
-    ITEM_BIAS: tl.constexpr, SAVE: tl.constexpr, ALLOW_TF32: tl.constexpr,
+    ITEM_BIAS: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_MF: tl.constexpr, BLOCK_MLP_U: tl.constexpr, BLOCK_MLP_I: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -162,13 +158,13 @@ def fused_forward_kernel(
                        USER_IDS, HAS_MASK, HAS_PAD, MEAN, BLOCK_B)
     mf_u, mlp_u = _side_forward(user_src, user, user_mask, user_w, user_b, pooled_user, mf_user, rows64, row_ok, scale,
                                 L, D, H_MF, H_MLP_U, pad, su0, su1, su2, sui0, sui1,
-                                USER_IDS, HAS_MASK, HAS_PAD, USER_PROJ, USER_BIAS, SAVE, ALLOW_TF32,
+                                USER_IDS, HAS_MASK, HAS_PAD, USER_PROJ, USER_BIAS, SAVE, PRECISION,
                                 BLOCK_B, BLOCK_K, BLOCK_MF, BLOCK_MLP_U)
     ones = tl.full([BLOCK_B], 1.0, dtype=tl.float32)
     # the item is a sequence of length 1
     mf_i, mlp_i = _side_forward(item_src, item, user_mask, item_w, item_b, pooled_item, mf_item, rows64, row_ok, ones,
                                 1, DI, H_MF, H_MLP_I, pad, si0, si1, si2, sii0, 0,
-                                ITEM_IDS, False, False, ITEM_PROJ, ITEM_BIAS, SAVE, ALLOW_TF32,
+                                ITEM_IDS, False, False, ITEM_PROJ, ITEM_BIAS, SAVE, PRECISION,
                                 BLOCK_B, BLOCK_K, BLOCK_MF, BLOCK_MLP_I)
     h_mf = tl.arange(0, BLOCK_MF)
     h_u = tl.arange(0, BLOCK_MLP_U)
@@ -186,7 +182,7 @@ def fused_forward_kernel(
 def _side_backward(d_mf, d_mlp, w_ptr, dproj_ptr, dsrc_ptr, ids_ptr, mask_ptr, rows64, row_ok, scale,
                    L, D, H_MF, H_MLP, pad, stride_i0, stride_i1,
                    IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PAD: tl.constexpr, PROJ: tl.constexpr,
-                   SAVE_DPROJ: tl.constexpr, WANT_SRC: tl.constexpr, ATOMIC: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                   SAVE_DPROJ: tl.constexpr, WANT_SRC: tl.constexpr, ATOMIC: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_MF: tl.constexpr, BLOCK_MLP: tl.constexpr):
     """Stores d_proj (for the weight pass) and the source gradient of one side.
 
@@ -210,12 +206,8 @@ def _side_backward(d_mf, d_mlp, w_ptr, dproj_ptr, dsrc_ptr, ids_ptr, mask_ptr, r
                 w_mf = tl.load(w_ptr + h_mf[:, None] * D + cols[None, :], mask=mf_ok[:, None] & col_ok[None, :], other=0.0)
                 w_mlp = tl.load(w_ptr + (H_MF + h_mlp[:, None]) * D + cols[None, :],
                                 mask=mlp_ok[:, None] & col_ok[None, :], other=0.0)
-                if ALLOW_TF32:
-                    dp = tl.dot(d_mf.to(w_mf.dtype), w_mf, input_precision="tf32")
-                    dp += tl.dot(d_mlp.to(w_mlp.dtype), w_mlp, input_precision="tf32")
-                else:
-                    dp = tl.dot(d_mf.to(w_mf.dtype), w_mf, input_precision="ieee")
-                    dp += tl.dot(d_mlp.to(w_mlp.dtype), w_mlp, input_precision="ieee")
+                dp = tl.dot(d_mf.to(w_mf.dtype), w_mf, input_precision=PRECISION)
+                dp += tl.dot(d_mlp.to(w_mlp.dtype), w_mlp, input_precision=PRECISION)
                 _scatter_tile(dp * scale[:, None], cols, col_ok, dsrc_ptr, ids_ptr, mask_ptr, rows64, row_ok,
                               L, D, pad, stride_i0, stride_i1, IDS, HAS_MASK, HAS_PAD, ATOMIC, BLOCK_B)
         else:
@@ -258,7 +250,7 @@ def fused_backward_rows_kernel(
     USER_IDS: tl.constexpr, ITEM_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PAD: tl.constexpr,
     MEAN: tl.constexpr, USER_PROJ: tl.constexpr, ITEM_PROJ: tl.constexpr,
     SAVE_DPROJ_U: tl.constexpr, SAVE_DPROJ_I: tl.constexpr, WANT_USER: tl.constexpr, WANT_ITEM: tl.constexpr,
-    ATOMIC: tl.constexpr, ALLOW_TF32: tl.constexpr,
+    ATOMIC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_MF: tl.constexpr, BLOCK_MLP_U: tl.constexpr, BLOCK_MLP_I: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -282,17 +274,17 @@ def fused_backward_rows_kernel(
     ones = tl.full([BLOCK_B], 1.0, dtype=tl.float32)
     _side_backward(g * mfi, d_mlp_u, user_w, dproj_user, dsrc_user, user, user_mask, rows64, row_ok, scale,
                    L, D, H_MF, H_MLP_U, pad, sui0, sui1,
-                   USER_IDS, HAS_MASK, HAS_PAD, USER_PROJ, SAVE_DPROJ_U, WANT_USER, ATOMIC, ALLOW_TF32,
+                   USER_IDS, HAS_MASK, HAS_PAD, USER_PROJ, SAVE_DPROJ_U, WANT_USER, ATOMIC, PRECISION,
                    BLOCK_B, BLOCK_K, BLOCK_MF, BLOCK_MLP_U)
     _side_backward(g * mfu, d_mlp_i, item_w, dproj_item, dsrc_item, item, user_mask, rows64, row_ok, ones,
                    1, DI, H_MF, H_MLP_I, pad, sii0, 0,
-                   ITEM_IDS, False, False, ITEM_PROJ, SAVE_DPROJ_I, WANT_ITEM, ATOMIC, ALLOW_TF32,
+                   ITEM_IDS, False, False, ITEM_PROJ, SAVE_DPROJ_I, WANT_ITEM, ATOMIC, PRECISION,
                    BLOCK_B, BLOCK_K, BLOCK_MF, BLOCK_MLP_I)
 
 
 @triton.jit
 def weight_grad_kernel(dproj, pooled, dw, db, B, H, D,
-                       WANT_W: tl.constexpr, WANT_B: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                       WANT_W: tl.constexpr, WANT_B: tl.constexpr, PRECISION: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
     """d_W[h, d] = Σ_b d_proj[b, h] · pooled[b, d] and d_b[h] = Σ_b d_proj[b, h]: one program per
     (h, d) tile looping over all rows, so the reduction needs no atomics and is deterministic."""
@@ -308,10 +300,7 @@ def weight_grad_kernel(dproj, pooled, dw, db, B, H, D,
         g = tl.load(dproj + rs[:, None] * H + hs[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
         if WANT_W:
             p = tl.load(pooled + rs[:, None] * D + ds[None, :], mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-            if ALLOW_TF32:
-                acc += tl.dot(tl.trans(g), p, input_precision="tf32")
-            else:
-                acc += tl.dot(tl.trans(g), p, input_precision="ieee")
+            acc += tl.dot(tl.trans(g), p, input_precision=PRECISION)
         if WANT_B:
             bias += tl.sum(g, axis=0)
     if WANT_W:

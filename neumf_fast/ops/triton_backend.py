@@ -38,8 +38,9 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(max(1, n)))
 
 
-def _allow_tf32() -> bool:
-    return bool(torch.backends.cuda.matmul.allow_tf32)
+def _precision() -> str:
+    """fp32 dots in IEEE precision unless the user opted in to TF32, as for torch.matmul."""
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _dummy(device) -> Tensor:
@@ -105,7 +106,7 @@ if TRITON_ERROR is None:
             su[0], su[1], su[2], sui[0], sui[1], si[0], si[1], si[2], sii, 0 if B <= 512 else 1,
             USER_IDS=d.user_ids, ITEM_IDS=d.item_ids, HAS_MASK=user_mask is not None, HAS_PAD=padding_idx is not None,
             MEAN=mode == "mean", USER_PROJ=user_weight is not None, ITEM_PROJ=item_weight is not None,
-            USER_BIAS=user_bias is not None, ITEM_BIAS=item_bias is not None, SAVE=save, ALLOW_TF32=_allow_tf32(),
+            USER_BIAS=user_bias is not None, ITEM_BIAS=item_bias is not None, SAVE=save, PRECISION=_precision(),
             BLOCK_MF=_block(h_mf), BLOCK_MLP_U=_block(h_mlp_u), BLOCK_MLP_I=_block(h_mlp_i),
         )
         return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
@@ -161,7 +162,7 @@ if TRITON_ERROR is None:
                 USER_IDS=d.user_ids, ITEM_IDS=d.item_ids, HAS_MASK=user_mask is not None,
                 HAS_PAD=padding_idx is not None, MEAN=mode == "mean", USER_PROJ=user_weight is not None,
                 ITEM_PROJ=item_weight is not None, SAVE_DPROJ_U=want_uw or want_ub, SAVE_DPROJ_I=want_iw or want_ib,
-                WANT_USER=want_u, WANT_ITEM=want_i, ATOMIC=not deterministic, ALLOW_TF32=_allow_tf32(),
+                WANT_USER=want_u, WANT_ITEM=want_i, ATOMIC=not deterministic, PRECISION=_precision(),
                 BLOCK_MF=_block(h_mf), BLOCK_MLP_U=_block(h_mlp_u), BLOCK_MLP_I=_block(h_mlp_i),
                 BLOCK_B=block_b, BLOCK_K=16 if INTERPRET else 64,
             )
@@ -189,7 +190,7 @@ if TRITON_ERROR is None:
         bh, bd = (16, 16) if INTERPRET else (64, 64)
         wrap_triton(K.weight_grad_kernel)[(triton.cdiv(H, bh), triton.cdiv(D, bd) if want_w else 1)](
             dproj, pooled if want_w else _dummy(dev), dw, db, B, H, D,
-            WANT_W=want_w, WANT_B=want_b, ALLOW_TF32=_allow_tf32(),
+            WANT_W=want_w, WANT_B=want_b, PRECISION=_precision(),
             BLOCK_H=bh, BLOCK_D=bd, BLOCK_R=16 if INTERPRET else 64)
         return (dw if want_w else None), (db if want_b else None)
 
