@@ -43,7 +43,7 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
                             for p in providers if p != "eager")
         print(f"| {direction} | {shape} | {dtype} | {times} | {ratios} |")
     if moved and copy_rate:
-        print(f"\n## Achieved bandwidth (minimum bytes moved / median time)\n")
+        print("\n## Achieved bandwidth (minimum bytes moved / median time)\n")
         print(f"Device-to-device copy, measured in the same run: {copy_rate / 1e9:.0f} GB/s.\n")
         print("| direction | shape | dtype | " + " | ".join(f"{p} GB/s (% of copy)" for p in providers) + " |")
         print("|" + "---|" * (3 + len(providers)))

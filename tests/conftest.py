@@ -150,3 +150,24 @@ def assert_close(actual: dict, expected: dict, *, atol: float, rtol: float) -> N
         if not torch.allclose(a.double(), e.double(), atol=atol * scale, rtol=rtol):
             failures.append(describe_diff(name, a, e))
     assert not failures, "\n".join(failures)
+
+
+def assert_flash_attention_rule(low: Case, backend: str) -> None:
+    """bf16/fp16 tolerance (flash-attention's rule, see tests/test_parity.py): the backend's max
+    error against the float64 truth of the same rounded inputs is at most 2x the error of the
+    PyTorch reference computed in that dtype, plus one eps of the dtype times the largest
+    magnitude."""
+    dtype = next(iter(low.float_inputs().values())).dtype
+    truth = run(low.to(torch.float64), "torch")
+    torch_low = run(low, "torch")
+    kernel = run(low, backend)
+    eps = torch.finfo(dtype).eps
+    failures = []
+    for name, exact in truth.items():
+        assert kernel[name].dtype == dtype, name
+        err_kernel = (kernel[name].double() - exact).abs().max().item() if exact.numel() else 0.0
+        err_torch = (torch_low[name].double() - exact).abs().max().item() if exact.numel() else 0.0
+        floor = eps * max(1.0, exact.abs().max().item() if exact.numel() else 0.0)
+        if err_kernel > 2 * err_torch + floor:
+            failures.append(f"{describe_diff(name, kernel[name], exact)}; torch {dtype} err {err_torch:.3e}")
+    assert not failures, "\n".join(failures)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import KERNELS, assert_close, describe_diff, make_case, run
+from conftest import KERNELS, assert_close, assert_flash_attention_rule, make_case, run
 
 DIRECT_TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 
@@ -113,19 +113,7 @@ def test_float64(backend, dtype, user_ids):
 def test_reduced_precision(backend, dtype, user_ids, project, mode):
     low = make_case(batch=100, seq_len=10, user_dim=128, h_mf=37, h_mlp=128, h_mlp_item=3,
                     user_ids=user_ids, item_ids=user_ids, project=project, mode=mode, dtype=dtype)
-    truth = run(low.to(torch.float64), "torch")
-    torch_low = run(low, "torch")
-    kernel = run(low, backend)
-    eps = torch.finfo(dtype).eps
-    failures = []
-    for name, exact in truth.items():
-        assert kernel[name].dtype == dtype, name
-        err_kernel = (kernel[name].double() - exact).abs().max().item() if exact.numel() else 0.0
-        err_torch = (torch_low[name].double() - exact).abs().max().item() if exact.numel() else 0.0
-        floor = eps * max(1.0, exact.abs().max().item() if exact.numel() else 0.0)
-        if err_kernel > 2 * err_torch + floor:
-            failures.append(f"{describe_diff(name, kernel[name], exact)}; torch {dtype} err {err_torch:.3e}")
-    assert not failures, "\n".join(failures)
+    assert_flash_attention_rule(low, backend)
 
 
 @pytest.mark.parametrize("backend", KERNELS)

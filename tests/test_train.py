@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib", reason="the data pipeline needs matplotlib")
 
 from neumf_fast.cli import main as cli_main
 from neumf_fast.data import leave_one_out, synthetic
-from neumf_fast.evaluate import UserInput, evaluate_candidates, training_history
+from neumf_fast.evaluate import UserInput, training_history
 from neumf_fast.models import SequenceNeuMF
 from neumf_fast.train import TrainConfig, fit, load_checkpoint, load_model, save_atomic
 

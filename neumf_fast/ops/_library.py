@@ -74,51 +74,60 @@ _INPUT_NAMES = ("user", "user_mask", "user_table", "padding_idx", "item", "item_
                 "user_weight", "user_bias", "item_weight", "item_bias", "h_mf", "mode")
 
 
-def _save(ctx, inputs, output):
-    args = dict(zip(_INPUT_NAMES, inputs))
-    _, _, pooled_user, pooled_item, proj_user, proj_item = output
-    ctx.save_for_backward(*(args[n] for n in _INPUT_NAMES if n not in ("padding_idx", "h_mf", "mode")),
-                          pooled_user, pooled_item, proj_user, proj_item)
-    ctx.padding_idx, ctx.h_mf, ctx.mode = args["padding_idx"], args["h_mf"], args["mode"]
+class AutogradGlue:
+    """Saving and backward shared by every backend's op: the forward's first twelve inputs are
+    the op's (``_INPUT_NAMES``) and its outputs are ``(gmf, mlp_in, *four saved tensors)``; the
+    backward op takes the output gradients, the inputs, the saved tensors, a ``bool[6]`` mask of
+    the gradients wanted, then ``extra()``, and returns the six gradients (source of each side,
+    then weight and bias of each side)."""
+
+    def __init__(self, backward_op, extra=lambda: ()):
+        self.backward_op, self.extra = backward_op, extra
+
+    def save(self, ctx, inputs, output):
+        args = dict(zip(_INPUT_NAMES, inputs))
+        ctx.save_for_backward(*(args[n] for n in _INPUT_NAMES if n not in ("padding_idx", "h_mf", "mode")),
+                              *output[2:6])
+        ctx.padding_idx, ctx.h_mf, ctx.mode = args["padding_idx"], args["h_mf"], args["mode"]
+
+    def setup_context(self, ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[2:])
+        self.save(ctx, inputs, output)
+
+    def backward(self, ctx, grad_gmf, grad_mlp_in, *_unused):
+        (user, user_mask, user_table, item, item_table, user_weight, user_bias, item_weight, item_bias,
+         *saved) = ctx.saved_tensors
+        need = dict(zip(_INPUT_NAMES, ctx.needs_input_grad))
+        user_ids, item_ids = user_table is not None, item_table is not None
+        user_src, item_src = (user_table if user_ids else user), (item_table if item_ids else item)
+        batch = user.shape[0]
+        if grad_gmf is None:
+            grad_gmf = torch.zeros((batch, ctx.h_mf), dtype=user_src.dtype, device=user.device)
+        if grad_mlp_in is None:
+            width = (user_weight.shape[0] if user_weight is not None else user_src.shape[-1]) + (
+                item_weight.shape[0] if item_weight is not None else item_src.shape[-1]) - 2 * ctx.h_mf
+            grad_mlp_in = torch.zeros((batch, width), dtype=user_src.dtype, device=user.device)
+        mask = [need["user_table" if user_ids else "user"], need["item_table" if item_ids else "item"],
+                need["user_weight"], need["user_bias"], need["item_weight"], need["item_bias"]]
+        grads = self.backward_op(
+            grad_gmf, grad_mlp_in, user, user_mask, user_table, ctx.padding_idx, item, item_table,
+            user_weight, user_bias, item_weight, item_bias, ctx.h_mf, ctx.mode, *saved, mask, *self.extra())
+        g_user_src, g_item_src, g_uw, g_ub, g_iw, g_ib = (g if want else None for g, want in zip(grads, mask))
+        out = dict.fromkeys(_INPUT_NAMES)
+        out["user_table" if user_ids else "user"] = g_user_src
+        out["item_table" if item_ids else "item"] = g_item_src
+        out.update(user_weight=g_uw, user_bias=g_ub, item_weight=g_iw, item_bias=g_ib)
+        # inputs after the twelve (flags such as Triton's `save`) get no gradient
+        return (*(out[n] for n in _INPUT_NAMES), *[None] * (len(ctx.needs_input_grad) - len(_INPUT_NAMES)))
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(*output[2:])
-    _save(ctx, inputs, output)
-
-
-def _backward(ctx, grad_gmf, grad_mlp_in, *_unused):
-    (user, user_mask, user_table, item, item_table, user_weight, user_bias, item_weight, item_bias,
-     pooled_user, pooled_item, proj_user, proj_item) = ctx.saved_tensors
-    need = dict(zip(_INPUT_NAMES, ctx.needs_input_grad))
-    user_ids, item_ids = user_table is not None, item_table is not None
-    want_user_src = need["user_table"] if user_ids else need["user"]
-    want_item_src = need["item_table"] if item_ids else need["item"]
-    dtype = user_table.dtype if user_ids else user.dtype
-    batch = user.shape[0]
-    if grad_gmf is None:
-        grad_gmf = torch.zeros((batch, ctx.h_mf), dtype=dtype, device=user.device)
-    if grad_mlp_in is None:
-        width = (user_weight.shape[0] if user_weight is not None else pooled_user.shape[1]) + (
-            item_weight.shape[0] if item_weight is not None else pooled_item.shape[1]) - 2 * ctx.h_mf
-        grad_mlp_in = torch.zeros((batch, width), dtype=dtype, device=user.device)
-    mask = [want_user_src, want_item_src, need["user_weight"], need["user_bias"], need["item_weight"], need["item_bias"]]
-    grads = torch.ops.neumf_fast.fused_input_backward(
-        grad_gmf, grad_mlp_in, user, user_mask, user_table, ctx.padding_idx, item, item_table,
-        user_weight, user_bias, item_weight, item_bias, ctx.h_mf, ctx.mode,
-        pooled_user, pooled_item, proj_user, proj_item, mask)
-    g_user_src, g_item_src, g_uw, g_ub, g_iw, g_ib = (g if want else None for g, want in zip(grads, mask))
-    out = dict.fromkeys(_INPUT_NAMES)
-    out["user_table" if user_ids else "user"] = g_user_src
-    out["item_table" if item_ids else "item"] = g_item_src
-    out.update(user_weight=g_uw, user_bias=g_ub, item_weight=g_iw, item_bias=g_ib)
-    return tuple(out[n] for n in _INPUT_NAMES)
+_GLUE = AutogradGlue(lambda *a: torch.ops.neumf_fast.fused_input_backward(*a))
 
 
 if EXTENSION_ERROR is None:
     torch.library.register_fake("neumf_fast::fused_input")(_fake_fused_input)
     torch.library.register_fake("neumf_fast::fused_input_backward")(_fake_fused_input_backward)
-    torch.library.register_autograd("neumf_fast::fused_input", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("neumf_fast::fused_input", _GLUE.backward, setup_context=_GLUE.setup_context)
 
 
 def make_eager_function(name: str, op, save, backward) -> type:
@@ -146,8 +155,7 @@ def use_eager_function(args) -> bool:
 
 
 _EagerFusedInput = make_eager_function(
-    "_EagerFusedInput", lambda *a: torch.ops.neumf_fast.fused_input(*a), lambda *a: _save(*a),
-    lambda *a: _backward(*a))
+    "_EagerFusedInput", lambda *a: torch.ops.neumf_fast.fused_input(*a), _GLUE.save, _GLUE.backward)
 
 
 def fused_input(user: Tensor, user_mask, user_table, padding_idx, item, item_table,

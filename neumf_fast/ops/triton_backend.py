@@ -222,51 +222,15 @@ if TRITON_ERROR is None:
             bad = (item < 0) | (item >= item_table.shape[0])
             torch._assert_async(~bad.any(), "neumf_fast: an item id is out of range for item_table")
 
-    _INPUTS = ("user", "user_mask", "user_table", "padding_idx", "item", "item_table",
-               "user_weight", "user_bias", "item_weight", "item_bias", "h_mf", "mode")
+    from ._library import AutogradGlue, make_eager_function, use_eager_function
 
-    def _save(ctx, inputs, output):
-        args = dict(zip(_INPUTS, inputs))
-        ctx.save_for_backward(*(args[n] for n in _INPUTS if n not in ("padding_idx", "h_mf", "mode")), *output[2:])
-        ctx.padding_idx, ctx.h_mf, ctx.mode = args["padding_idx"], args["h_mf"], args["mode"]
-
-    def _setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(*output[2:])
-        _save(ctx, inputs, output)
-
-    def _backward(ctx, grad_gmf, grad_mlp_in, *_unused):
-        (user, user_mask, user_table, item, item_table, user_weight, user_bias, item_weight, item_bias,
-         pooled_user, pooled_item, mf_user, mf_item) = ctx.saved_tensors
-        need = dict(zip(_INPUTS, ctx.needs_input_grad))
-        user_ids, item_ids = user_table is not None, item_table is not None
-        dtype = user_table.dtype if user_ids else user.dtype
-        if grad_gmf is None:
-            grad_gmf = torch.zeros((user.shape[0], ctx.h_mf), dtype=dtype, device=user.device)
-        if grad_mlp_in is None:
-            width = (user_weight.shape[0] if user_weight is not None else (user_table if user_ids else user).shape[-1]) + \
-                (item_weight.shape[0] if item_weight is not None else (item_table if item_ids else item).shape[-1]) - 2 * ctx.h_mf
-            grad_mlp_in = torch.zeros((user.shape[0], width), dtype=dtype, device=user.device)
-        mask = [need["user_table"] if user_ids else need["user"], need["item_table"] if item_ids else need["item"],
-                need["user_weight"], need["user_bias"], need["item_weight"], need["item_bias"]]
-        grads = torch.ops.neumf_fast.triton_fused_input_backward(
-            grad_gmf, grad_mlp_in, user, user_mask, user_table, ctx.padding_idx, item, item_table,
-            user_weight, user_bias, item_weight, item_bias, ctx.h_mf, ctx.mode,
-            pooled_user, pooled_item, mf_user, mf_item, mask, torch.are_deterministic_algorithms_enabled())
-        g_src_u, g_src_i, g_uw, g_ub, g_iw, g_ib = (g if want else None for g, want in zip(grads, mask))
-        out = dict.fromkeys(_INPUTS)
-        out["user_table" if user_ids else "user"] = g_src_u
-        out["item_table" if item_ids else "item"] = g_src_i
-        out.update(user_weight=g_uw, user_bias=g_ub, item_weight=g_iw, item_bias=g_ib)
-        return (*(out[n] for n in _INPUTS), None)  # None: the `save` flag
-
-    torch.library.register_autograd("neumf_fast::triton_fused_input", _backward, setup_context=_setup_context)
-
-    from ._library import make_eager_function, use_eager_function
-
+    _GLUE = AutogradGlue(lambda *a: torch.ops.neumf_fast.triton_fused_input_backward(*a),
+                         extra=lambda: (torch.are_deterministic_algorithms_enabled(),))
+    torch.library.register_autograd("neumf_fast::triton_fused_input", _GLUE.backward,
+                                    setup_context=_GLUE.setup_context)
     _EagerTritonFusedInput = make_eager_function(
         "_EagerTritonFusedInput", lambda *a: torch.ops.neumf_fast.triton_fused_input(*a, True),
-        lambda ctx, inputs, output: _save(ctx, inputs, output),
-        lambda ctx, g1, g2: _backward(ctx, g1, g2)[:-1])
+        _GLUE.save, _GLUE.backward)
 
 
 def _check_id_range(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> None:
