@@ -28,8 +28,8 @@ case "$cmd" in
     [ $# -gt 0 ] && shift
     for suite in op train; do
       [ "$which" = all ] || [ "$which" = "$suite" ] || continue
-      file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%d)"
-      if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%d)"; fi
+      file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%dT%H%M)"
+      if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%dT%H%M)"; fi
       python -m pytest "$file" -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
       python benchmarks/report.py "benchmarks/results/$stamp.json" --command "bash dev.sh bench $suite" > "benchmarks/results/$stamp.md"
       cat "benchmarks/results/$stamp.md"
