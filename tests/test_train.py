@@ -196,3 +196,35 @@ def test_a_new_run_never_reuses_an_old_runs_split(tiny_csv, tmp_path):
     result = fit(_config(other, epochs=0, eval_negatives=5), tmp_path, progress=False, log=False)
     from neumf_fast.data import Split
     assert Split.load(tmp_path / "split.npz").num_users == 30 == result["test"]["candidates"]["users"]
+
+
+def test_a_process_killed_with_sigkill_resumes_to_the_same_result(tiny_csv, tmp_path):
+    """The real thing: the CLI in a subprocess, SIGKILLed once its first epoch's checkpoint is
+    on disk (so mid-way through a later epoch), then resumed; compared with an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--dataset", str(tiny_csv), "--epochs", "4", "--batch-size", "32", "--factors", "4",
+            "--layers", "16,8,4", "--neg", "2", "--no-progress"]
+    cmd = [sys.executable, "-m", "neumf_fast.cli", "train", "--model", "neumf"]
+    subprocess.run([*cmd, *args, "--out", str(tmp_path / "a")], check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, *args, "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "b" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if killed:
+        assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] < 3  # it died before the end
+    subprocess.run([*cmd, *args, "--out", str(tmp_path / "b"), "--resume"], check=True, capture_output=True)
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    strip = lambda h: [{k: v for k, v in row.items() if not k.endswith("_s")} for row in h]
+    assert strip(b["history"]) == strip(a["history"])
+    assert b["test"] == a["test"]
+    assert killed, "the first run finished before it could be killed; the test proved nothing"
