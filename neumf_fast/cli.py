@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--nproc", type=_positive, default=1,
+                   help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on GPUs)")
 
     e = sub.add_parser("evaluate", help="test metrics of a checkpoint (100 candidates, and full ranking)")
     e.add_argument("checkpoint", type=Path)
@@ -98,8 +100,55 @@ def _split_for(checkpoint: Path, given: Path | None):
     return Split.load(path)
 
 
-def _cmd_train(args) -> None:
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _launch(nproc: int, argv: list[str]) -> None:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+    from torch.distributed import run as torchrun
+
+    torchrun.main(["--standalone", f"--nproc_per_node={nproc}", "-m", "neumf_fast.train",
+                   *_without_nproc(argv[1:])])
+
+
+def _init_distributed(device: str) -> str:
+    """Joins the process group torchrun describes (WORLD_SIZE > 1); returns this rank's device."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.startswith("cuda"):
+        import torch
+
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return device
+
+
+def _cmd_train(args, argv) -> None:
+    import os
+
+    import torch.distributed as dist
+
     from .train import TrainConfig, fit
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args.nproc, argv)
+    args.device = _init_distributed(args.device)
 
     config = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, factors=args.factors, layers=tuple(args.layers), neg=args.neg,
@@ -109,7 +158,13 @@ def _cmd_train(args) -> None:
     if config.pretrain and config.model != "neumf":
         raise SystemExit("neumf-fast: --pretrain applies to --model neumf")
     out = args.out or Path("runs") / args.model
-    result = fit(config, out, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = fit(config, out, resume=args.resume, progress=not args.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if not result:  # not rank 0
+        return
     k = config.k
     best, test = result["best_valid"], result["test"]
     print(f"best validation epoch {best['epoch']}: HR@{k} {best[f'hr@{k}']:.4f}  NDCG@{k} {best[f'ndcg@{k}']:.4f}")
@@ -176,9 +231,12 @@ def _cmd_data(args) -> None:
 def main(argv=None) -> None:
     from .data import DataError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
-        {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}[args.command](args)
+        if args.command == "train":
+            return _cmd_train(args, argv)
+        {"evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}[args.command](args)
     except (DataError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"neumf-fast: {e}") from None
 

@@ -173,9 +173,16 @@ def epoch_samples(train_user: torch.Tensor, train_item: torch.Tensor, sampler: N
 
 
 def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, desc: str = "train",
-                progress: bool = False, on_step: Callable[[int], None] | None = None) -> float:
+                progress: bool = False, on_step: Callable[[int], None] | None = None,
+                rank: int = 0, world: int = 1) -> float:
     """One pass over ``samples = (user, item, label)`` in order, in batches; returns the mean
-    log loss.  The loss is accumulated on the device: no host sync inside the loop."""
+    log loss.  The loss is accumulated on the device: no host sync inside the loop.
+
+    With ``world > 1`` (``model`` wrapped in DistributedDataParallel, every rank holding the same
+    samples), ``batch_size`` is the global batch: rank r takes its r-th share of each batch and
+    scales its summed loss by ``world / n`` so that DDP's gradient average is exactly the
+    gradient of the global batch's mean loss, even for a last batch that does not divide evenly.
+    """
     from tqdm.auto import tqdm
 
     user, item, label = samples
@@ -183,16 +190,35 @@ def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, 
     total = torch.zeros((), device=user.device)
     steps = math.ceil(len(user) / batch_size)
     for step in tqdm(range(steps), desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
-        sl = slice(step * batch_size, (step + 1) * batch_size)
-        u, i = user[sl], item[sl]
-        loss = F.binary_cross_entropy_with_logits(model(user_input(u, i) if user_input else u, i), label[sl])
+        if world == 1:
+            sl = slice(step * batch_size, (step + 1) * batch_size)
+            u, i = user[sl], item[sl]
+            loss = F.binary_cross_entropy_with_logits(model(user_input(u, i) if user_input else u, i), label[sl])
+            total += loss.detach() * len(u)
+        else:
+            start = step * batch_size
+            n = min(batch_size, len(user) - start)
+            sl = slice(start + n * rank // world, start + n * (rank + 1) // world)
+            u, i = user[sl], item[sl]
+            summed = F.binary_cross_entropy_with_logits(model(user_input(u, i) if user_input else u, i), label[sl],
+                                                        reduction="sum")
+            loss = summed * (world / n)
+            total += summed.detach()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.detach() * len(u)
         if on_step is not None:
             on_step(step)
+    if world > 1:
+        torch.distributed.all_reduce(total)
     return float(total) / max(1, len(user))
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
@@ -229,6 +255,9 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
     ``progress`` shows tqdm bars; ``log`` prints a line per epoch.
     ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt).
     """
+    rank, size = world()
+    lead = rank == 0  # evaluation, checkpoints, logs and files: rank 0 only
+    log, progress = log and lead, progress and lead
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -243,7 +272,13 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
             raise ValueError(f"--resume: the run in {out_dir} was started with a different configuration "
                              f"({'; '.join(differs)})")
         config = dataclasses.replace(saved, epochs=config.epochs, backend=config.backend, device=config.device)
-    split = split if split is not None else prepare_split(config, out_dir, log, reuse=state is not None)
+    if split is None:
+        if lead:
+            split = prepare_split(config, out_dir, log, reuse=state is not None)
+        if size > 1:  # the other ranks read the split rank 0 wrote, so every rank has the same one
+            torch.distributed.barrier()
+            if not lead:
+                split = Split.load(out_dir / "split.npz")
     if state is not None and state["data_fingerprint"] != split.fingerprint:
         raise ValueError(f"--resume: {out_dir}'s checkpoint was trained on different data")
 
@@ -259,6 +294,11 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
         optimizer.load_state_dict(state["optimizer"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
 
+    train_model = model
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     user_input = UserInput(split, model, config.history_len, device)
     sampler = NegativeSampler(split.train_user, split.train_item, split.num_items, split.num_users, device=device)
     train_user = torch.from_numpy(split.train_user).to(device)
@@ -269,7 +309,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
                 "data_fingerprint": split.fingerprint, "num_users": split.num_users, "num_items": split.num_items}
 
-    if start_epoch == 0 and config.epochs > 0:
+    if start_epoch == 0 and config.epochs > 0 and lead:
         # the untrained model's validation metrics (and, with pretraining, the starting point)
         t0 = time.perf_counter()
         m = evaluate_candidates(model, split, "valid", k=config.k, user_input=user_input, device=device)
@@ -279,10 +319,13 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         samples = epoch_samples(train_user, train_item, sampler, config.neg, config.seed, epoch)
-        loss = train_epoch(model, optimizer, samples, config.batch_size, user_input,
+        loss = train_epoch(train_model, optimizer, samples, config.batch_size, user_input,
                            desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
-                           on_step=None if on_step is None else (lambda step, e=epoch: on_step(e, step)))
+                           on_step=None if on_step is None else (lambda step, e=epoch: on_step(e, step)),
+                           rank=rank, world=size)
         train_s = time.perf_counter() - t0
+        if not lead:
+            continue
         t1 = time.perf_counter()
         m = evaluate_candidates(model, split, "valid", k=config.k, user_input=user_input, device=device)
         row = {"epoch": epoch + 1, "loss": loss, "train_s": train_s,
@@ -296,12 +339,15 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
         if log:
             print(f"epoch {epoch + 1}: loss {row['loss']:.4f}  HR@{config.k} {hr:.4f}  "
                   f"NDCG@{config.k} {m[f'ndcg@{config.k}']:.4f}  [{train_s:.1f} s train, {row['eval_s']:.1f} s eval]")
+    if not lead:
+        torch.distributed.barrier()  # wait for rank 0's final evaluation and files
+        return {}
     if best is None:  # zero epochs: the untrained model is the result
         best = dict(history[-1]) if history else None
         save_atomic(checkpoint(-1), best_path)
         save_atomic(checkpoint(-1), last_path)
 
-    result = {"config": dataclasses.asdict(config), "history": history, "best_valid": best,
+    result = {"config": dataclasses.asdict(config), "processes": size, "history": history, "best_valid": best,
               "dataset": split.name, "data_fingerprint": split.fingerprint}
     best_model, _, _ = load_model(best_path, backend=config.backend, device=device)
     result["test"] = test_metrics(best_model, split, config, device)
@@ -311,6 +357,8 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
     }
     _write_json(result, out_dir / "metrics.json")
     plot_curves(history, out_dir / "curves.png", config.k)
+    if size > 1:
+        torch.distributed.barrier()
     return result
 
 
