@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the training step in CUDA graphs (torch.compile reduce-overhead); ignored off CUDA")
     t.add_argument("--nproc", type=_positive, default=1,
                    help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on GPUs)")
 
@@ -154,7 +156,8 @@ def _cmd_train(args, argv) -> None:
                          lr=args.lr, factors=args.factors, layers=tuple(args.layers), neg=args.neg,
                          optimizer=args.optimizer, backend=args.backend, device=args.device, seed=args.seed,
                          split_seed=args.split_seed, history_len=args.history_len, threshold=args.threshold,
-                         pretrain=tuple(args.pretrain) if args.pretrain else None, alpha=args.alpha)
+                         pretrain=tuple(args.pretrain) if args.pretrain else None, alpha=args.alpha,
+                         cuda_graphs=args.cuda_graphs)
     if config.pretrain and config.model != "neumf":
         raise SystemExit("neumf-fast: --pretrain applies to --model neumf")
     out = args.out or Path("runs") / args.model

@@ -53,6 +53,7 @@ class TrainConfig:
     pretrain: tuple[str, str] | None = None  # GMF and MLP checkpoints for NeuMF
     alpha: float = 0.5
     threshold: float | None = None  # keep ratings >= threshold as positives
+    cuda_graphs: bool = False  # capture the training step (torch.compile "reduce-overhead"); CUDA only
 
     def learning_rate(self) -> float:
         if self.lr is not None:
@@ -102,7 +103,7 @@ def _build_model(config: TrainConfig, num_users: int, num_items: int) -> torch.n
 def _differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
     """Fields that define a run and differ; epochs, backend and device may change on resume, and
     with pretraining the shapes come from the pretrained models."""
-    free = {"epochs", "backend", "device"} | ({"factors", "layers"} if saved.pretrain else set())
+    free = {"epochs", "backend", "device", "cuda_graphs"} | ({"factors", "layers"} if saved.pretrain else set())
     return [f"{f.name}: {getattr(saved, f.name)!r} then, {getattr(given, f.name)!r} now"
             for f in dataclasses.fields(TrainConfig)
             if f.name not in free and getattr(saved, f.name) != getattr(given, f.name)]
@@ -295,10 +296,20 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
 
     train_model = model
+    if config.cuda_graphs:
+        if device.type == "cuda":
+            # CUDA graphs replay the whole forward+backward with one launch; the model is
+            # small, so launch overhead is most of a step at the paper's batch size
+            train_model = torch.compile(model, mode="reduce-overhead")
+        else:
+            import warnings
+
+            warnings.warn(f"neumf_fast: cuda_graphs ignored: CUDA graphs need a CUDA device, training on {device}",
+                          RuntimeWarning, stacklevel=2)
     if size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     user_input = UserInput(split, model, config.history_len, device)
     sampler = NegativeSampler(split.train_user, split.train_item, split.num_items, split.num_users, device=device)
     train_user = torch.from_numpy(split.train_user).to(device)
@@ -309,7 +320,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
                 "data_fingerprint": split.fingerprint, "num_users": split.num_users, "num_items": split.num_items}
 
-    if start_epoch == 0 and config.epochs > 0 and lead:
+    if start_epoch == 0 and lead:
         # the untrained model's validation metrics (and, with pretraining, the starting point)
         t0 = time.perf_counter()
         m = evaluate_candidates(model, split, "valid", k=config.k, user_input=user_input, device=device)

@@ -228,3 +228,16 @@ def test_a_process_killed_with_sigkill_resumes_to_the_same_result(tiny_csv, tmp_
     assert strip(b["history"]) == strip(a["history"])
     assert b["test"] == a["test"]
     assert killed, "the first run finished before it could be killed; the test proved nothing"
+
+
+def test_cuda_graphs_option_is_wired_and_ignored_off_cuda(tiny_csv, tmp_path):
+    plain = fit(_config(tiny_csv, epochs=1), tmp_path / "plain", progress=False, log=False)
+    with pytest.warns(RuntimeWarning, match="cuda_graphs ignored: CUDA graphs need a CUDA device"):
+        graphs = fit(_config(tiny_csv, epochs=1, cuda_graphs=True), tmp_path / "graphs", progress=False, log=False)
+    strip = lambda h: [{k: v for k, v in row.items() if not k.endswith("_s")} for row in h]
+    assert strip(graphs["history"]) == strip(plain["history"]) and graphs["test"] == plain["test"]
+    assert graphs["config"]["cuda_graphs"] is True
+    with pytest.warns(RuntimeWarning, match="cuda_graphs ignored"):
+        cli_main(["train", "--model", "gmf", "--dataset", str(tiny_csv), "--epochs", "0", "--cuda-graphs",
+                  "--out", str(tmp_path / "cli"), "--no-progress"])
+    assert load_checkpoint(tmp_path / "cli" / "best.pt")["config"]["cuda_graphs"] is True
