@@ -3,7 +3,7 @@
 #   bash dev.sh train  the main job: train NeuMF on the built-in synthetic data, print HR@10/NDCG@10
 #   bash dev.sh test   run the test suite (what .ci/run runs)
 #   bash dev.sh demo   the fused op alone on the design's shapes (parity and speed)
-#   bash dev.sh bench [op|train]  run the CPU benchmarks and write benchmarks/results/
+#   bash dev.sh bench [op|train|scale]  run the CPU benchmarks and write benchmarks/results/
 # Extra arguments go to the command (pytest, the demo).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,14 +26,15 @@ case "$cmd" in
   bench)
     which="${1:-all}"
     [ $# -gt 0 ] && shift
-    for suite in op train; do
+    for suite in op train scale; do
       [ "$which" = all ] || [ "$which" = "$suite" ] || continue
       file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%dT%H%M)"
       if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%dT%H%M)"; fi
+      if [ "$suite" = scale ]; then file=benchmarks/test_bench_scale.py; stamp="scale-cpu-$(date -u +%Y-%m-%dT%H%M)"; fi
       python -m pytest "$file" -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
       python benchmarks/report.py "benchmarks/results/$stamp.json" --command "bash dev.sh bench $suite" > "benchmarks/results/$stamp.md"
       cat "benchmarks/results/$stamp.md"
     done
     ;;
-  *) echo "usage: bash dev.sh {train|test|demo|bench [op|train]} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash dev.sh {train|test|demo|bench [op|train|scale]} [args...]" >&2; exit 2 ;;
 esac

@@ -42,6 +42,18 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
         ratios = " | ".join(f"{r['eager'] / r[p]:.2f}x" if p in r and "eager" in r else "-"
                             for p in providers if p != "eager")
         print(f"| {direction} | {shape} | {dtype} | {times} | {ratios} |")
+    extras = [(b["extra_info"]) for b in data["benchmarks"]
+              if "samples_per_s" in b["extra_info"] or "trace" in b["extra_info"]]
+    if extras:
+        print("\n## Throughput and time to quality\n")
+        for e in extras:
+            if "samples_per_s" in e:
+                print(f"- {e['direction']}, {e['shape']}, {e['provider']}: {e['samples_per_s']:,.0f} samples/s "
+                      f"({e['samples']:,} samples)")
+            else:
+                print(f"- {e['direction']}, {e['shape']}, {e['provider']}: {e['train_seconds']:.1f} s of training to "
+                      f"validation HR@10 >= {e['target_hr10']} (popularity: {e['popularity_hr10']}); "
+                      f"(epoch, seconds, HR@10): {e['trace']}")
     if moved and copy_rate:
         print("\n## Achieved bandwidth (minimum bytes moved / median time)\n")
         print(f"Device-to-device copy, measured in the same run: {copy_rate / 1e9:.0f} GB/s.\n")
