@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="bf16: autocast (CPU or GPU); fp16: autocast + GradScaler (CUDA only)")
     t.add_argument("--cuda-graphs", action="store_true",
                    help="capture the training step in CUDA graphs (torch.compile reduce-overhead); ignored off CUDA")
     t.add_argument("--nproc", type=_positive, default=1,
@@ -157,7 +159,7 @@ def _cmd_train(args, argv) -> None:
                          optimizer=args.optimizer, backend=args.backend, device=args.device, seed=args.seed,
                          split_seed=args.split_seed, history_len=args.history_len, threshold=args.threshold,
                          pretrain=tuple(args.pretrain) if args.pretrain else None, alpha=args.alpha,
-                         cuda_graphs=args.cuda_graphs)
+                         cuda_graphs=args.cuda_graphs, precision=args.precision)
     if config.pretrain and config.model != "neumf":
         raise SystemExit("neumf-fast: --pretrain applies to --model neumf")
     out = args.out or Path("runs") / args.model

@@ -54,6 +54,7 @@ class TrainConfig:
     alpha: float = 0.5
     threshold: float | None = None  # keep ratings >= threshold as positives
     cuda_graphs: bool = False  # capture the training step (torch.compile "reduce-overhead"); CUDA only
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler; CUDA only)
 
     def learning_rate(self) -> float:
         if self.lr is not None:
@@ -173,9 +174,12 @@ def epoch_samples(train_user: torch.Tensor, train_item: torch.Tensor, sampler: N
     return user[perm], item[perm], label[perm]
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, desc: str = "train",
                 progress: bool = False, on_step: Callable[[int], None] | None = None,
-                rank: int = 0, world: int = 1) -> float:
+                rank: int = 0, world: int = 1, precision: str = "fp32", scaler=None) -> float:
     """One pass over ``samples = (user, item, label)`` in order, in batches; returns the mean
     log loss.  The loss is accumulated on the device: no host sync inside the loop.
 
@@ -183,31 +187,44 @@ def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, 
     samples), ``batch_size`` is the global batch: rank r takes its r-th share of each batch and
     scales its summed loss by ``world / n`` so that DDP's gradient average is exactly the
     gradient of the global batch's mean loss, even for a last batch that does not divide evenly.
+
+    ``precision`` ``"bf16"``/``"fp16"`` runs the forward under ``torch.autocast`` (parameters and
+    optimizer stay fp32); ``scaler`` is the ``torch.amp.GradScaler`` that fp16 needs.
     """
     from tqdm.auto import tqdm
 
     user, item, label = samples
     model.train()
     total = torch.zeros((), device=user.device)
+    autocast = torch.autocast(user.device.type, dtype=PRECISIONS[precision] or torch.bfloat16,
+                              enabled=precision != "fp32")
     steps = math.ceil(len(user) / batch_size)
     for step in tqdm(range(steps), desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
         if world == 1:
             sl = slice(step * batch_size, (step + 1) * batch_size)
             u, i = user[sl], item[sl]
-            loss = F.binary_cross_entropy_with_logits(model(user_input(u, i) if user_input else u, i), label[sl])
+            with autocast:
+                logits = model(user_input(u, i) if user_input else u, i)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), label[sl])
             total += loss.detach() * len(u)
         else:
             start = step * batch_size
             n = min(batch_size, len(user) - start)
             sl = slice(start + n * rank // world, start + n * (rank + 1) // world)
             u, i = user[sl], item[sl]
-            summed = F.binary_cross_entropy_with_logits(model(user_input(u, i) if user_input else u, i), label[sl],
-                                                        reduction="sum")
+            with autocast:
+                logits = model(user_input(u, i) if user_input else u, i)
+            summed = F.binary_cross_entropy_with_logits(logits.float(), label[sl], reduction="sum")
             loss = summed * (world / n)
             total += summed.detach()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         if on_step is not None:
             on_step(step)
     if world > 1:
@@ -289,6 +306,11 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
                         split.num_users, split.num_items).to(device)
     config = _model_config(config, model)
     optimizer = _optimizer(config, model)
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA device (and its GradScaler); use --precision bf16 on the CPU")
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
     history, best, start_epoch = [], None, 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -333,7 +355,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
         loss = train_epoch(train_model, optimizer, samples, config.batch_size, user_input,
                            desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
                            on_step=None if on_step is None else (lambda step, e=epoch: on_step(e, step)),
-                           rank=rank, world=size)
+                           rank=rank, world=size, precision=config.precision, scaler=scaler)
         train_s = time.perf_counter() - t0
         if not lead:
             continue

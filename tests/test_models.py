@@ -153,3 +153,15 @@ def test_ids_out_of_range_are_an_index_error():
     model = _build("neumf", "auto")
     with pytest.raises(IndexError, match="out of range"):
         model(torch.tensor([NUM_USERS]), torch.tensor([0]))
+
+
+def test_autocast_runs_the_low_precision_path_with_fp32_gradients():
+    model = _build("neumf", "auto")
+    user, item = torch.arange(9) % NUM_USERS, torch.arange(9) % NUM_ITEMS
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(user, item)
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert model.user_embedding.weight.grad.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(logits.float(), model(user, item), atol=2e-2, rtol=2e-2)  # bf16: 8-bit mantissa

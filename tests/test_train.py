@@ -241,3 +241,18 @@ def test_cuda_graphs_option_is_wired_and_ignored_off_cuda(tiny_csv, tmp_path):
         cli_main(["train", "--model", "gmf", "--dataset", str(tiny_csv), "--epochs", "0", "--cuda-graphs",
                   "--out", str(tmp_path / "cli"), "--no-progress"])
     assert load_checkpoint(tmp_path / "cli" / "best.pt")["config"]["cuda_graphs"] is True
+
+
+def test_bf16_autocast_training_tracks_fp32(tiny_csv, tmp_path):
+    """bf16 autocast runs the fused op's bf16 path (parameters and Adam stay fp32).  bf16 keeps 8
+    bits of mantissa, so the loss follows fp32 to about 1% and the ranking metrics to a few users."""
+    fp32 = fit(_config(tiny_csv), tmp_path / "fp32", progress=False, log=False)
+    bf16 = fit(_config(tiny_csv, precision="bf16"), tmp_path / "bf16", progress=False, log=False)
+    for a, b in zip(fp32["history"][1:], bf16["history"][1:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.02)
+        assert abs(a["hr@10"] - b["hr@10"]) <= 0.05
+    assert fp32["history"][-1]["loss"] != bf16["history"][-1]["loss"]  # it really ran in bf16
+    model, _, _ = load_model(tmp_path / "bf16" / "best.pt")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match="fp16 training needs a CUDA device"):
+        fit(_config(tiny_csv, precision="fp16"), tmp_path / "fp16", progress=False, log=False)

@@ -4,6 +4,7 @@ the GMF product.  ``neumf_input`` validates, picks a backend and runs it; see
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._checks import FusedDims, check_inputs
@@ -38,12 +39,22 @@ def neumf_input(
             ``None`` to split the pooled vector itself as ``[mf | mlp]``.
         user_bias / item_bias: optional ``[H_mf + H_mlp]`` biases.
         mode: ``"sum"`` or ``"mean"`` pooling (a row with nothing unmasked pools to zeros).
-        backend: ``"auto"``, ``"cpu"`` or ``"torch"``; ``NEUMF_FAST_BACKEND`` overrides it.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"``; ``NEUMF_FAST_BACKEND``
+            overrides it.  Under ``torch.autocast`` every float input is cast to the autocast
+            dtype first, so the kernels' bf16/fp16 paths run.
 
     Returns:
         ``gmf = mf_user * mf_item`` of shape ``[B, h_mf]`` and
         ``mlp_in = cat(mlp_user, mlp_item)`` of shape ``[B, H_mlp_user + H_mlp_item]``.
     """
+    device_type = user.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Under autocast, run the kernels' low-precision path: every float input goes to the
+        # autocast dtype (a differentiable cast, so fp32 parameters get fp32 gradients).
+        low = torch.get_autocast_dtype(device_type)
+        cast = lambda t: t.to(low) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != low else t
+        user, item, user_table, item_table = cast(user), cast(item), cast(user_table), cast(item_table)
+        user_weight, user_bias, item_weight, item_bias = cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias)
     args = (user, user_mask, user_table, padding_idx, item, item_table,
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     dims = check_inputs(*args)
