@@ -46,7 +46,7 @@ def _median_ms(fn, repeats):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="auto", help="auto | cpu | torch (NEUMF_FAST_BACKEND overrides)")
+    parser.add_argument("--backend", default="auto", help="auto | triton | cpu | torch (NEUMF_FAST_BACKEND overrides)")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
     shapes = [("design demo", 16, 10, 128, False), ("training batch", 4096, 10, 128, False),
