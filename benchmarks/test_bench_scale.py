@@ -51,8 +51,10 @@ class PlainNeuMF(NeuMF):
 
 @functools.lru_cache(maxsize=1)
 def _split():
-    data = synthetic(0, num_users=round(USERS * SCALE), num_items=ITEMS, num_interactions=round(POSITIVES * SCALE))
-    return leave_one_out(data, num_negatives=99, seed=0)
+    # on a GPU the data is drawn there: the numpy path takes minutes at full scale
+    data = synthetic(0, num_users=round(USERS * SCALE), num_items=ITEMS, num_interactions=round(POSITIVES * SCALE),
+                     device=DEVICE if DEVICE == "cuda" else None)
+    return leave_one_out(data, num_negatives=99, seed=0, device=DEVICE)
 
 
 def _setup(provider):

@@ -223,3 +223,13 @@ def test_random_split_partitions_the_data():
     assert abs(len(train) / len(data) - 0.8) < 0.06
     with pytest.raises(ValueError, match="ratio"):
         random_split(data, 1.0)
+
+
+def test_synthetic_on_a_torch_device_is_deterministic_and_well_formed():
+    a = synthetic(4, 60, 300, 3000, device="cpu")
+    assert a.fingerprint() == synthetic(4, 60, 300, 3000, device="cpu").fingerprint()
+    assert a.fingerprint() != synthetic(4, 60, 300, 3000).fingerprint()  # a different draw than numpy's
+    assert len(np.unique(a.user * a.num_items + a.item)) == len(a)
+    assert np.bincount(a.user).min() >= 20
+    split = leave_one_out(a, num_negatives=9, device="cpu")
+    assert (split.test_candidates[split.test >= 0, 0] == split.test[split.test >= 0]).all()

@@ -89,8 +89,10 @@ class Split(IdSpace):
         return cls(**fields)
 
 
-def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0) -> Split:
-    """The paper's protocol: latest interaction per user for test, the one before for validation."""
+def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0, device="cpu") -> Split:
+    """The paper's protocol: latest interaction per user for test, the one before for validation.
+    ``device`` is where the candidates are drawn (the same draw on any device would need the
+    same generator, so the candidates of a GPU-built split differ from a CPU-built one)."""
     if len(data) == 0:
         raise DataError(f"{data.name}: cannot split an empty dataset")
     order = np.lexsort((np.arange(len(data)), data.timestamp, data.user))  # by user, time, row
@@ -107,14 +109,14 @@ def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0)
     valid[user[is_valid]] = item[is_valid]
     test[user[is_test]] = item[is_test]
 
-    sampler = NegativeSampler(data.user, data.item, data.num_items, data.num_users)
+    sampler = NegativeSampler(data.user, data.item, data.num_items, data.num_users, device=device)
     width = 1 + num_negatives
     cands = []
     for k, held in enumerate((valid, test)):
         table = np.full((data.num_users, width), NONE, np.int64)
         users = np.flatnonzero(held >= 0)
         if len(users):
-            negs = distinct_negatives(sampler, torch.from_numpy(users), num_negatives, seed=seed * 2 + k).numpy()
+            negs = distinct_negatives(sampler, torch.from_numpy(users), num_negatives, seed=seed * 2 + k).cpu().numpy()
             table[users, 0] = held[users]
             table[users, 1:] = negs
         cands.append(table)

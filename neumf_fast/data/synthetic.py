@@ -34,8 +34,15 @@ def synthetic(
     taste: float = 2.0,
     popularity: float = 0.9,
     min_per_user: int = 20,
+    device=None,
 ) -> Interactions:
-    """The synthetic dataset; about ``num_interactions`` positives (exact count depends on clipping)."""
+    """The synthetic dataset; about ``num_interactions`` positives (exact count depends on clipping).
+
+    ``device`` (e.g. ``"cuda"``) draws the per-user item samples with torch on that device
+    (Gumbel noise from a torch generator, top-k instead of a full sort), which is what makes the
+    ML-20M-sized set practical to generate.  It is deterministic too, but a different dataset
+    from the default numpy path for the same seed.
+    """
     rng = np.random.default_rng(seed)
     min_per_user = min(min_per_user, num_items)
     # ML-1M's per-user counts are roughly log-normal (median ~96, mean ~166, min 20)
@@ -46,15 +53,27 @@ def synthetic(
     pop = (-popularity * np.log1p(rng.permutation(num_items))).astype(np.float32)
     users, items = [], []
     chunk = max(1, (1 << 24) // num_items)
+    if device is not None:
+        import torch
+
+        gen = torch.Generator(device=device).manual_seed(seed)
+        u_vec, i_vec = torch.from_numpy(user_vec).to(device), torch.from_numpy(item_vec).to(device)
+        pop_t = torch.from_numpy(pop).to(device)
     for start in range(0, num_users, chunk):
         stop = min(num_users, start + chunk)
-        logits = taste * (user_vec[start:stop] @ item_vec.T) / np.sqrt(rank) + pop
-        gumbel = -np.log(-np.log(rng.random(logits.shape, dtype=np.float32) + 1e-20) + 1e-20)
-        order = np.argsort(-(logits + gumbel), axis=1)
-        for row, u in enumerate(range(start, stop)):
-            chosen = order[row, : counts[u]]
-            users.append(np.full(len(chosen), u, np.int64))
-            items.append(chosen.astype(np.int64))
+        k = int(counts[start:stop].max())
+        if device is None:
+            logits = taste * (user_vec[start:stop] @ item_vec.T) / np.sqrt(rank) + pop
+            gumbel = -np.log(-np.log(rng.random(logits.shape, dtype=np.float32) + 1e-20) + 1e-20)
+            order = np.argsort(-(logits + gumbel), axis=1)[:, :k]
+        else:
+            logits = taste * (u_vec[start:stop] @ i_vec.T) / float(np.sqrt(rank)) + pop_t
+            noise = torch.rand(logits.shape, generator=gen, device=device)
+            gumbel = -torch.log(-torch.log(noise + 1e-20) + 1e-20)
+            order = (logits + gumbel).topk(k, dim=1).indices.cpu().numpy()
+        take = np.arange(k)[None, :] < counts[start:stop, None]  # row u keeps its first counts[u] draws
+        users.append(np.repeat(np.arange(start, stop, dtype=np.int64), counts[start:stop]))
+        items.append(order[take].astype(np.int64))
     user = np.concatenate(users)
     item = np.concatenate(items)
     # per-user timestamps: a start within ~3 years, then exponential gaps, in a random order
