@@ -48,7 +48,7 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
         print("\n## Throughput and time to quality\n")
         for e in extras:
             if "samples_per_s" in e:
-                print(f"- {e['direction']}, {e['shape']}, {e['provider']}: {e['samples_per_s']:,.0f} samples/s "
+                print(f"- {e['direction']}, {e['shape']}, {e['dtype']}, {e['provider']}: {e['samples_per_s']:,.0f} samples/s "
                       f"({e['samples']:,} samples)")
             else:
                 print(f"- {e['direction']}, {e['shape']}, {e['provider']}: {e['train_seconds']:.1f} s of training to "

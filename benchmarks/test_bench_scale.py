@@ -7,9 +7,10 @@ CPU runs it at a reduced scale: users, positives and batch are multiplied by
 ``NEUMF_FAST_SCALE`` (default 0.01 on the CPU, 1.0 with CUDA), and the item catalogue keeps its
 full size.
 
-- ``test_epoch_throughput``: one full epoch with negative sampling, reported as samples/s.
-  Providers: eager PyTorch with no fused op (``nn.Embedding`` lookups, slicing and ``cat``;
-  same parameters), and the model on the fused op with the fastest backend for the device.
+- ``test_epoch_throughput``: one full epoch with negative sampling, reported as samples/s, in
+  fp32 and under bf16 autocast (fp32 parameters and Adam).  Providers: eager PyTorch with no
+  fused op (``nn.Embedding`` lookups, slicing and ``cat``; same parameters), and the model on
+  the fused op with the fastest backend for the device.
 - ``test_time_to_quality``: wall time (training only) until the validation HR@10 reaches the
   popularity baseline's HR@10 + 0.05 on the same split, so popularity ranking cannot reach
   it.
@@ -74,14 +75,17 @@ def _sync():
         torch.cuda.synchronize()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("provider", ["no_fused_op", "fused_op"])
-def test_epoch_throughput(benchmark, provider):
+def test_epoch_throughput(benchmark, provider, precision):
     split, model, optimizer, sampler, users, items = _setup(provider)
-    train_epoch(model, optimizer, epoch_samples(users[:50_000], items[:50_000], sampler, 4, 0, 99), batch_size)
+    train_epoch(model, optimizer, epoch_samples(users[:50_000], items[:50_000], sampler, 4, 0, 99), batch_size,
+                precision=precision)
     epoch = iter(range(1000))
 
     def one_epoch():
-        loss = train_epoch(model, optimizer, epoch_samples(users, items, sampler, 4, 0, next(epoch)), batch_size)
+        loss = train_epoch(model, optimizer, epoch_samples(users, items, sampler, 4, 0, next(epoch)), batch_size,
+                           precision=precision)
         _sync()
         return loss
 
@@ -89,8 +93,8 @@ def test_epoch_throughput(benchmark, provider):
     assert 0 < loss < 1
     samples = 5 * len(users)
     benchmark.extra_info.update(
-        direction="train epoch", shape=f"ML-20M x {SCALE:g}, batch {batch_size}", dtype="float32",
-        provider=provider, samples=samples,
+        direction="train epoch", shape=f"ML-20M x {SCALE:g}, batch {batch_size}",
+        dtype="float32" if precision == "fp32" else "bf16 autocast", provider=provider, samples=samples,
         samples_per_s=samples / benchmark.stats.stats.median, device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu")
 
 
