@@ -101,10 +101,18 @@ def _build_model(config: TrainConfig, num_users: int, num_items: int) -> torch.n
     raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(models.MODELS)}")
 
 
+# What a resumed run may change: they do not define the run, only how long and where it trains.
+RESUME_FREE = ("epochs", "backend", "device", "cuda_graphs")
+
+
+def _resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    return dataclasses.replace(saved, **{name: getattr(given, name) for name in RESUME_FREE})
+
+
 def _differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
-    """Fields that define a run and differ; epochs, backend and device may change on resume, and
-    with pretraining the shapes come from the pretrained models."""
-    free = {"epochs", "backend", "device", "cuda_graphs"} | ({"factors", "layers"} if saved.pretrain else set())
+    """Fields that define a run and differ (``RESUME_FREE`` may differ; with pretraining the
+    shapes come from the pretrained models)."""
+    free = set(RESUME_FREE) | ({"factors", "layers"} if saved.pretrain else set())
     return [f"{f.name}: {getattr(saved, f.name)!r} then, {getattr(given, f.name)!r} now"
             for f in dataclasses.fields(TrainConfig)
             if f.name not in free and getattr(saved, f.name) != getattr(given, f.name)]
@@ -200,20 +208,16 @@ def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, 
                               enabled=precision != "fp32")
     steps = math.ceil(len(user) / batch_size)
     for step in tqdm(range(steps), desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
+        start = step * batch_size
+        n = min(batch_size, len(user) - start)
+        sl = slice(start + n * rank // world, start + n * (rank + 1) // world)  # this rank's share
+        u, i = user[sl], item[sl]
+        with autocast:
+            logits = model(user_input(u, i) if user_input else u, i)
         if world == 1:
-            sl = slice(step * batch_size, (step + 1) * batch_size)
-            u, i = user[sl], item[sl]
-            with autocast:
-                logits = model(user_input(u, i) if user_input else u, i)
             loss = F.binary_cross_entropy_with_logits(logits.float(), label[sl])
-            total += loss.detach() * len(u)
+            total += loss.detach() * n
         else:
-            start = step * batch_size
-            n = min(batch_size, len(user) - start)
-            sl = slice(start + n * rank // world, start + n * (rank + 1) // world)
-            u, i = user[sl], item[sl]
-            with autocast:
-                logits = model(user_input(u, i) if user_input else u, i)
             summed = F.binary_cross_entropy_with_logits(logits.float(), label[sl], reduction="sum")
             loss = summed * (world / n)
             total += summed.detach()
@@ -289,7 +293,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = 
         if differs:
             raise ValueError(f"--resume: the run in {out_dir} was started with a different configuration "
                              f"({'; '.join(differs)})")
-        config = dataclasses.replace(saved, epochs=config.epochs, backend=config.backend, device=config.device)
+        config = _resumed_config(saved, config)
     if split is None:
         if lead:
             split = prepare_split(config, out_dir, log, reuse=state is not None)

@@ -256,3 +256,12 @@ def test_bf16_autocast_training_tracks_fp32(tiny_csv, tmp_path):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with pytest.raises(ValueError, match="fp16 training needs a CUDA device"):
         fit(_config(tiny_csv, precision="fp16"), tmp_path / "fp16", progress=False, log=False)
+
+
+def test_resume_may_change_only_how_long_and_where(tiny_csv, tmp_path):
+    fit(_config(tiny_csv, epochs=1), tmp_path, progress=False, log=False)
+    with pytest.warns(RuntimeWarning, match="cuda_graphs ignored"):
+        resumed = fit(_config(tiny_csv, epochs=2, cuda_graphs=True, backend="torch"), tmp_path, resume=True,
+                      progress=False, log=False)
+    assert resumed["config"]["epochs"] == 2 and resumed["config"]["cuda_graphs"] is True
+    assert resumed["config"]["backend"] == "torch"

@@ -143,10 +143,7 @@ def make_eager_function(name: str, op, save, backward) -> type:
         save(ctx, inputs, output)
         return output[0], output[1]
 
-    def backward_(ctx, grad_gmf, grad_mlp_in):
-        return backward(ctx, grad_gmf, grad_mlp_in)
-
-    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward_)})
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
 def use_eager_function(args) -> bool:
