@@ -3,6 +3,11 @@
 // (meta) kernels and autograd (neumf_fast/ops/_registration.py).
 #include "ops.h"
 
+#include <ATen/OpMathType.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -112,11 +117,60 @@ FusedDims check_fused_input(
   return d;
 }
 
+void check_fused_backward(const FusedDims& d, at::ScalarType dtype, const at::Tensor& grad_gmf,
+                          const at::Tensor& grad_mlp_in, const at::Tensor& pooled_user, const at::Tensor& pooled_item,
+                          const at::Tensor& proj_user, const at::Tensor& proj_item, bool user_proj, bool item_proj) {
+  const auto acc_dtype = at::toOpMathType(dtype);
+  auto check_saved = [&](const at::Tensor& t, const char* name, int64_t cols) {
+    TORCH_CHECK(t.scalar_type() == acc_dtype && t.dim() == 2 && t.size(0) == d.batch && t.size(1) == cols,
+                "neumf_fast: saved ", name, " must be ", acc_dtype, " [", d.batch, ", ", cols, "], got ",
+                t.scalar_type(), " ", t.sizes(), " (was the forward run with save=False?)");
+  };
+  check_saved(pooled_user, "pooled_user", d.user_dim);
+  check_saved(pooled_item, "pooled_item", d.item_dim);
+  if (user_proj) check_saved(proj_user, "proj_user", d.user_proj);
+  if (item_proj) check_saved(proj_item, "proj_item", d.item_proj);
+  TORCH_CHECK(grad_gmf.dim() == 2 && grad_gmf.size(0) == d.batch && grad_gmf.size(1) == d.h_mf,
+              "neumf_fast: grad_gmf must be [", d.batch, ", ", d.h_mf, "], got ", grad_gmf.sizes());
+  TORCH_CHECK(grad_mlp_in.dim() == 2 && grad_mlp_in.size(0) == d.batch &&
+                  grad_mlp_in.size(1) == d.h_mlp_user() + d.h_mlp_item(),
+              "neumf_fast: grad_mlp_in must be [", d.batch, ", ", d.h_mlp_user() + d.h_mlp_item(), "], got ",
+              grad_mlp_in.sizes());
+  for (const auto* t : {&grad_gmf, &grad_mlp_in, &pooled_user, &pooled_item}) {
+    TORCH_CHECK(t->device() == pooled_user.device(), "neumf_fast: the gradients and saved tensors of backward must "
+                "share one device, got ", t->device(), " and ", pooled_user.device());
+  }
+  TORCH_CHECK(grad_gmf.scalar_type() == dtype && grad_mlp_in.scalar_type() == dtype, "neumf_fast: grad_gmf and "
+              "grad_mlp_in must be ", dtype, ", got ", grad_gmf.scalar_type(), " and ", grad_mlp_in.scalar_type());
+}
+
+at::Tensor project(const at::Tensor& pooled, const std::optional<at::Tensor>& weight,
+                   const std::optional<at::Tensor>& bias) {
+  if (!weight.has_value()) return pooled;
+  const auto acc = pooled.scalar_type();
+  const at::Tensor w = weight->to(acc);
+  if (bias.has_value()) return at::addmm(bias->to(acc), pooled, w.t());
+  return at::mm(pooled, w.t());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> projection_backward(const at::Tensor& dproj, const at::Tensor& pooled,
+                                                                   const std::optional<at::Tensor>& weight,
+                                                                   bool want_src, bool want_w, bool want_b,
+                                                                   at::ScalarType dtype) {
+  // Gradients not asked for are empty tensors, each its own (outputs of an op must not alias).
+  auto none = [&] { return at::empty({0}, dproj.options().dtype(dtype)); };
+  if (!weight.has_value()) return {dproj, none(), none()};
+  const at::Tensor gw = want_w ? at::mm(dproj.t(), pooled).to(dtype) : none();
+  const at::Tensor gb = want_b ? at::sum(dproj, {0}).to(dtype) : none();
+  const at::Tensor dpooled = want_src ? at::mm(dproj, weight->to(dproj.scalar_type())) : at::Tensor();
+  return {dpooled, gw, gb};
+}
+
 TORCH_LIBRARY(neumf_fast, m) {
   m.def(
       "fused_input(Tensor user, Tensor? user_mask, Tensor? user_table, int? padding_idx, Tensor item, "
       "Tensor? item_table, Tensor? user_weight, Tensor? user_bias, Tensor? item_weight, Tensor? item_bias, "
-      "int h_mf, str mode) -> (Tensor gmf, Tensor mlp_in, Tensor pooled_user, Tensor pooled_item, "
+      "int h_mf, str mode, bool save=True) -> (Tensor gmf, Tensor mlp_in, Tensor pooled_user, Tensor pooled_item, "
       "Tensor proj_user, Tensor proj_item)");
   m.def(
       "fused_input_backward(Tensor grad_gmf, Tensor grad_mlp_in, Tensor user, Tensor? user_mask, "

@@ -7,6 +7,7 @@
 #include <c10/util/Optional.h>
 
 #include <string_view>
+#include <tuple>
 
 namespace neumf_fast {
 
@@ -40,6 +41,26 @@ FusedDims check_fused_input(
     const std::optional<at::Tensor>& user_weight, const std::optional<at::Tensor>& user_bias,
     const std::optional<at::Tensor>& item_weight, const std::optional<at::Tensor>& item_bias,
     int64_t h_mf, std::string_view mode);
+
+// Validates the output gradients and the saved tensors of a fused_input_backward call (the
+// inputs themselves go through check_fused_input first).
+void check_fused_backward(const FusedDims& d, at::ScalarType dtype, const at::Tensor& grad_gmf,
+                          const at::Tensor& grad_mlp_in, const at::Tensor& pooled_user, const at::Tensor& pooled_item,
+                          const at::Tensor& proj_user, const at::Tensor& proj_item, bool user_proj, bool item_proj);
+
+// [mf | mlp] = pooled @ W^T + b in op-math (pooled's dtype): one GEMM against the stacked
+// weight; the pooled rows themselves with no weight.
+at::Tensor project(const at::Tensor& pooled, const std::optional<at::Tensor>& weight,
+                   const std::optional<at::Tensor>& bias);
+
+// One side's d_pooled = d_proj @ W (d_proj itself with no weight), and its weight and bias
+// gradients d_proj^T @ pooled and sum_b d_proj (GEMM and column-sum reductions, no atomics), each
+// computed only when wanted (else an empty tensor; d_pooled undefined).  d_proj and pooled are
+// in op-math; the weight gradients are returned in dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> projection_backward(const at::Tensor& dproj, const at::Tensor& pooled,
+                                                                   const std::optional<at::Tensor>& weight,
+                                                                   bool want_src, bool want_w, bool want_b,
+                                                                   at::ScalarType dtype);
 
 // The dtype of the float inputs (all share one).
 at::ScalarType float_dtype(const at::Tensor& user, const std::optional<at::Tensor>& user_table);

@@ -14,7 +14,7 @@
 // ~160 GFLOP/s on the 2-core dev CPU, near its peak); the GMF product and the cat are one
 // epilogue pass.
 //
-// Saved for backward (returned as extra outputs, op-math dtype): pooled_user, pooled_item
+// Saved for backward (returned as extra outputs, op-math dtype, when `save`): pooled_user, pooled_item
 // (inputs of the weight gradients) and proj_user, proj_item (their first h_mf columns are the
 // other factor of each GMF gradient; an empty tensor for a side with no projection, whose
 // pooled rows are the projection).  Nothing of size [B, L, D] is saved, and nothing is copied
@@ -32,10 +32,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include <type_traits>
@@ -227,15 +224,6 @@ void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optiona
   });
 }
 
-// [mf | mlp] = pooled @ W^T + b in op-math; the pooled rows themselves with no weight.
-Tensor project(const Tensor& pooled, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias) {
-  if (!weight.has_value()) return pooled;
-  const auto acc = pooled.scalar_type();
-  const Tensor w = weight->to(acc);
-  if (bias.has_value()) return at::addmm(bias->to(acc), pooled, w.t());
-  return at::mm(pooled, w.t());
-}
-
 // Dispatch on (float dtype, user index dtype, item index dtype); index types default to int64
 // for dense inputs so that only the used combinations do real work.
 #define NEUMF_DISPATCH(DTYPE, USER_IDX, ITEM_IDX, NAME, ...)                                          \
@@ -256,7 +244,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
     std::optional<int64_t> padding_idx, const Tensor& item_in, const std::optional<Tensor>& item_table_in,
     const std::optional<Tensor>& user_weight, const std::optional<Tensor>& user_bias,
     const std::optional<Tensor>& item_weight, const std::optional<Tensor>& item_bias, int64_t h_mf,
-    c10::string_view mode) {
+    c10::string_view mode, bool save) {
   const FusedDims d = check_fused_input(user_in, mask_in, user_table_in, padding_idx, item_in, item_table_in,
                                         user_weight, user_bias, item_weight, item_bias, h_mf, mode);
   TORCH_CHECK(user_in.device().is_cpu(), "neumf_fast: the CPU kernel got user on ", user_in.device());
@@ -305,6 +293,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
       }
     });
   });
+  if (!save) {  // inference: nothing for backward (the buffers were needed anyway, as GEMM operands)
+    return {gmf, mlp_in, at::empty({0}, acc_opts), at::empty({0}, acc_opts), at::empty({0}, acc_opts),
+            at::empty({0}, acc_opts)};
+  }
   return {gmf, mlp_in, pooled_user, pooled_item, proj_user, proj_item};
 }
 
@@ -356,24 +348,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
                                         user_weight, user_bias, item_weight, item_bias, h_mf, mode);
   const auto dtype = float_dtype(user_in, user_table);
   const auto acc_dtype = at::toOpMathType(dtype);
-  auto check_saved = [&](const Tensor& t, const char* name, int64_t cols) {
-    TORCH_CHECK(t.scalar_type() == acc_dtype && t.dim() == 2 && t.size(0) == d.batch && t.size(1) == cols,
-                "neumf_fast: saved ", name, " must be ", acc_dtype, " [", d.batch, ", ", cols, "], got ",
-                t.scalar_type(), " ", t.sizes());
-  };
-  check_saved(pooled_user, "pooled_user", d.user_dim);
-  check_saved(pooled_item, "pooled_item", d.item_dim);
-  if (user_weight) check_saved(proj_user, "proj_user", d.user_proj);
-  if (item_weight) check_saved(proj_item, "proj_item", d.item_proj);
+  check_fused_backward(d, dtype, grad_gmf_in, grad_mlp_in_in, pooled_user, pooled_item, proj_user, proj_item,
+                       user_weight.has_value(), item_weight.has_value());
   // Row b of a side's projection: the saved GEMM output, or the pooled rows with no weight.
   const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
   const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
-  TORCH_CHECK(grad_gmf_in.dim() == 2 && grad_gmf_in.size(0) == d.batch && grad_gmf_in.size(1) == d.h_mf,
-              "neumf_fast: grad_gmf must be [", d.batch, ", ", d.h_mf, "], got ", grad_gmf_in.sizes());
-  TORCH_CHECK(grad_mlp_in_in.dim() == 2 && grad_mlp_in_in.size(0) == d.batch &&
-                  grad_mlp_in_in.size(1) == d.h_mlp_user() + d.h_mlp_item(),
-              "neumf_fast: grad_mlp_in must be [", d.batch, ", ", d.h_mlp_user() + d.h_mlp_item(), "], got ",
-              grad_mlp_in_in.sizes());
   const Tensor user = user_in.contiguous(), item = item_in.contiguous();
   const Tensor grad_gmf = grad_gmf_in.contiguous(), grad_mlp = grad_mlp_in_in.contiguous();
   std::optional<Tensor> mask;
@@ -408,25 +387,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   });
 
   const auto out_opts = user.options().dtype(dtype);
-  // Gradients not asked for are empty tensors, each its own (outputs of an op must not alias).
   auto none = [&] { return at::empty({0}, out_opts); };
-  // Weight and bias gradients; d_pooled = d_proj @ W (d_proj itself with no projection).
-  auto side = [&](const Tensor& dproj, const Tensor& pooled, const std::optional<Tensor>& w, bool want_src,
-                  bool want_w, bool want_b) {
-    Tensor gw = none(), gb = none(), dpooled;
-    if (w.has_value()) {
-      if (want_w) gw = at::mm(dproj.t(), pooled).to(dtype);
-      if (want_b) gb = at::sum(dproj, {0}).to(dtype);
-      if (want_src) dpooled = at::mm(dproj, w->to(acc_dtype));
-    } else {
-      dpooled = dproj;
-    }
-    return std::make_tuple(dpooled, gw, gb);
-  };
-  auto [dpooled_user, grad_user_w, grad_user_b] =
-      side(dproj_user, pooled_user, user_weight, want_user_src, want_user_w, want_user_b && user_bias.has_value());
-  auto [dpooled_item, grad_item_w, grad_item_b] =
-      side(dproj_item, pooled_item, item_weight, want_item_src, want_item_w, want_item_b && item_bias.has_value());
+  auto [dpooled_user, grad_user_w, grad_user_b] = projection_backward(
+      dproj_user, pooled_user, user_weight, want_user_src, want_user_w, want_user_b && user_bias.has_value(), dtype);
+  auto [dpooled_item, grad_item_w, grad_item_b] = projection_backward(
+      dproj_item, pooled_item, item_weight, want_item_src, want_item_w, want_item_b && item_bias.has_value(), dtype);
 
   Tensor grad_user_src = none(), grad_item_src = none();
   NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item),

@@ -1,12 +1,13 @@
 """The ``torch.ops.neumf_fast`` namespace on the Python side: fake kernels and autograd.
 
-The C++ extension declares the schemas (csrc/ops.cpp) and registers the CPU (and, when built,
-CUDA) kernels.  This module loads it and adds what ``torch.compile`` and autograd need, so
+The C++ extension declares the schemas (csrc/ops.cpp) and registers the CPU kernels
+(csrc/cpu/) and, when built with CUDA, the CUDA kernels (csrc/cuda/).  This module loads it and adds what ``torch.compile`` and autograd need, so
 that every device implementation of ``fused_input`` shares one autograd formula:
 
 - ``fused_input`` returns ``(gmf, mlp_in)`` plus the tensors backward needs, in op-math dtype
   (fp32 for bf16/fp16): ``pooled_user``, ``pooled_item``, ``proj_user``, ``proj_item`` (a
-  side's ``[B, H_mf + H_mlp]`` projection, or an empty tensor when it has no weight).
+  side's ``[B, H_mf + H_mlp]`` projection, or an empty tensor when it has no weight).  With
+  ``save=False`` (inference) those four are empty tensors and the kernels do not write them.
 - ``fused_input_backward`` returns the gradients of the user source (dense sequence or user
   table), the item source (dense item or item table), and both weights and biases; a gradient
   nobody asked for comes back as an empty tensor.
@@ -34,7 +35,7 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
 
 
 def _fake_fused_input(user, user_mask, user_table, padding_idx, item, item_table,
-                      user_weight, user_bias, item_weight, item_bias, h_mf, mode):
+                      user_weight, user_bias, item_weight, item_bias, h_mf, mode, save=True):
     d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                      user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     acc = _opmath(d.dtype)
@@ -42,10 +43,10 @@ def _fake_fused_input(user, user_mask, user_table, padding_idx, item, item_table
     return (
         new((d.batch, h_mf), dtype=d.dtype),
         new((d.batch, d.h_mlp), dtype=d.dtype),
-        new((d.batch, d.user_dim), dtype=acc),
-        new((d.batch, d.item_dim), dtype=acc),
-        new((d.batch, d.user_proj) if user_weight is not None else (0,), dtype=acc),
-        new((d.batch, d.item_proj) if item_weight is not None else (0,), dtype=acc),
+        new((d.batch, d.user_dim) if save else (0,), dtype=acc),
+        new((d.batch, d.item_dim) if save else (0,), dtype=acc),
+        new((d.batch, d.user_proj) if save and user_weight is not None else (0,), dtype=acc),
+        new((d.batch, d.item_proj) if save and item_weight is not None else (0,), dtype=acc),
     )
 
 
@@ -162,5 +163,8 @@ def fused_input(user: Tensor, user_mask, user_table, padding_idx, item, item_tab
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     if use_eager_function(args):
         return _EagerFusedInput.apply(*args)
-    gmf, mlp_in, *_saved = torch.ops.neumf_fast.fused_input(*args)
+    # no autograd here (no grad mode, or no input needs a gradient; torch.compile traces the
+    # registered autograd instead): nothing needs saving
+    save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
+    gmf, mlp_in, *_saved = torch.ops.neumf_fast.fused_input(*args, save)
     return gmf, mlp_in
