@@ -2,8 +2,9 @@
 
 - The C++ CPU extension (csrc/ops.cpp, csrc/cpu/) is always built, unless
   NEUMF_FAST_SKIP_EXTENSION=1: the package then runs on the reference (and Triton) backends.
-- CUDA sources (csrc/cuda/, when present) are added only when torch has CUDA and nvcc is
-  found, or when FORCE_CUDA=1.
+- CUDA sources (csrc/cuda/*.cu) are added only when torch has CUDA and nvcc is found, or when
+  FORCE_CUDA=1.  They are compiled for sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says
+  otherwise (e.g. TORCH_CUDA_ARCH_LIST="9.0" for an H100 only, "8.0;9.0;10.0" to add Blackwell).
 - NEUMF_FAST_CPU_ARCH=generic builds portable CPU code; by default the CPU kernels use AVX2/FMA
   when the building machine has them (the package is built where it runs).
 
@@ -51,9 +52,15 @@ def _extensions():
     kwargs = dict(
         name="neumf_fast._C",
         sources=sources + ([os.path.relpath(p, ROOT) for p in cuda_sources] if build_cuda else []),
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--threads", "2"]},
         extra_link_args=["-fopenmp"],
     )
+    if build_cuda:
+        # torch's default would be this machine's GPU only (or every arch when it has none)
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        print(f"neumf_fast: building the CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    elif cuda_sources and want_cuda:
+        print("neumf_fast: torch has CUDA but nvcc was not found; building the CPU kernels only")
     ext = CUDAExtension(**kwargs) if build_cuda else CppExtension(**kwargs)
     return [ext], {"build_ext": BuildExtension}
 

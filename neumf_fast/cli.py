@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=_layers, default=d.layers, help="MLP widths, first = 2 × MLP embedding (64,32,16,8)")
     t.add_argument("--neg", type=_positive, default=d.neg, help="negatives per positive")
     t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default adam; sgd with --pretrain")
-    t.add_argument("--backend", default=d.backend, help="auto | triton | cpu | torch (NEUMF_FAST_BACKEND overrides)")
+    t.add_argument("--backend", default=d.backend, help="auto | triton | cuda | cpu | torch (NEUMF_FAST_BACKEND overrides)")
     t.add_argument("--device", default=d.device)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the fixed evaluation candidates")

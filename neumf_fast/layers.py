@@ -26,7 +26,7 @@ class FusedUserItem(nn.Module):
             (``user_embedding`` / ``item_embedding``) and takes ids instead of dense vectors.
         padding_idx: the id of an empty position in the user id sequence.
         mode: ``"sum"`` or ``"mean"`` pooling.
-        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"`` (``NEUMF_FAST_BACKEND`` overrides it).
+        backend: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"`` (``NEUMF_FAST_BACKEND`` overrides it).
 
     Forward: ``(user, item, user_mask=None) -> (gmf [B, h_mf], mlp_in [B, h_mlp + h_mlp_item])``.
     """

@@ -39,7 +39,7 @@ def neumf_input(
             ``None`` to split the pooled vector itself as ``[mf | mlp]``.
         user_bias / item_bias: optional ``[H_mf + H_mlp]`` biases.
         mode: ``"sum"`` or ``"mean"`` pooling (a row with nothing unmasked pools to zeros).
-        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"torch"``; ``NEUMF_FAST_BACKEND``
+        backend: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; ``NEUMF_FAST_BACKEND``
             overrides it.  Under ``torch.autocast`` every float input is cast to the autocast
             dtype first, so the kernels' bf16/fp16 paths run.
 

@@ -29,6 +29,10 @@ try:
 except ImportError as exc:  # built with NEUMF_FAST_SKIP_EXTENSION=1, or a failed build
     EXTENSION_ERROR = f"the C++ extension neumf_fast._C is not built or does not load ({exc})"
 
+# Whether the extension was built with the CUDA kernels (csrc/cuda/) registered.
+CUDA_KERNELS_BUILT = EXTENSION_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "neumf_fast::fused_input", "CUDA")
+
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype

@@ -47,6 +47,18 @@ def _cpu_reasons(dims: FusedDims) -> list[str]:
     return reasons
 
 
+def _cuda_reasons(dims: FusedDims) -> list[str]:
+    if _library.EXTENSION_ERROR is not None:
+        return [_library.EXTENSION_ERROR]
+    reasons = []
+    if not _library.CUDA_KERNELS_BUILT:
+        reasons.append("the CUDA kernels are not built into neumf_fast._C (they build with a CUDA torch and nvcc, "
+                       "or FORCE_CUDA=1; see setup.py)")
+    if dims.device.type != "cuda":
+        reasons.append(f"the CUDA kernels run on CUDA tensors, these are on {dims.device}")
+    return reasons
+
+
 def _run_reference(user, user_mask, user_table, padding_idx, item, item_table,
                    user_weight, user_bias, item_weight, item_bias, h_mf, mode):
     return reference.neumf_input(
@@ -73,12 +85,13 @@ def _run_triton(*args):
 BACKENDS: dict[str, Backend] = {
     # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
     "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda"),
+    "cuda": Backend("cuda", _cuda_reasons, _library.fused_input),
     "cpu": Backend("cpu", _cpu_reasons, _library.fused_input),
     "torch": Backend("torch", _torch_reasons, _run_reference),
 }
-# Fastest first: "auto" takes the first that can run.  (The CUDA C++ backend, when built, is
-# to be placed by its benchmark against Triton.)
-PREFERENCE = ["triton", "cpu", "torch"]
+# Fastest first: "auto" takes the first that can run.  Triton leads the CUDA C++ kernels until
+# a GPU benchmark (benchmarks/test_bench_gpu.py) has measured both; neither has run on a GPU yet.
+PREFERENCE = ["triton", "cuda", "cpu", "torch"]
 
 _warned_fallback = False
 

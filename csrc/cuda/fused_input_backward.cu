@@ -1,0 +1,303 @@
+// CUDA backward of neumf_fast::fused_input.
+//
+// Math (the adjoint of fused_input_forward.cu):
+//   d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_user]],  d_proj_item likewise with mf_user
+//   d_pooled    = d_proj @ W            (d_proj itself with no weight)
+//   d_W = d_proj^T @ pooled,  d_b = sum_b d_proj
+//   dense user:  d_x[b, l] = keep[b, l] * scale[b] * d_pooled_user[b]   (broadcast over L)
+//   id user:     d_table[ids[b, l]] += scale[b] * d_pooled_user[b] for every kept position
+//   item:        d_item = d_pooled_item, or its rows scattered into d_item_table
+//
+// Kernels.  One elementwise pass forms both d_proj (op-math) from the output gradients and the
+// saved MF halves.  The GEMMs (d_pooled, d_W) and the column sum d_b run on cuBLAS through ATen
+// (ops.cpp: projection_backward): reductions over the rows that never serialise on atomics.
+// The memory-bound parts are ours: the dense broadcast (one block per batch row, 16-byte
+// stores) and the table scatter.  The scatter adds with atomics by default; under
+// torch.use_deterministic_algorithms(True) the positions are stably sorted by id and one warp
+// sums each run of equal ids in position order, so every bit of the result is reproducible.
+// Ids were checked by the forward; an id outside the table is skipped here, never written.
+#include "../ops.h"
+#include "common.cuh"
+
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace neumf_fast {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+int grid_for(int64_t work_items, int64_t per_block) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, per_block), 1 << 20)));
+}
+
+// d_proj of both sides; mf_user / mf_item are the rows of each side's projection (row strides
+// ld_user = H_user, ld_item = H_item), whose first h_mf columns are the MF halves.
+template <typename scalar_t>
+__global__ void dproj_kernel(const scalar_t* grad_gmf, const scalar_t* grad_mlp, const acc_type<scalar_t>* mf_user,
+                             const acc_type<scalar_t>* mf_item, acc_type<scalar_t>* dproj_user,
+                             acc_type<scalar_t>* dproj_item, int64_t batch, int64_t hm, int64_t h_user,
+                             int64_t h_item) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t width = h_user + h_item, mlp_width = (h_user - hm) + (h_item - hm);
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < batch * width;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = e / width, j = e % width;
+    if (j < h_user) {
+      dproj_user[b * h_user + j] = j < hm ? static_cast<acc_t>(grad_gmf[b * hm + j]) * mf_item[b * h_item + j]
+                                          : static_cast<acc_t>(grad_mlp[b * mlp_width + (j - hm)]);
+    } else {
+      const int64_t k = j - h_user;
+      dproj_item[b * h_item + k] = k < hm ? static_cast<acc_t>(grad_gmf[b * hm + k]) * mf_user[b * h_user + k]
+                                          : static_cast<acc_t>(grad_mlp[b * mlp_width + (h_user - hm) + (k - hm)]);
+    }
+  }
+}
+
+// scale[b] = 1 / max(1, kept positions of row b), for mean pooling.  One warp per row.
+template <typename acc_t>
+__global__ void mean_scale_kernel(const SideParams s, int64_t batch, acc_t* scale) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; b < batch;
+       b += static_cast<int64_t>(gridDim.x) * kWarps) {
+    int kept = 0;
+    for (int64_t l0 = 0; l0 < s.L; l0 += 32) {
+      const int64_t l = l0 + lane, p = b * s.L + l;
+      bool keep = false;
+      if (l < s.L) {
+        keep = s.ids != nullptr ? !(s.has_pad && load_id(s.ids, s.ids64, p) == s.pad)
+                                : (s.mask == nullptr || s.mask[p]);
+      }
+      kept += __popc(__ballot_sync(kFullMask, keep));
+    }
+    if (lane == 0) scale[b] = acc_t(1) / static_cast<acc_t>(kept > 0 ? kept : 1);
+  }
+}
+
+// d_x[b, l, :] = keep[b, l] * scale[b] * d_pooled[b, :]: one block per row b (grid-stride),
+// V-wide stores across the row's L * D elements.
+template <typename scalar_t, int V>
+__global__ void __launch_bounds__(kThreads) broadcast_kernel(const acc_type<scalar_t>* dpooled,
+                                                             const acc_type<scalar_t>* scale, const bool* mask,
+                                                             scalar_t* grad_x, int64_t batch, int64_t L, int64_t D) {
+  using acc_t = acc_type<scalar_t>;
+  const int dv = static_cast<int>(D / V);
+  const int per_row = static_cast<int>(L) * dv;
+  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+    const acc_t s = scale != nullptr ? scale[b] : acc_t(1);
+    for (int e = threadIdx.x; e < per_row; e += kThreads) {
+      const int l = e / dv, c = (e - l * dv) * V;
+      const int64_t p = b * L + l;
+      const bool keep = mask == nullptr || mask[p];
+      VecOf<scalar_t, V> out;
+#pragma unroll
+      for (int v = 0; v < V; ++v) out.v[v] = static_cast<scalar_t>(keep ? s * dpooled[b * D + c + v] : acc_t(0));
+      *reinterpret_cast<VecOf<scalar_t, V>*>(grad_x + p * D + c) = out;
+    }
+  }
+}
+
+// grad_table[ids[b, l], :] += scale[b] * d_pooled[b, :] by atomics: one block per row b.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) scatter_atomic_kernel(const SideParams s, int64_t batch,
+                                                                  const acc_t* dpooled, const acc_t* scale,
+                                                                  acc_t* grad_table) {
+  const int64_t L = s.L, D = s.D;
+  const int64_t per_row = L * D;
+  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+    const acc_t sc = scale != nullptr ? scale[b] : acc_t(1);
+    for (int64_t e = threadIdx.x; e < per_row; e += kThreads) {
+      const int64_t l = e / D, c = e - l * D;
+      const int64_t id = load_id(s.ids, s.ids64, b * L + l);
+      if ((s.has_pad && id == s.pad) || id < 0 || id >= s.rows) continue;
+      atomicAdd(grad_table + id * D + c, sc * dpooled[b * D + c]);
+    }
+  }
+}
+
+// Deterministic scatter: positions stably sorted by id (invalid and padding positions carry
+// the key `rows` and sort last).  The warp at the first position of each run of equal ids sums
+// the run in position order and writes the row once; rows no position names stay zero.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) segment_sum_kernel(const int64_t* sorted_ids, const int64_t* order,
+                                                               int64_t positions, int64_t L, int64_t rows,
+                                                               int64_t D, const acc_type<scalar_t>* dpooled,
+                                                               const acc_type<scalar_t>* scale, scalar_t* grad_table) {
+  using acc_t = acc_type<scalar_t>;
+  const int lane = threadIdx.x % 32;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; i < positions;
+       i += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int64_t key = sorted_ids[i];
+    if (key < 0 || key >= rows || (i > 0 && sorted_ids[i - 1] == key)) continue;
+    for (int64_t c = lane; c < D; c += 32) {
+      acc_t acc(0);
+      for (int64_t j = i; j < positions && sorted_ids[j] == key; ++j) {
+        const int64_t b = order[j] / L;
+        acc += (scale != nullptr ? scale[b] : acc_t(1)) * dpooled[b * D + c];
+      }
+      grad_table[key * D + c] = static_cast<scalar_t>(acc);
+    }
+  }
+}
+
+// The gradient of an id side's table from d_pooled [B, D] (op-math).
+template <typename scalar_t>
+Tensor table_grad(const SideParams& s, const Tensor& ids, int64_t batch, const Tensor& dpooled, const Tensor& scale,
+                  cudaStream_t stream) {
+  using acc_t = acc_type<scalar_t>;
+  const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
+  const acc_t* scale_ptr = scale.defined() ? scale.data_ptr<acc_t>() : nullptr;
+  if (!at::globalContext().deterministicAlgorithms()) {
+    Tensor acc = at::zeros({s.rows, s.D}, dpooled.options());
+    if (batch > 0 && s.D > 0) {
+      scatter_atomic_kernel<acc_t><<<grid_for(batch, 1), kThreads, 0, stream>>>(s, batch, dpooled.data_ptr<acc_t>(),
+                                                                                 scale_ptr, acc.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return acc.scalar_type() == dtype ? acc : acc.to(dtype);
+  }
+  Tensor out = at::zeros({s.rows, s.D}, dpooled.options().dtype(dtype));
+  const int64_t positions = ids.numel();
+  if (positions == 0 || s.D == 0) return out;
+  Tensor flat = ids.reshape({-1}).to(at::kLong);
+  Tensor invalid = flat.lt(0).logical_or_(flat.ge(s.rows));
+  if (s.has_pad) invalid.logical_or_(flat.eq(s.pad));
+  flat = at::where(invalid, s.rows, flat);
+  const auto [sorted_ids, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  segment_sum_kernel<scalar_t><<<grid_for(positions, kWarps), kThreads, 0, stream>>>(
+      sorted_ids.data_ptr<int64_t>(), order.data_ptr<int64_t>(), positions, s.L, s.rows, s.D,
+      dpooled.data_ptr<acc_t>(), scale_ptr, out.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::optional<Tensor> contiguous(const std::optional<Tensor>& t) {
+  return t.has_value() ? std::optional<Tensor>(t->contiguous()) : std::nullopt;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_cuda(
+    const Tensor& grad_gmf_in, const Tensor& grad_mlp_in_in, const Tensor& user_in,
+    const std::optional<Tensor>& mask_in, const std::optional<Tensor>& user_table,
+    std::optional<int64_t> padding_idx, const Tensor& item_in, const std::optional<Tensor>& item_table,
+    const std::optional<Tensor>& user_weight, const std::optional<Tensor>& user_bias,
+    const std::optional<Tensor>& item_weight, const std::optional<Tensor>& item_bias, int64_t h_mf,
+    c10::string_view mode, const Tensor& pooled_user_in, const Tensor& pooled_item_in, const Tensor& proj_user_in,
+    const Tensor& proj_item_in, std::array<bool, 6> output_mask) {
+  const FusedDims d = check_fused_input(user_in, mask_in, user_table, padding_idx, item_in, item_table,
+                                        user_weight, user_bias, item_weight, item_bias, h_mf, mode);
+  const auto dtype = float_dtype(user_in, user_table);
+  check_fused_backward(d, dtype, grad_gmf_in, grad_mlp_in_in, pooled_user_in, pooled_item_in, proj_user_in,
+                       proj_item_in, user_weight.has_value(), item_weight.has_value());
+  TORCH_CHECK(user_in.is_cuda() && pooled_user_in.device() == user_in.device(), "neumf_fast: the CUDA backward got "
+              "user on ", user_in.device(), " and the saved tensors on ", pooled_user_in.device());
+  const c10::cuda::CUDAGuard guard(user_in.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Tensor user = user_in.contiguous(), item = item_in.contiguous();
+  const Tensor grad_gmf = grad_gmf_in.contiguous(), grad_mlp = grad_mlp_in_in.contiguous();
+  const Tensor pooled_user = pooled_user_in.contiguous(), pooled_item = pooled_item_in.contiguous();
+  const Tensor proj_user = proj_user_in.contiguous(), proj_item = proj_item_in.contiguous();
+  const auto mask = contiguous(mask_in);
+  const auto [want_user_src, want_item_src, want_user_w, want_user_b, want_item_w, want_item_b] = output_mask;
+  const int64_t B = d.batch;
+  const auto acc_opts = user.options().dtype(at::toOpMathType(dtype));
+  const auto out_opts = user.options().dtype(dtype);
+  auto none = [&] { return at::empty({0}, out_opts); };
+
+  // Row b of a side's projection: the saved GEMM output, or the pooled rows with no weight.
+  const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
+  const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
+  Tensor dproj_user = at::empty({B, d.user_proj}, acc_opts), dproj_item = at::empty({B, d.item_proj}, acc_opts);
+  Tensor scale;  // per-row mean scale (op-math), undefined for sum pooling
+  Tensor grad_user_src = none(), grad_item_src = none();
+  Tensor grad_user_w = none(), grad_user_b = none(), grad_item_w = none(), grad_item_b = none();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_backward_cuda", [&] {
+    using acc_t = acc_type<scalar_t>;
+    if (B > 0 && d.user_proj + d.item_proj > 0) {
+      dproj_kernel<scalar_t><<<grid_for(B * (d.user_proj + d.item_proj), kThreads), kThreads, 0, stream>>>(
+          grad_gmf.data_ptr<scalar_t>(), grad_mlp.data_ptr<scalar_t>(), proj_user_rows.data_ptr<acc_t>(),
+          proj_item_rows.data_ptr<acc_t>(), dproj_user.data_ptr<acc_t>(), dproj_item.data_ptr<acc_t>(), B, d.h_mf,
+          d.user_proj, d.item_proj);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    Tensor dpooled_user, dpooled_item;
+    std::tie(dpooled_user, grad_user_w, grad_user_b) = projection_backward(
+        dproj_user, pooled_user, user_weight, want_user_src, want_user_w, want_user_b && user_bias.has_value(), dtype);
+    std::tie(dpooled_item, grad_item_w, grad_item_b) = projection_backward(
+        dproj_item, pooled_item, item_weight, want_item_src, want_item_w, want_item_b && item_bias.has_value(), dtype);
+
+    SideParams us;  // the user side as the scatter and scale kernels read it
+    us.L = d.seq_len;
+    us.D = d.user_dim;
+    us.mask = mask ? mask->data_ptr<bool>() : nullptr;
+    if (d.user_ids) {
+      us.ids = user.data_ptr();
+      us.ids64 = user.scalar_type() == at::kLong;
+      us.rows = user_table->size(0);
+      us.has_pad = padding_idx.has_value();
+      us.pad = padding_idx.value_or(0);
+    }
+    if (want_user_src) {
+      const Tensor dp = dpooled_user.contiguous();
+      if (d.mean && B > 0) {
+        scale = at::empty({B}, acc_opts);
+        mean_scale_kernel<acc_t><<<grid_for(B, kWarps), kThreads, 0, stream>>>(us, B, scale.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (d.user_ids) {
+        grad_user_src = table_grad<scalar_t>(us, user, B, dp, scale, stream);
+      } else {
+        grad_user_src = at::empty({B, d.seq_len, d.user_dim}, out_opts);
+        if (grad_user_src.numel() > 0) {
+          const acc_t* sp = scale.defined() ? scale.data_ptr<acc_t>() : nullptr;
+          constexpr int vec = vec_width<scalar_t>();
+          const int grid = grid_for(B, 1);
+          if (d.user_dim % vec == 0) {
+            broadcast_kernel<scalar_t, vec><<<grid, kThreads, 0, stream>>>(
+                dp.data_ptr<acc_t>(), sp, us.mask, grad_user_src.data_ptr<scalar_t>(), B, d.seq_len, d.user_dim);
+          } else {
+            broadcast_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
+                dp.data_ptr<acc_t>(), sp, us.mask, grad_user_src.data_ptr<scalar_t>(), B, d.seq_len, d.user_dim);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
+    }
+    if (want_item_src) {
+      if (d.item_ids) {
+        SideParams is;
+        is.L = 1;
+        is.D = d.item_dim;
+        is.ids = item.data_ptr();
+        is.ids64 = item.scalar_type() == at::kLong;
+        is.rows = item_table->size(0);
+        grad_item_src = table_grad<scalar_t>(is, item, B, dpooled_item.contiguous(), Tensor(), stream);
+      } else {
+        grad_item_src = dpooled_item.to(dtype);  // dpooled_item is ours: no output aliases an input
+      }
+    }
+  });
+  return {grad_user_src, grad_item_src, grad_user_w, grad_user_b, grad_item_w, grad_item_b};
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(neumf_fast, CUDA, m) { m.impl("fused_input_backward", &cuda::fused_input_backward_cuda); }
+
+}  // namespace neumf_fast
