@@ -147,7 +147,7 @@ __device__ __forceinline__ void project_step(const scalar_t* W, int64_t H, int64
   using stage_t = stage_type<scalar_t, kMma>;
   constexpr int ld = weight_ld<stage_t, kMma>();
   if constexpr (kMma) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800  // the host pass (and the CPU emulator) see the WMMA code too
     using namespace nvcuda;
     constexpr bool kTf32 = std::is_same_v<stage_t, float>;
     constexpr int kK = kTf32 ? 8 : 16;

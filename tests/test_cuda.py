@@ -1,0 +1,342 @@
+"""``backend="cuda"`` (csrc/cuda/) against the reference, forward and backward.
+
+The parity cases run on one of two targets:
+
+- ``gpu``: the built extension on CUDA tensors, where there is a GPU and the CUDA kernels are
+  built;
+- ``emulated``: where there is no GPU, the same CUDA sources compiled for the CPU emulator
+  (tests/cuda_emu: every CUDA thread an OS thread, warp shuffles and ``__syncthreads`` as
+  barriers, WMMA tiles computed in full) and called on CPU tensors.  It runs the host code, the
+  index arithmetic, the tiling, the masks and the shared-memory layout (unwritten shared memory
+  reads as NaN; WMMA alignment is checked), but not the hardware.
+
+Without a GPU, ``test_cuda_sources_compile_for_sm80_and_sm90`` also compiles every ``.cu`` file
+with nvcc for sm_80 and sm_90 against torch's headers, as setup.py would on a CUDA machine.
+
+Tolerances (tests/test_parity.py explains them): float32 atol = rtol = 2e-5 normwise; float64
+1e-10; float16 / bfloat16 by flash-attention's rule (error against the float64 truth at most 2x
+PyTorch's own error in that dtype, plus one eps of the largest magnitude).  TF32 (fp32 on tensor
+cores, only with ``allow_tf32``): 2e-3 normwise, about four TF32 rounding units (2^-11) of the
+largest output: the reference multiplies in full fp32, the kernel with 10-bit mantissas.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+import neumf_fast
+from conftest import assert_close, assert_flash_attention_rule, make_case, run
+from neumf_fast.ops import BackendUnavailable, _library, check_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+ON_GPU = torch.cuda.is_available()
+GPU_READY = ON_GPU and _library.CUDA_KERNELS_BUILT
+TOL = 2e-5
+
+
+def _as_op(fused_input):
+    """(user, item, **kwargs) -> (gmf, mlp_in) with autograd, for an op outside the dispatcher."""
+    glue = _library.AutogradGlue(lambda *a: getattr(torch.ops, fused_input.namespace).fused_input_backward(*a))
+    fn = _library.make_eager_function("EmulatedFusedInput", lambda *a: fused_input(*a), glue.save, glue.backward)
+
+    def op(user, item, *, h_mf, user_mask=None, user_table=None, padding_idx=None, item_table=None,
+           user_weight=None, user_bias=None, item_weight=None, item_bias=None, mode="sum"):
+        return fn.apply(user, user_mask, user_table, padding_idx, item, item_table, user_weight, user_bias,
+                        item_weight, item_bias, h_mf, mode)
+
+    return op
+
+
+class _Emulated:
+    namespace = "neumf_fast_emu"
+
+    def __call__(self, *args):
+        return torch.ops.neumf_fast_emu.fused_input(*args)
+
+
+@pytest.fixture(scope="session")
+def emulated_library(tmp_path_factory):
+    from cuda_emu.build import build
+
+    build(tmp_path_factory.mktemp("cuda_emu"))
+    return _Emulated()
+
+
+@pytest.fixture(params=["gpu", "emulated"])
+def target(request):
+    """(device, op or backend name) for the parity cases."""
+    if request.param == "gpu":
+        if not GPU_READY:
+            pytest.skip("no GPU" if not ON_GPU else "the CUDA kernels are not built")
+        return "cuda", lambda u, i, **kw: neumf_fast.neumf_input(u, i, backend="cuda", **kw)
+    if ON_GPU:
+        pytest.skip("on a GPU the kernels themselves run (target gpu)")
+    return "cpu", _as_op(request.getfixturevalue("emulated_library"))
+
+
+def parity(case, target, atol=TOL):
+    device, op = target
+    case = case.on(device)
+    assert_close(run(case, op), run(case, "torch"), atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("mask", ["none", "random", "empty_rows", "all"])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_masks_and_modes(target, user_ids, mask, mode):
+    case = make_case(batch=7, seq_len=35, user_dim=37, h_mf=3, h_mlp=5, h_mlp_item=3, user_ids=user_ids,
+                     item_ids=user_ids, mode=mode, mask="empty_rows" if mask == "all" else mask)
+    if mask == "all":  # every position masked: pooled zeros, never NaN
+        if user_ids:
+            case.user.fill_(case.kwargs["padding_idx"])
+        else:
+            case.kwargs["user_mask"].fill_(False)
+    parity(case, target)
+
+
+@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", [
+    (0, 3, 3, 3, 3, 3, 3),
+    (1, 1, 3, 3, 3, 3, 3),
+    (3, 7, 37, 3, 3, 37, 5),
+    (37, 3, 3, 37, 37, 3, 1),
+    (37, 2, 37, 37, 0, 37, 3),
+    (33, 2, 128, 37, 64, 70, 1),
+    (1000, 2, 3, 4, 1, 3, 2),
+])
+@pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_sizes_and_projection(target, batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project, bias,
+                              user_ids):
+    if not project:  # the pooled vectors are split as [mf | mlp]
+        h_mf = min(h_mf, user_dim, item_dim)
+    case = make_case(batch=batch, seq_len=seq_len, user_dim=user_dim, item_dim=item_dim, h_mf=h_mf, h_mlp=h_mlp,
+                     h_mlp_item=h_mlp_item, user_ids=user_ids, item_ids=not user_ids, project=project, bias=bias,
+                     num_user_rows=30, num_item_rows=20)
+    parity(case, target)
+
+
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_rows_too_wide_for_shared_memory_take_the_unfused_path(target, user_ids):
+    """D = 1800: the [32, D] pooled tile needs more than the 227 KiB of shared memory a block
+    may have, so the pooling kernel, a cuBLAS GEMM and the epilogue kernel run instead."""
+    case = make_case(batch=5, seq_len=3, user_dim=1800, item_dim=1800, h_mf=4, h_mlp=4, user_ids=user_ids,
+                     item_ids=user_ids, mode="mean")
+    parity(case, target)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("padding_idx", [0, 29, -1])
+def test_ids_index_dtypes_and_padding(target, index_dtype, padding_idx):
+    case = make_case(batch=9, seq_len=6, user_dim=5, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     padding_idx=padding_idx, mode="mean", mask="empty_rows", num_user_rows=30)
+    case.user, case.item = case.user.to(index_dtype), case.item.to(index_dtype)
+    parity(case, target)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "sorted"])
+def test_table_gradient_modes(target, deterministic):
+    """Atomic scatter and the sorted segment sum both match the reference; the latter is bitwise
+    reproducible.  Few rows, many repeats: every row collects many contributions."""
+    device, op = target
+    case = make_case(batch=40, seq_len=9, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     num_user_rows=5, num_item_rows=3, mode="mean").on(device)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        first, second = run(case, op), run(case, op)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert_close(first, run(case, "torch"), atol=TOL, rtol=TOL)
+    if deterministic:
+        for name in ("grad_user_table", "grad_item_table"):
+            assert torch.equal(first[name], second[name]), name
+
+
+def test_float64(target):
+    device, op = target
+    case = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3, user_ids=True,
+                     dtype=torch.float64).on(device)
+    assert_close(run(case, op), run(case, "torch"), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("project", [True, False], ids=["proj", "noproj"])
+def test_reduced_precision_on_tensor_cores(target, dtype, user_ids, project):
+    device, op = target
+    low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3 if project else 16, h_mlp=37, h_mlp_item=3,
+                    user_ids=user_ids, item_ids=user_ids, project=project, mode="mean", dtype=dtype).on(device)
+    assert_flash_attention_rule(low, op)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_without_tensor_cores(target, dtype, monkeypatch):
+    """Before sm_80 the projection runs on FFMA in fp32 (emulated device only: a real GPU is
+    what it is)."""
+    device, op = target
+    if device == "cuda":
+        pytest.skip("the compute capability of a real GPU cannot be changed")
+    monkeypatch.setenv("NEUMF_EMU_SM", "75")
+    low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3, dtype=dtype).on(device)
+    assert_flash_attention_rule(low, op)
+
+
+def test_tf32_when_allowed(target):
+    device, op = target
+    case = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3).on(device)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = run(case, op)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert_close(tf32, run(case, "torch"), atol=2e-3, rtol=2e-3)
+
+
+def test_non_contiguous_inputs(target):
+    device, op = target
+    case = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(device)
+    strided = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(device)
+    with torch.no_grad():
+        strided.user = case.user.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+        strided.item = torch.cat([case.item.detach(), case.item.detach()], 1)[:, :8].requires_grad_()
+        strided.kwargs["user_weight"] = case.kwargs["user_weight"].detach().t().contiguous().t().requires_grad_()
+    assert not strided.user.is_contiguous() and not strided.item.is_contiguous()
+    assert_close(run(strided, op), run(case, "torch"), atol=TOL, rtol=TOL)
+
+
+def _op_args(case, h_mf, mode="sum"):
+    kw = case.kwargs
+    return (case.user, kw.get("user_mask"), kw.get("user_table"), kw.get("padding_idx"), case.item,
+            kw.get("item_table"), kw.get("user_weight"), kw.get("user_bias"), kw.get("item_weight"),
+            kw.get("item_bias"), h_mf, mode)
+
+
+def _raw_op(target):
+    device, op = target
+    return torch.ops.neumf_fast.fused_input if device == "cuda" else torch.ops.neumf_fast_emu.fused_input
+
+
+def test_inference_saves_nothing_and_matches(target):
+    case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, requires_grad=False)
+    case = case.on(target[0])
+    gmf, mlp_in, *saved = _raw_op(target)(*_op_args(case, 2), False)
+    assert all(t.numel() == 0 for t in saved)
+    ref_gmf, ref_mlp = neumf_fast.reference.neumf_input(case.user, case.item, **case.kwargs)
+    torch.testing.assert_close(gmf, ref_gmf, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(mlp_in, ref_mlp, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_ids_out_of_range(target, side):
+    device, op = target
+    case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
+                     num_user_rows=10, num_item_rows=7).on(device)
+    if side == "user":
+        case.user[1, 0] = 10
+        match = "user id 10 is out of range for a table with 10 rows"
+    else:
+        case.item[2] = -3
+        match = "item id -3 is out of range for a table with 7 rows"
+    with pytest.raises(IndexError, match=match):
+        op(case.user, case.item, **case.kwargs)
+
+
+def test_backward_refuses_a_forward_that_saved_nothing(target):
+    case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, requires_grad=False).on(target[0])
+    args = _op_args(case, 2)
+    gmf, mlp_in, *saved = _raw_op(target)(*args, False)
+    backward = (torch.ops.neumf_fast if target[0] == "cuda" else torch.ops.neumf_fast_emu).fused_input_backward
+    with pytest.raises(RuntimeError, match="save=False"):
+        backward(torch.ones_like(gmf), torch.ones_like(mlp_in), *args, *saved, [True] * 6)
+
+
+# --- on a GPU only -------------------------------------------------------------------------
+
+gpu_only = pytest.mark.skipif(not GPU_READY, reason="needs a GPU and the CUDA kernels built")
+
+
+@gpu_only
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_opcheck(user_ids):
+    case = make_case(batch=4, seq_len=3, user_dim=5, h_mf=2, h_mlp=3, user_ids=user_ids, item_ids=user_ids).on("cuda")
+    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, (*_op_args(case, 2, "mean"), True))
+
+
+@gpu_only
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_compile_fullgraph(user_ids):
+    case = make_case(batch=33, seq_len=5, user_dim=37, h_mf=3, h_mlp=5, user_ids=user_ids, item_ids=user_ids).on("cuda")
+    fn = lambda u, i, kw: neumf_fast.neumf_input(u, i, backend="cuda", **kw)
+    eager = run(case, "cuda")
+    gmf, mlp_in = torch.compile(fn, fullgraph=True)(case.user, case.item, case.kwargs)
+    torch.testing.assert_close(gmf, eager["gmf"], atol=TOL, rtol=TOL)
+    torch.testing.assert_close(mlp_in, eager["mlp_in"], atol=TOL, rtol=TOL)
+
+
+@gpu_only
+def test_models_train_on_the_cuda_backend():
+    """A NeuMF step on backend="cuda" matches the same step on the reference, and the two
+    state_dicts have the same keys."""
+    torch.manual_seed(0)
+    fast = neumf_fast.NeuMF(50, 40, factors=8, layers=[16, 8], backend="cuda").cuda()
+    ref = neumf_fast.NeuMF(50, 40, factors=8, layers=[16, 8], backend="torch").cuda()
+    ref.load_state_dict(fast.state_dict())
+    users, items = torch.randint(0, 50, (64,), device="cuda"), torch.randint(0, 40, (64,), device="cuda")
+    for model in (fast, ref):
+        model(users, items).sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+# --- without a GPU ---------------------------------------------------------------------------
+
+def test_cuda_backend_says_why_it_cannot_run_on_cpu_tensors():
+    case = make_case(batch=2, seq_len=2, user_dim=4, h_mf=2, h_mlp=2)
+    with pytest.raises(BackendUnavailable, match="the CUDA kernels run on CUDA tensors, these are on cpu"):
+        neumf_fast.neumf_input(case.user, case.item, backend="cuda", **case.kwargs)
+    dims = check_inputs(*_op_args(case, 2))
+    assert "cuda" not in neumf_fast.ops.available_backends(dims)
+
+
+def _nvcc_command(source: Path, output: Path) -> list[str]:
+    from torch.utils import cpp_extension
+
+    torch_include = Path(torch.__file__).parent / "include"
+    cmd = [shutil.which("nvcc"), "-c", str(source), "-o", str(output), "-std=c++20", "-O3", "-Xcompiler", "-fPIC",
+           "--threads", "2", f"-I{torch_include}", f"-I{torch_include / 'torch/csrc/api/include'}",
+           f"-I{sysconfig.get_paths()['include']}", *cpp_extension.COMMON_NVCC_FLAGS,
+           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+    if not (torch_include / "c10/cuda/impl/cuda_cmake_macros.h").exists():
+        # A CPU wheel ships c10's CUDA headers but not this generated one (it only sets export
+        # macros); c10 has a switch for building without it.
+        cmd.append("-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE")
+    return cmd
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU machine the extension build compiles these for real")
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed, so the CUDA sources cannot be compiled")
+def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
+    """Every .cu file under csrc/cuda/ compiles with nvcc -c for sm_80 and sm_90 against torch's
+    headers, with the flags torch's extension build uses, and without a warning from our code."""
+    assert CUDA_SOURCES, "no CUDA sources found"
+    procs = {src: subprocess.Popen(_nvcc_command(src, tmp_path / (src.stem + ".o")), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+             for src in CUDA_SOURCES}
+    failures = []
+    for src, proc in procs.items():
+        out, _ = proc.communicate(timeout=600)
+        ours = [line for line in out.splitlines() if "csrc/cuda" in line and ("warning" in line or "error" in line)]
+        if proc.returncode != 0 or ours:
+            failures.append(f"{src.name}: exit {proc.returncode}\n" + "\n".join(ours or out.splitlines()[-30:]))
+        else:
+            assert (tmp_path / (src.stem + ".o")).stat().st_size > 0
+    assert not failures, "\n\n".join(failures)
