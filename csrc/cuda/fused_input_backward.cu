@@ -47,24 +47,27 @@ int grid_for(int64_t work_items, int64_t per_block) {
 }
 
 // d_proj of both sides; mf_user / mf_item are the rows of each side's projection (row strides
-// ld_user = H_user, ld_item = H_item), whose first h_mf columns are the MF halves.
+// ld_user = H_user, ld_item = H_item), whose first h_mf columns are the MF halves.  One block
+// per batch row (grid-stride), threads over the row's H_user + H_item columns.
 template <typename scalar_t>
-__global__ void dproj_kernel(const scalar_t* grad_gmf, const scalar_t* grad_mlp, const acc_type<scalar_t>* mf_user,
-                             const acc_type<scalar_t>* mf_item, acc_type<scalar_t>* dproj_user,
-                             acc_type<scalar_t>* dproj_item, int64_t batch, int64_t hm, int64_t h_user,
-                             int64_t h_item) {
+__global__ void __launch_bounds__(kThreads) dproj_kernel(const scalar_t* grad_gmf, const scalar_t* grad_mlp,
+                                                         const acc_type<scalar_t>* mf_user,
+                                                         const acc_type<scalar_t>* mf_item,
+                                                         acc_type<scalar_t>* dproj_user,
+                                                         acc_type<scalar_t>* dproj_item, int64_t batch, int64_t hm,
+                                                         int64_t h_user, int64_t h_item) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t width = h_user + h_item, mlp_width = (h_user - hm) + (h_item - hm);
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < batch * width;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = e / width, j = e % width;
-    if (j < h_user) {
-      dproj_user[b * h_user + j] = j < hm ? static_cast<acc_t>(grad_gmf[b * hm + j]) * mf_item[b * h_item + j]
-                                          : static_cast<acc_t>(grad_mlp[b * mlp_width + (j - hm)]);
-    } else {
-      const int64_t k = j - h_user;
-      dproj_item[b * h_item + k] = k < hm ? static_cast<acc_t>(grad_gmf[b * hm + k]) * mf_user[b * h_user + k]
-                                          : static_cast<acc_t>(grad_mlp[b * mlp_width + (h_user - hm) + (k - hm)]);
+  const int64_t mlp_width = (h_user - hm) + (h_item - hm);
+  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+    for (int64_t j = threadIdx.x; j < h_user + h_item; j += kThreads) {
+      if (j < h_user) {
+        dproj_user[b * h_user + j] = j < hm ? static_cast<acc_t>(grad_gmf[b * hm + j]) * mf_item[b * h_item + j]
+                                            : static_cast<acc_t>(grad_mlp[b * mlp_width + (j - hm)]);
+      } else {
+        const int64_t k = j - h_user;
+        dproj_item[b * h_item + k] = k < hm ? static_cast<acc_t>(grad_gmf[b * hm + k]) * mf_user[b * h_user + k]
+                                            : static_cast<acc_t>(grad_mlp[b * mlp_width + (h_user - hm) + (k - hm)]);
+      }
     }
   }
 }
@@ -112,20 +115,20 @@ __global__ void __launch_bounds__(kThreads) broadcast_kernel(const acc_type<scal
   }
 }
 
-// grad_table[ids[b, l], :] += scale[b] * d_pooled[b, :] by atomics: one block per row b.
+// grad_table[ids[b, l], :] += scale[b] * d_pooled[b, :] by atomics: one block per row b, one
+// warp per position (its id read once), lanes over the columns (coalesced atomics).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) scatter_atomic_kernel(const SideParams s, int64_t batch,
                                                                   const acc_t* dpooled, const acc_t* scale,
                                                                   acc_t* grad_table) {
   const int64_t L = s.L, D = s.D;
-  const int64_t per_row = L * D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
     const acc_t sc = scale != nullptr ? scale[b] : acc_t(1);
-    for (int64_t e = threadIdx.x; e < per_row; e += kThreads) {
-      const int64_t l = e / D, c = e - l * D;
+    for (int64_t l = warp; l < L; l += kWarps) {
       const int64_t id = load_id(s.ids, s.ids64, b * L + l);
       if ((s.has_pad && id == s.pad) || id < 0 || id >= s.rows) continue;
-      atomicAdd(grad_table + id * D + c, sc * dpooled[b * D + c]);
+      for (int64_t c = lane; c < D; c += 32) atomicAdd(grad_table + id * D + c, sc * dpooled[b * D + c]);
     }
   }
 }
@@ -229,7 +232,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_backward_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
     if (B > 0 && d.user_proj + d.item_proj > 0) {
-      dproj_kernel<scalar_t><<<grid_for(B * (d.user_proj + d.item_proj), kThreads), kThreads, 0, stream>>>(
+      dproj_kernel<scalar_t><<<grid_for(B, 1), kThreads, 0, stream>>>(
           grad_gmf.data_ptr<scalar_t>(), grad_mlp.data_ptr<scalar_t>(), proj_user_rows.data_ptr<acc_t>(),
           proj_item_rows.data_ptr<acc_t>(), dproj_user.data_ptr<acc_t>(), dproj_item.data_ptr<acc_t>(), B, d.h_mf,
           d.user_proj, d.item_proj);

@@ -46,6 +46,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdio>
 #include <type_traits>
 
@@ -379,7 +381,14 @@ bool launch_fused(ForwardParams p, cudaStream_t stream) {
   p.off_user = p.off_w + align128(bytes_w);
   p.off_item = p.off_user + align128(bytes_user);
   auto kernel = fused_forward_kernel<scalar_t, kMma>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(total)));
+  // Raise the kernel's dynamic shared memory allowance once per device (a driver call, ~µs, that
+  // serving-sized batches would otherwise pay every call).  Racing threads set it twice: harmless.
+  static std::array<std::atomic<int>, 64> allowed{};
+  const bool cached = device >= 0 && device < static_cast<int>(allowed.size());
+  if (!cached || total > allowed[device].load(std::memory_order_relaxed)) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(total)));
+    if (cached) allowed[device].store(static_cast<int>(total), std::memory_order_relaxed);
+  }
   kernel<<<static_cast<unsigned>(ceil_div(p.batch, kRows)), kThreads, total, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
