@@ -2,8 +2,9 @@
 
 - The C++ CPU extension (csrc/ops.cpp, csrc/cpu/) is always built, unless
   NEUMF_FAST_SKIP_EXTENSION=1: the package then runs on the reference (and Triton) backends.
-- CUDA sources (csrc/cuda/*.cu) are added only when torch has CUDA and nvcc is found, or when
-  FORCE_CUDA=1.  They are compiled for sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says
+- CUDA sources (csrc/cuda/*.cu) are added when torch has CUDA and nvcc is found, whether or not
+  a GPU is present.  FORCE_CUDA=1 makes them required: the build fails, saying why, instead of
+  quietly building the CPU kernels only.  They are compiled for sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says
   otherwise (e.g. TORCH_CUDA_ARCH_LIST="9.0" for an H100 only, "8.0;9.0;10.0" to add Blackwell).
 - NEUMF_FAST_CPU_ARCH=generic builds portable CPU code; by default the CPU kernels use AVX2/FMA
   when the building machine has them (the package is built where it runs).
@@ -49,6 +50,11 @@ def _extensions():
     cuda_sources = sorted(glob.glob(f"{ROOT}/csrc/cuda/*.cu"))
     want_cuda = _env_flag("FORCE_CUDA") or (torch.cuda.is_available() or torch.version.cuda is not None)
     build_cuda = bool(cuda_sources) and want_cuda and (CUDA_HOME is not None or shutil.which("nvcc"))
+    if _env_flag("FORCE_CUDA") and (torch.version.cuda is None or not build_cuda):
+        why = (f"a CUDA build of torch (this one is {torch.__version__})" if torch.version.cuda is None
+               else "nvcc (set CUDA_HOME or put nvcc on PATH)")
+        raise SystemExit(f"neumf_fast: FORCE_CUDA=1 requires the CUDA kernels, which need {why}; "
+                         "unset FORCE_CUDA to build the CPU kernels only")
     kwargs = dict(
         name="neumf_fast._C",
         sources=sources + ([os.path.relpath(p, ROOT) for p in cuda_sources] if build_cuda else []),

@@ -311,7 +311,9 @@ def _nvcc_command(source: Path, output: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     torch_include = Path(torch.__file__).parent / "include"
-    cmd = [shutil.which("nvcc"), "-c", str(source), "-o", str(output), "-std=c++20", "-O3", "-Xcompiler", "-fPIC",
+    # C++17, the older of the standards torch's extension builds use (2.11: C++17, 2.13: C++20),
+    # so that the GPU machine's torch 2.11 build compiles what this test compiles.
+    cmd = [shutil.which("nvcc"), "-c", str(source), "-o", str(output), "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
            "--threads", "2", f"-I{torch_include}", f"-I{torch_include / 'torch/csrc/api/include'}",
            f"-I{sysconfig.get_paths()['include']}", *cpp_extension.COMMON_NVCC_FLAGS,
            "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]

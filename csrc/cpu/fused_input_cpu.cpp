@@ -357,7 +357,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   const Tensor grad_gmf = grad_gmf_in.contiguous(), grad_mlp = grad_mlp_in_in.contiguous();
   std::optional<Tensor> mask;
   if (mask_in) mask = mask_in->contiguous();
-  const auto [want_user_src, want_item_src, want_user_w, want_user_b, want_item_w, want_item_b] = output_mask;
+  // named flags, not a structured binding: lambdas below capture them (C++20 only for bindings)
+  const bool want_user_src = output_mask[0], want_item_src = output_mask[1], want_user_w = output_mask[2],
+             want_user_b = output_mask[3], want_item_w = output_mask[4], want_item_b = output_mask[5];
 
   // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math;
   // mf_side is the first h_mf columns of that side's projection rows.

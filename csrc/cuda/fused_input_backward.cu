@@ -215,7 +215,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   const Tensor pooled_user = pooled_user_in.contiguous(), pooled_item = pooled_item_in.contiguous();
   const Tensor proj_user = proj_user_in.contiguous(), proj_item = proj_item_in.contiguous();
   const auto mask = contiguous(mask_in);
-  const auto [want_user_src, want_item_src, want_user_w, want_user_b, want_item_w, want_item_b] = output_mask;
+  // named flags, not a structured binding: lambdas below capture them (C++20 only for bindings)
+  const bool want_user_src = output_mask[0], want_item_src = output_mask[1], want_user_w = output_mask[2],
+             want_user_b = output_mask[3], want_item_w = output_mask[4], want_item_b = output_mask[5];
   const int64_t B = d.batch;
   const auto acc_opts = user.options().dtype(at::toOpMathType(dtype));
   const auto out_opts = user.options().dtype(dtype);
