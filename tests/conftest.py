@@ -68,7 +68,7 @@ def make_case(
     item_ids: bool = False,
     project: bool = True,
     bias: bool = True,
-    mask: str = "random",  # "none" | "random" | "empty_rows" (random plus fully masked rows)
+    mask: str = "random",  # "none" | "random" | "empty_rows" (random plus fully masked rows) | "all"
     mode: str = "sum",
     num_user_rows: int = 50,
     num_item_rows: int = 40,
@@ -86,6 +86,8 @@ def make_case(
         keep = None
     elif mask == "empty_rows" and batch:
         keep[:: max(1, batch // 3)] = False
+    elif mask == "all":  # every position of every row masked: pooled zeros, never NaN
+        keep[:] = False
     kwargs: dict = {"h_mf": h_mf, "mode": mode}
     if user_ids:
         ids = torch.randint(0, num_user_rows, (batch, seq_len), generator=g)
@@ -110,6 +112,28 @@ def make_case(
             kwargs["user_bias"] = rand(h_mf + h_mlp)
             kwargs["item_bias"] = rand(h_mf + h_mlp_item)
     return Case(user, item, kwargs)
+
+
+# Odd sizes for the GPU-kernel parity tests (tests/test_triton.py, tests/test_cuda.py):
+# (batch, seq_len, user_dim, item_dim, h_mf, h_mlp_user, h_mlp_item), none a multiple of a tile.
+SIZE_CASES = [
+    (0, 3, 3, 3, 3, 3, 3),
+    (1, 1, 3, 3, 3, 3, 3),
+    (3, 7, 37, 3, 3, 37, 5),
+    (37, 3, 3, 37, 37, 3, 1),
+    (37, 2, 37, 37, 0, 37, 3),
+    (1000, 2, 3, 3, 1, 3, 2),
+]
+
+
+def sized_case(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, *, project, bias, user_ids) -> Case:
+    """A SIZE_CASES call: ids on one side, dense on the other; with no projection the pooled
+    vectors are split as [mf | mlp], so h_mf is cut to fit both."""
+    if not project:
+        h_mf = min(h_mf, user_dim, item_dim)
+    return make_case(batch=batch, seq_len=seq_len, user_dim=user_dim, item_dim=item_dim, h_mf=h_mf, h_mlp=h_mlp,
+                     h_mlp_item=h_mlp_item, user_ids=user_ids, item_ids=not user_ids, project=project, bias=bias,
+                     num_user_rows=30, num_item_rows=20)
 
 
 def run(case: Case, backend, seed: int = 1):

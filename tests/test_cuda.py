@@ -32,7 +32,7 @@ import pytest
 import torch
 
 import neumf_fast
-from conftest import assert_close, assert_flash_attention_rule, make_case, run
+from conftest import SIZE_CASES, assert_close, assert_flash_attention_rule, make_case, run, sized_case
 from neumf_fast.ops import BackendUnavailable, _library, check_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,34 +93,18 @@ def parity(case, target, atol=TOL):
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_masks_and_modes(target, user_ids, mask, mode):
     case = make_case(batch=7, seq_len=35, user_dim=37, h_mf=3, h_mlp=5, h_mlp_item=3, user_ids=user_ids,
-                     item_ids=user_ids, mode=mode, mask="empty_rows" if mask == "all" else mask)
-    if mask == "all":  # every position masked: pooled zeros, never NaN
-        if user_ids:
-            case.user.fill_(case.kwargs["padding_idx"])
-        else:
-            case.kwargs["user_mask"].fill_(False)
+                     item_ids=user_ids, mode=mode, mask=mask)  # "all": every position masked
     parity(case, target)
 
 
-@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", [
-    (0, 3, 3, 3, 3, 3, 3),
-    (1, 1, 3, 3, 3, 3, 3),
-    (3, 7, 37, 3, 3, 37, 5),
-    (37, 3, 3, 37, 37, 3, 1),
-    (37, 2, 37, 37, 0, 37, 3),
-    (33, 2, 128, 37, 64, 70, 1),
-    (1000, 2, 3, 4, 1, 3, 2),
-])
+# plus D = 128 with H over 64: more than one K tile and one output step of the GEMM
+@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", SIZE_CASES + [(33, 2, 128, 37, 64, 70, 1)])
 @pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
 @pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
 def test_sizes_and_projection(target, batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project, bias,
                               user_ids):
-    if not project:  # the pooled vectors are split as [mf | mlp]
-        h_mf = min(h_mf, user_dim, item_dim)
-    case = make_case(batch=batch, seq_len=seq_len, user_dim=user_dim, item_dim=item_dim, h_mf=h_mf, h_mlp=h_mlp,
-                     h_mlp_item=h_mlp_item, user_ids=user_ids, item_ids=not user_ids, project=project, bias=bias,
-                     num_user_rows=30, num_item_rows=20)
-    parity(case, target)
+    parity(sized_case(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project=project, bias=bias,
+                      user_ids=user_ids), target)
 
 
 @pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])

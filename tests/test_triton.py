@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import neumf_fast
-from conftest import assert_close, assert_flash_attention_rule, make_case, run
+from conftest import SIZE_CASES, assert_close, assert_flash_attention_rule, make_case, run, sized_case
 from neumf_fast.ops import BackendUnavailable, check_inputs, select_backend
 from neumf_fast.ops.dispatch import BACKENDS
 
@@ -38,32 +38,16 @@ def parity(case, atol=2e-5):
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_masks_and_modes(user_ids, mask, mode):
     case = make_case(batch=7, seq_len=5, user_dim=37, h_mf=3, h_mlp=5, h_mlp_item=3, user_ids=user_ids,
-                     item_ids=user_ids, mode=mode, mask="empty_rows" if mask == "all" else mask)
-    if mask == "all":  # every position masked: pooled zeros, never NaN
-        if user_ids:
-            case.user.fill_(case.kwargs["padding_idx"])
-        else:
-            case.kwargs["user_mask"].fill_(False)
+                     item_ids=user_ids, mode=mode, mask=mask)  # "all": every position masked
     parity(case)
 
 
-@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", [
-    (0, 3, 3, 3, 3, 3, 3),
-    (1, 1, 3, 3, 3, 3, 3),
-    (3, 7, 37, 3, 3, 37, 5),
-    (37, 3, 3, 37, 37, 3, 1),
-    (37, 2, 37, 37, 0, 37, 3),
-    (1000, 2, 3, 3, 1, 3, 2),
-])
+@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", SIZE_CASES)
 @pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
 @pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
 def test_sizes_and_projection(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project, bias, user_ids):
-    if not project:  # the pooled vectors are split as [mf | mlp]
-        h_mf = min(h_mf, user_dim, item_dim)
-    case = make_case(batch=batch, seq_len=seq_len, user_dim=user_dim, item_dim=item_dim, h_mf=h_mf, h_mlp=h_mlp,
-                     h_mlp_item=h_mlp_item, user_ids=user_ids, item_ids=not user_ids, project=project, bias=bias,
-                     num_user_rows=30, num_item_rows=20)
-    parity(case)
+    parity(sized_case(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project=project, bias=bias,
+                      user_ids=user_ids))
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])

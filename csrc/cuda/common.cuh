@@ -7,7 +7,11 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <optional>
 
 namespace neumf_fast {
 namespace cuda {
@@ -148,6 +152,18 @@ __device__ __forceinline__ void pool_row_any(const SideParams& s, int64_t b, int
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Blocks of 256 threads everywhere; grid-stride loops cover work past 2^20 blocks.
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+inline int grid_for(int64_t work_items, int64_t per_block) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, per_block), 1 << 20)));
+}
+
+inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
 
 }  // namespace cuda
 }  // namespace neumf_fast

@@ -39,13 +39,6 @@ namespace {
 
 using at::Tensor;
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-
-int grid_for(int64_t work_items, int64_t per_block) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, per_block), 1 << 20)));
-}
-
 // d_proj of both sides; mf_user / mf_item are the rows of each side's projection (row strides
 // ld_user = H_user, ld_item = H_item), whose first h_mf columns are the MF halves.  One block
 // per batch row (grid-stride), threads over the row's H_user + H_item columns.
@@ -187,10 +180,6 @@ Tensor table_grad(const SideParams& s, const Tensor& ids, int64_t batch, const T
       dpooled.data_ptr<acc_t>(), scale_ptr, out.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
-}
-
-std::optional<Tensor> contiguous(const std::optional<Tensor>& t) {
-  return t.has_value() ? std::optional<Tensor>(t->contiguous()) : std::nullopt;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_cuda(

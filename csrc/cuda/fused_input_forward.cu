@@ -57,8 +57,6 @@ namespace {
 
 using at::Tensor;
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int kRows = 32;   // rows of the batch per block
 constexpr int kTileN = 64;  // output columns per GEMM step
 constexpr int kTileK = 32;  // reduction (D) columns per staged weight tile
@@ -343,10 +341,6 @@ __global__ void trap_on_bad_ids_kernel(const int64_t* err) {
   }
 }
 
-int grid_for(int64_t work_items, int64_t per_block) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, per_block), 1 << 20)));
-}
-
 int align128(int64_t bytes) { return static_cast<int>(round_up(bytes, 128)); }
 
 // Launches the fused kernel if its tiles fit in shared memory; false if they do not.
@@ -430,10 +424,6 @@ SideParams make_side(const FusedDims& d, bool is_user, const Tensor& x, const st
   if (proj.numel() > 0) s.proj_out = proj.data_ptr();
   s.vec_ok = s.D % vec == 0 && reinterpret_cast<uintptr_t>(s.src) % 16 == 0;
   return s;
-}
-
-std::optional<Tensor> contiguous(const std::optional<Tensor>& t) {
-  return t.has_value() ? std::optional<Tensor>(t->contiguous()) : std::nullopt;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
