@@ -267,6 +267,27 @@ def test_compile_fullgraph(user_ids):
 
 
 @gpu_only
+def test_cuda_graph_capture_with_ids():
+    """Id input syncs once per call to raise IndexError, which a CUDA graph capture forbids; the
+    op must see the capture and check asynchronously instead, and replay the same result."""
+    case = make_case(batch=33, seq_len=5, user_dim=16, h_mf=4, h_mlp=4, user_ids=True, item_ids=True,
+                     requires_grad=False).on("cuda")
+    args = (*_op_args(case, 4), False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graphs asks
+        eager = torch.ops.neumf_fast.fused_input(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = torch.ops.neumf_fast.fused_input(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured[0], eager[0], atol=0, rtol=0)
+    torch.testing.assert_close(captured[1], eager[1], atol=0, rtol=0)
+
+
+@gpu_only
 def test_models_train_on_the_cuda_backend():
     """A NeuMF step on backend="cuda" matches the same step on the reference, and the two
     state_dicts have the same keys."""
