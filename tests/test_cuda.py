@@ -197,6 +197,31 @@ def test_non_contiguous_inputs(target):
     assert_close(run(strided, op), run(case, "torch"), atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_inputs_off_a_16_byte_boundary(target, user_ids):
+    """Contiguous views that start one element into their storage cannot take 16-byte loads:
+    the kernels must notice and fall back to element loads (the emulator fails any misaligned
+    vector access, as the GPU would)."""
+    device, op = target
+    case = make_case(batch=5, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, user_ids=user_ids, item_ids=user_ids).on(device)
+
+    def shifted(t):
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        view = flat[1:].view(t.shape)
+        with torch.no_grad():
+            view.copy_(t)
+        return view.detach().requires_grad_(t.requires_grad)
+
+    moved = make_case(batch=5, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, user_ids=user_ids, item_ids=user_ids).on(device)
+    if user_ids:
+        moved.kwargs["user_table"], moved.kwargs["item_table"] = (shifted(case.kwargs["user_table"]),
+                                                                  shifted(case.kwargs["item_table"]))
+    else:
+        moved.user, moved.item = shifted(case.user), shifted(case.item)
+    assert moved.float_inputs()["user_table" if user_ids else "user"].data_ptr() % 16 != 0
+    assert_close(run(moved, op), run(case, "torch"), atol=TOL, rtol=TOL)
+
+
 def _op_args(case, h_mf, mode="sum"):
     kw = case.kwargs
     return (case.user, kw.get("user_mask"), kw.get("user_table"), kw.get("padding_idx"), case.item,

@@ -18,6 +18,12 @@ namespace cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// A 16-byte access must be 16-byte aligned on the GPU (else "misaligned address"); the CPU
+// emulator (tests/cuda_emu) defines this to check every vector access, the GPU build to nothing.
+#ifndef NEUMF_CHECK_ALIGNED
+#define NEUMF_CHECK_ALIGNED(ptr, bytes)
+#endif
+
 // One side of a call.  The item side is a sequence of length 1 with no mask and no padding.
 // Inputs are contiguous (the host entry points make them so); every offset is int64.
 struct SideParams {
@@ -118,6 +124,7 @@ __device__ __forceinline__ void pool_row(const SideParams& s, int64_t b, int lan
         const int64_t o = __shfl_sync(kFullMask, static_cast<long long>(off), from);
         if (take && col_ok) {
           if constexpr (V > 1) {
+            NEUMF_CHECK_ALIGNED(src + o + c0, sizeof(VecOf<scalar_t, V>));
             const auto x = *reinterpret_cast<const VecOf<scalar_t, V>*>(src + o + c0);
 #pragma unroll
             for (int v = 0; v < V; ++v) acc[v] += static_cast<acc_t>(x.v[v]);

@@ -103,6 +103,7 @@ __global__ void __launch_bounds__(kThreads) broadcast_kernel(const acc_type<scal
       VecOf<scalar_t, V> out;
 #pragma unroll
       for (int v = 0; v < V; ++v) out.v[v] = static_cast<scalar_t>(keep ? s * dpooled[b * D + c + v] : acc_t(0));
+      NEUMF_CHECK_ALIGNED(grad_x + p * D + c, sizeof(out));
       *reinterpret_cast<VecOf<scalar_t, V>*>(grad_x + p * D + c) = out;
     }
   }

@@ -168,6 +168,12 @@ inline unsigned long long atomicExch(unsigned long long* address, unsigned long 
   return old;
 }
 
+// Vector accesses of csrc/cuda/common.cuh: misaligned ones fault on the GPU, so they fail here.
+#define NEUMF_CHECK_ALIGNED(ptr, bytes)                                                        \
+  do {                                                                                         \
+    if (reinterpret_cast<std::uintptr_t>(ptr) % (bytes) != 0) emu::fail("misaligned vector access"); \
+  } while (0)
+
 [[noreturn]] inline void __trap() { emu::fail("__trap() in an emulated kernel"); }
 
 namespace emu {
