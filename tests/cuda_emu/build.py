@@ -36,8 +36,10 @@ def rewrite(source: str) -> str:
     return out.replace(".is_cuda()", ".is_cpu()")
 
 
-def build(build_dir: Path, verbose: bool = False) -> str:
-    """Compiles and loads the emulated op library; returns its op namespace."""
+def build(build_dir: Path, verbose: bool = False, sanitize: bool = False) -> str:
+    """Compiles and loads the emulated op library; returns its op namespace.  ``sanitize``
+    instruments it with AddressSanitizer (the process must preload libasan), so that a kernel's
+    out-of-bounds read or write of a tensor is reported instead of passing unseen."""
     from torch.utils import cpp_extension
 
     src = build_dir / "src"
@@ -57,9 +59,9 @@ def build(build_dir: Path, verbose: bool = False) -> str:
         name=NAMESPACE,
         sources=sources,
         extra_cflags=["-O1", f"-Dneumf_fast={NAMESPACE}", "-include", str(HERE / "emu.h"), "-pthread",
-                      "-Wno-unused-variable"],
+                      "-Wno-unused-variable", *(["-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else [])],
         extra_include_paths=[str(HERE / "include")],
-        extra_ldflags=["-pthread"],
+        extra_ldflags=["-pthread", *(["-fsanitize=address"] if sanitize else [])],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=verbose,
