@@ -488,8 +488,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       const Tensor ru = project(pu, user_weight, user_bias), ri = project(pi, item_weight, item_bias);
-      if (save && user_weight.has_value()) proj_user.copy_(ru);
-      if (save && item_weight.has_value()) proj_item.copy_(ri);
+      if (save && user_weight.has_value()) proj_user = ru;  // the GEMM output is the saved tensor
+      if (save && item_weight.has_value()) proj_item = ri;
       epilogue_kernel<scalar_t><<<grid_for(B * (d.user_proj + d.item_proj), kThreads), kThreads, 0, stream>>>(
           ru.data_ptr<acc_t>(), d.user_proj, ri.data_ptr<acc_t>(), d.item_proj, gmf.data_ptr<scalar_t>(),
           mlp_in.data_ptr<scalar_t>(), B, d.h_mf, d.h_mlp_user(), d.h_mlp_item());

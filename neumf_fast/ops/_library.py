@@ -1,8 +1,8 @@
 """The ``torch.ops.neumf_fast`` namespace on the Python side: fake kernels and autograd.
 
 The C++ extension declares the schemas (csrc/ops.cpp) and registers the CPU kernels
-(csrc/cpu/) and, when built with CUDA, the CUDA kernels (csrc/cuda/).  This module loads it and adds what ``torch.compile`` and autograd need, so
-that every device implementation of ``fused_input`` shares one autograd formula:
+(csrc/cpu/) and, when built with CUDA, the CUDA kernels (csrc/cuda/).  This module loads it
+and adds what ``torch.compile`` and autograd need, so that every device implementation of ``fused_input`` shares one autograd formula:
 
 - ``fused_input`` returns ``(gmf, mlp_in)`` plus the tensors backward needs, in op-math dtype
   (fp32 for bf16/fp16): ``pooled_user``, ``pooled_item``, ``proj_user``, ``proj_item`` (a
@@ -174,9 +174,9 @@ def fused_input(user: Tensor, user_mask, user_table, padding_idx, item, item_tab
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     if use_eager_function(args):
         return _EagerFusedInput.apply(*args)
-    save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
-    if save or torch.compiler.is_compiling():  # torch.compile traces the registered autograd
+    if torch.compiler.is_compiling():  # torch.compile traces the registered autograd
+        save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
         gmf, mlp_in, *_saved = torch.ops.neumf_fast.fused_input(*args, save)
-    else:  # nothing to differentiate: nothing saved, no autograd
+    else:  # eager with nothing to differentiate: nothing saved, no autograd
         gmf, mlp_in, *_saved = _kernel_call(*args, False)
     return gmf, mlp_in

@@ -52,8 +52,8 @@ def _cuda_reasons(dims: FusedDims) -> list[str]:
         return [_library.EXTENSION_ERROR]
     reasons = []
     if not _library.CUDA_KERNELS_BUILT:
-        reasons.append("the CUDA kernels are not built into neumf_fast._C (they build with a CUDA torch and nvcc, "
-                       "or FORCE_CUDA=1; see setup.py)")
+        reasons.append("the CUDA kernels are not built into neumf_fast._C (they build when torch has CUDA and "
+                       "nvcc is found; FORCE_CUDA=1 makes the build fail, saying why, when they cannot)")
     if dims.device.type != "cuda":
         reasons.append(f"the CUDA kernels run on CUDA tensors, these are on {dims.device}")
     return reasons
