@@ -1,5 +1,11 @@
 """Bad input gets a clear error naming the argument, on every backend, never a crash or a
-silent wrong answer.  The C++ entry points repeat the checks for direct torch.ops callers."""
+silent wrong answer.  The C++ entry points repeat the checks for direct torch.ops callers.
+
+Every test runs on each backend and the device it serves: the reference and the C++ kernel on
+the CPU; the CUDA kernels and Triton on a GPU (skipped without one, saying why), and Triton on
+CPU tensors under its interpreter here.  On a GPU the process must go on working after each
+error: an autouse fixture runs a CUDA op afterwards and checks its result (a C++ error that
+crashed the process, or a kernel fault that poisoned the CUDA context, fails there)."""
 
 from __future__ import annotations
 
@@ -7,19 +13,57 @@ import pytest
 import torch
 
 import neumf_fast
-from neumf_fast.ops import _library
+from neumf_fast.ops import _library, check_inputs
+from neumf_fast.ops.dispatch import BACKENDS
 from conftest import make_case
 
-BACKENDS = ["torch", pytest.param("cpu", marks=pytest.mark.skipif(
-    _library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR)))]
+
+def _target(backend: str, device: str):
+    """A (backend, device) pair, skipped with the backend's own reasons when it cannot run there."""
+    if device == "cuda" and not torch.cuda.is_available():
+        reasons = ["no GPU"]
+    else:
+        probe = make_case(batch=1, seq_len=1, user_dim=3, h_mf=1, h_mlp=1).on(device)
+        reasons = BACKENDS[backend].not_supported_reasons(check_inputs(
+            probe.user, probe.kwargs.get("user_mask"), None, None, probe.item, None, probe.kwargs["user_weight"],
+            probe.kwargs["user_bias"], probe.kwargs["item_weight"], probe.kwargs["item_bias"], 1, "sum"))
+    return pytest.param((backend, device), id=f"{backend}-{device}",
+                        marks=pytest.mark.skipif(bool(reasons), reason="; ".join(reasons)))
 
 
-def call(case, backend):
+TARGETS = [_target("torch", "cpu"), _target("cpu", "cpu"), _target("triton", "cpu"),
+           _target("cuda", "cuda"), _target("triton", "cuda")]
+KERNEL_TARGETS = TARGETS[1:]  # the ones with a raw op and its own backward
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def process_goes_on(request):
+    """After an error test on a GPU backend, the same backend still computes the right answer."""
+    yield
+    params = getattr(request.node, "callspec", None)
+    backend, device = params.params.get("target", ("torch", "cpu")) if params else ("torch", "cpu")
+    if device != "cuda":
+        return
+    case = make_case(batch=5, seq_len=3, user_dim=8, h_mf=2, h_mlp=3, user_ids=True, requires_grad=False).on("cuda")
+    got = neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+    want = neumf_fast.reference.neumf_input(case.user, case.item, **case.kwargs)
+    torch.cuda.synchronize()
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, atol=2e-5, rtol=2e-5)
+
+
+def call(case, target):
+    backend, device = target
     return neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
 
 
-def mutate(fn, **make):
-    case = make_case(batch=4, seq_len=3, user_dim=5, h_mlp=4, **make)
+def mutate(fn, device="cpu", **make):
+    case = make_case(batch=4, seq_len=3, user_dim=5, h_mlp=4, **make).on(device)
     fn(case)
     return case
 
@@ -51,55 +95,106 @@ BAD_METADATA = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", BAD_METADATA)
-def test_bad_metadata(backend, name):
+def test_bad_metadata(target, name):
     make, fn, exc, message = BAD_METADATA[name]
-    case = mutate(fn, **make)
+    case = mutate(fn, target[1], **make)
     with pytest.raises(exc, match=message.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
-        call(case, backend)
+        call(case, target)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("side,bad_id", [("user", 50), ("user", -2), ("user", 10**12), ("item", 40), ("item", -1)])
-def test_ids_out_of_range(backend, side, bad_id):
-    case = make_case(batch=4, seq_len=3, user_ids=True, item_ids=True, num_user_rows=50, num_item_rows=40, padding_idx=0)
+def test_ids_out_of_range(target, side, bad_id):
+    case = make_case(batch=4, seq_len=3, user_ids=True, item_ids=True, num_user_rows=50, num_item_rows=40,
+                     padding_idx=0).on(target[1])
     if side == "user":
         case.user[2, 1] = bad_id
     else:
         case.item[3] = bad_id
     with pytest.raises(IndexError, match=f"{side}.*id {bad_id} is out of range for a table with"):
-        call(case, backend)
+        call(case, target)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_negative_padding_id_is_not_out_of_range(backend):
-    case = make_case(batch=4, seq_len=3, user_ids=True, padding_idx=-1, mask="empty_rows")
-    call(case, backend)  # -1 is the padding id here, so it is skipped, not rejected
+def test_negative_padding_id_is_not_out_of_range(target):
+    case = make_case(batch=4, seq_len=3, user_ids=True, padding_idx=-1, mask="empty_rows").on(target[1])
+    call(case, target)  # -1 is the padding id here, so it is skipped, not rejected
 
 
+def _raw_ops(backend):
+    """(forward taking the op's twelve arguments and ``save``, backward taking ... output_mask)."""
+    if backend == "triton":
+        from neumf_fast.ops import triton_backend  # noqa: F401  (registers the ops)
+
+        ops = torch.ops.neumf_fast
+        return (ops.triton_fused_input,
+                lambda *a: ops.triton_fused_input_backward(*a, torch.are_deterministic_algorithms_enabled()))
+    return torch.ops.neumf_fast.fused_input, torch.ops.neumf_fast.fused_input_backward
+
+
+def _op_args(case, h_mf=2, mode="sum"):
+    kw = case.kwargs
+    return (case.user, kw.get("user_mask"), kw.get("user_table"), kw.get("padding_idx"), case.item,
+            kw.get("item_table"), kw.get("user_weight"), kw.get("user_bias"), kw.get("item_weight"),
+            kw.get("item_bias"), h_mf, mode)
+
+
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_backward_refuses_a_forward_that_saved_nothing(target, user_ids):
+    """An inference forward (save=False) returns empty saved tensors; a backward handed them must
+    raise, not read past their ends."""
+    backend, device = target
+    forward, backward = _raw_ops(backend)
+    case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=user_ids, item_ids=user_ids,
+                     requires_grad=False).on(device)
+    args = _op_args(case)
+    gmf, mlp_in, *saved = forward(*args, False)
+    with pytest.raises(RuntimeError, match="save=False"):
+        backward(torch.ones_like(gmf), torch.ones_like(mlp_in), *args, *saved, [True] * 6)
+
+
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+def test_backward_refuses_gradients_of_the_wrong_shape(target):
+    backend, device = target
+    forward, backward = _raw_ops(backend)
+    case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, requires_grad=False).on(device)
+    args = _op_args(case)
+    gmf, mlp_in, *saved = forward(*args, True)
+    with pytest.raises(RuntimeError, match="grad_gmf must be"):
+        backward(torch.ones(3, 1, device=device), torch.ones_like(mlp_in), *args, *saved, [True] * 6)
+    with pytest.raises(RuntimeError, match="grad_mlp_in must be"):
+        backward(torch.ones_like(gmf), torch.ones(2, 4, device=device), *args, *saved, [True] * 6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and _library.CUDA_KERNELS_BUILT), reason="needs a GPU and the CUDA kernels"))])
 @pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
-def test_cpp_entry_point_checks_its_arguments():
+def test_cpp_entry_point_checks_its_arguments(device):
     """Direct callers of torch.ops.neumf_fast get the C++ checks' messages, not a crash."""
     op = torch.ops.neumf_fast.fused_input
-    user, item = torch.randn(4, 3, 5), torch.randn(4, 5)
-    w = torch.randn(6, 4)
-    with pytest.raises(RuntimeError, match="user_weight must be"):
+    user, item = torch.randn(4, 3, 5, device=device), torch.randn(4, 5, device=device)
+    w = torch.randn(6, 4, device=device)
+    with pytest.raises(RuntimeError, match=r"user_weight must be \[H_mf \+ H_mlp, 5\], got \[6, 4\]"):
         op(user, None, None, None, item, None, w, None, None, None, 2, "sum")
     with pytest.raises(RuntimeError, match="mode must be 'sum' or 'mean'"):
         op(user, None, None, None, item, None, None, None, None, None, 2, "max")
     with pytest.raises(RuntimeError, match="user has 4 rows but item has 3"):
         op(user, None, None, None, item[:3], None, None, None, None, None, 2, "sum")
-    ids = torch.tensor([[0, 7]])
-    with pytest.raises(IndexError, match="user id 7 is out of range"):
-        op(ids, None, torch.randn(7, 5), None, torch.randn(1, 5), None, None, None, None, None, 2, "sum")
+    with pytest.raises(RuntimeError, match="item has dtype"):
+        op(user, None, None, None, item.double(), None, None, None, None, None, 2, "sum")
+    ids = torch.tensor([[0, 7]], device=device)
+    with pytest.raises(IndexError, match="user id 7 is out of range for a table with 7 rows"):
+        op(ids, None, torch.randn(7, 5, device=device), None, torch.randn(1, 5, device=device), None, None, None,
+           None, None, 2, "sum")
+    if device == "cuda":
+        with pytest.raises(RuntimeError, match="item is on cpu"):
+            op(user, None, None, None, item.cpu(), None, None, None, None, None, 2, "sum")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_batch_gives_empty_outputs_and_gradients(backend):
+def test_empty_batch_gives_empty_outputs_and_gradients(target):
     """B = 0 is a valid (empty) batch: empty outputs, zero table gradients, no error."""
-    case = make_case(batch=0, user_ids=True, item_ids=True)
-    gmf, mlp_in = call(case, backend)
+    case = make_case(batch=0, user_ids=True, item_ids=True).on(target[1])
+    gmf, mlp_in = call(case, target)
     assert gmf.shape == (0, 3) and mlp_in.shape == (0, 10)
     (gmf.sum() + mlp_in.sum()).backward()
     assert torch.count_nonzero(case.kwargs["user_table"].grad) == 0

@@ -123,6 +123,8 @@ if TRITON_ERROR is None:
         item_bias); an entry not asked for in ``output_mask`` is an empty tensor."""
         d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                          user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+        _check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf_user, mf_item,
+                               user_weight is not None, item_weight is not None)
         dev, B, L = d.device, d.batch, d.seq_len
         h_mlp_u, h_mlp_i = d.user_proj - h_mf, d.item_proj - h_mf
         want_u, want_i, want_uw, want_ub, want_iw, want_ib = output_mask
@@ -231,6 +233,27 @@ if TRITON_ERROR is None:
     _EagerTritonFusedInput = make_eager_function(
         "_EagerTritonFusedInput", lambda *a: torch.ops.neumf_fast.triton_fused_input(*a, True),
         _GLUE.save, _GLUE.backward)
+
+
+def _check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf_user, mf_item,
+                           user_proj: bool, item_proj: bool) -> None:
+    """The backward kernel reads these by raw pointer: a forward run with ``save=False`` (empty
+    saved tensors) or gradients of the wrong shape would read past their ends, so refuse them."""
+    expected = [("grad_gmf", grad_gmf, d.dtype, (d.batch, d.h_mf)),
+                ("grad_mlp_in", grad_mlp_in, d.dtype, (d.batch, d.h_mlp)),
+                ("mf_user", mf_user, torch.float32, (d.batch, d.h_mf)),
+                ("mf_item", mf_item, torch.float32, (d.batch, d.h_mf))]
+    if user_proj:
+        expected.append(("pooled_user", pooled_user, torch.float32, (d.batch, d.user_dim)))
+    if item_proj:
+        expected.append(("pooled_item", pooled_item, torch.float32, (d.batch, d.item_dim)))
+    for name, t, dtype, shape in expected:
+        saved = name.startswith(("mf_", "pooled_"))
+        if t.dtype != dtype or tuple(t.shape) != shape:
+            raise RuntimeError(f"neumf_fast: {'saved ' if saved else ''}{name} must be {dtype} {list(shape)}, got "
+                               f"{t.dtype} {list(t.shape)}" + (" (was the forward run with save=False?)" if saved else ""))
+        if t.device != d.device:
+            raise RuntimeError(f"neumf_fast: {name} is on {t.device} but the inputs are on {d.device}")
 
 
 def _check_id_range(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> None:
