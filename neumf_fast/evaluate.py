@@ -88,17 +88,21 @@ def _chunks(n: int, size: int):
 def evaluate_candidates(model, split: Split, which: str = "valid", *, k: int = 10, user_input: UserInput | None = None,
                         batch_users: int = 2048, device="cpu", popularity: Tensor | None = None) -> dict:
     """Metrics of the held-out item among its fixed candidates (column 0 is the held-out item).
-    With ``popularity`` given instead of a model, ranks by those per-item scores."""
+    With ``popularity`` given instead of a model, ranks by those per-item scores.  Candidates
+    ``-1`` (a small catalogue's padding, see ``leave_one_out``) are not candidates."""
     users, cands = split.candidates(which)
     users, cands = torch.from_numpy(users), torch.from_numpy(cands)
+    padded = bool((cands < 0).any())
     ranks = []
     with _eval_mode(model):
         for sl in _chunks(len(users), batch_users):
             c = cands[sl].to(device)
+            pad = c < 0 if padded else None
+            c = c.clamp_min(0) if padded else c
             scores = popularity.to(device)[c] if popularity is not None else _scores(model, user_input, users[sl].to(device), c)
-            ranks.append(metrics.target_rank(scores.float(), 0).cpu())
+            ranks.append(metrics.target_rank(scores.float(), 0, pad).cpu())
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
-    return metrics.summarize(rank, cands.shape[1], k)
+    return metrics.summarize(rank, (cands >= 0).sum(1) if padded else cands.shape[1], k)
 
 
 @torch.no_grad()

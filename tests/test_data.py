@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,43 @@ def test_corrupt_files_name_file_and_line(tmp_path, content, line, what):
     assert str(path) in str(e.value) and f"line {line}" in str(e.value) and what in str(e.value)
 
 
+def test_recbole_atomic_files(tmp_path):
+    """RecBole's ml-100k.inter: tab-separated, typed header names, float timestamps."""
+    path = tmp_path / "ml-100k.inter"
+    path.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                    + "".join(f"{u}\t{i}\t{r}\t{t}.0\n" for u, i, r, t in ROWS))
+    data = read_interactions(path)
+    assert list(data.user_ids) == [10, 20, 30] and list(data.item_ids) == [100, 200, 300]
+    assert sorted(zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp)) == \
+        sorted((r[0], r[1], r[3]) for r in ROWS)
+    assert data.timestamp.dtype == np.int64
+    assert len(read_interactions(path, threshold=4.0)) == 3
+    path.write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3.5\n")
+    with pytest.raises(DataError, match=r"ml-100k.inter, line 2: '3.5' is not a valid timestamp"):
+        read_interactions(path)
+
+
+@pytest.mark.parametrize("name", ["ratings.tsv", "events.csv", "log.txt"])
+@pytest.mark.parametrize("sep", ["\t", ","])
+@pytest.mark.parametrize("header", [("userId", "movieId", "rating", "timestamp"), ("USER_ID", "Item_Id", "score", "time"),
+                                    ("uid", "iid", "stars", "ts")])
+def test_headered_files_under_common_names_and_either_separator(tmp_path, name, sep, header):
+    path = tmp_path / name
+    path.write_text(sep.join(header) + "\n" + "".join(sep.join(map(str, r)) + "\n" for r in ROWS))
+    data = read_interactions(path)
+    assert (data.num_users, data.num_items, len(data)) == (3, 3, 6)
+    assert sorted(zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp)) == \
+        sorted((r[0], r[1], r[3]) for r in ROWS)
+
+
+def test_a_header_with_no_known_column_names_the_columns_it_has(tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_text("who\twhat\twhen\n1\t2\t3\n")
+    with pytest.raises(DataError, match=r"x.tsv, line 1: no user column in the header; its columns are "
+                                        r"\['who', 'what', 'when'\] \(accepted user names: user, user_id"):
+        read_interactions(path)
+
+
 def test_bad_header_binary_garbage_and_parquet(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("who,what\n1,2\n")
@@ -114,7 +153,7 @@ def test_bad_header_binary_garbage_and_parquet(tmp_path):
 def test_unknown_format_lists_the_supported_ones(tmp_path):
     path = tmp_path / "ratings.xlsx"
     path.write_text("x")
-    with pytest.raises(DataError, match=r"unknown data format; supported: ml-100k, ml-1m, ml-10m, ml-csv, csv, parquet"):
+    with pytest.raises(DataError, match=r"unknown data format; supported: ml-100k, ml-1m, ml-10m, ml-csv, recbole, csv, parquet"):
         read_interactions(path)
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         load_dataset("nope")
@@ -181,10 +220,41 @@ def test_candidates_are_distinct_negatives_fixed_by_seed(tmp_path):
         Split.load(tmp_path / "bad.npz")
 
 
-def test_too_few_items_for_the_candidates_is_an_error():
+def test_too_few_items_for_the_candidates_is_an_error_only_when_asked_exactly():
     data = from_raw([0, 0, 0], [0, 1, 2], [1, 2, 3])
+    sampler = NegativeSampler(data.user, data.item, data.num_items, data.num_users)
     with pytest.raises(ValueError, match="has only 0 items without a positive; 99 negatives"):
-        leave_one_out(data)
+        distinct_negatives(sampler, torch.tensor([0]), 99, seed=0)
+
+
+def test_small_catalogue_candidates_are_every_unseen_item_and_padding_is_never_ranked():
+    """50 users x 20 items (the issue's case): 99 negatives cannot be had, so each user's
+    candidates are all of their unseen items, padded with -1, with a warning counting them; the
+    metrics rank among the real candidates only."""
+    from neumf_fast.evaluate import evaluate_candidates
+
+    rng = np.random.default_rng(0)
+    picks = [rng.choice(20, size=rng.integers(3, 18), replace=False) for _ in range(50)]
+    data = from_raw(np.repeat(np.arange(50), [len(p) for p in picks]), np.concatenate(picks),
+                    np.concatenate([np.arange(len(p)) for p in picks]))
+    with pytest.warns(UserWarning, match=r"of \d+ evaluated users have fewer than 99 items"):
+        split = leave_one_out(data, num_negatives=99, seed=0)
+    users, cands = split.candidates("test")
+    seen = NegativeSampler(*split.all_positives(), split.num_items, split.num_users).positive_mask(torch.from_numpy(users))
+    for row, (u, c) in enumerate(zip(users, cands)):
+        real = c[c >= 0]
+        assert real[0] == split.test[u] and (c[len(real):] == -1).all()
+        negatives = set(real[1:].tolist())
+        assert len(negatives) == len(real) - 1  # distinct
+        assert negatives == set(np.flatnonzero(~seen[row].numpy()).tolist())  # every unseen item
+    # a score that puts the held-out item last among real candidates ranks it at (real count - 1)
+    popularity = torch.zeros(split.num_items)
+    popularity[torch.from_numpy(split.test[users])] = -1.0
+    m = evaluate_candidates(None, split, "test", k=100, popularity=popularity)
+    assert m["hr@100"] == 1.0 and m["auc"] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        leave_one_out(data, num_negatives=3, seed=0)  # enough items for everyone: no warning, no padding
 
 
 def test_negative_sampler_never_returns_a_positive():

@@ -5,7 +5,14 @@
 | ``ml-100k`` | ``u.data`` | ``user \\t item \\t rating \\t timestamp``, no header |
 | ``ml-1m``, ``ml-10m`` | ``ratings.dat`` | ``user::item::rating::timestamp``, no header |
 | ``ml-csv`` | ``ratings.csv`` (ml-20m, ml-25m, ml-latest) | header ``userId,movieId,rating,timestamp`` |
-| ``csv``, ``parquet`` | any | columns ``user``, ``item``, optional ``rating`` and ``timestamp``; ids may be text |
+| ``recbole`` | ``*.inter`` (RecBole atomic files) | tab-separated, header ``user_id:token	item_id:token	rating:float	timestamp:float`` |
+| ``csv``, ``parquet`` | ``*.csv``, ``*.tsv``, ``*.txt``, ``*.parquet`` | a header row, comma- or tab-separated (whichever the header uses); columns for user and item, optional rating and timestamp, under the common names below; ids may be text |
+
+Column names are matched case-insensitively, after dropping a RecBole type suffix
+(``user_id:token`` is ``user_id``): user ``user``, ``user_id``, ``userId``, ``uid``,
+``reviewerID``, ...; item ``item``, ``item_id``, ``movieId``, ``iid``, ``asin``, ...; rating
+``rating``, ``score``, ``stars``; timestamp ``timestamp``, ``time``, ``ts``, ``unixReviewTime``
+(``_COLUMN_ALIASES``).  A timestamp may be written as a float (RecBole's ``881250949.0``).
 
 The fast path is pandas' C parser.  If it rejects the file, a second, line-by-line pass finds
 the first bad line, so the error names the file and the line.
@@ -21,14 +28,20 @@ import numpy as np
 
 from .interactions import DataError, Interactions, from_raw
 
-FORMATS = ("ml-100k", "ml-1m", "ml-10m", "ml-csv", "csv", "parquet")
+FORMATS = ("ml-100k", "ml-1m", "ml-10m", "ml-csv", "recbole", "csv", "parquet")
 _RATINGS_FILES = {"u.data": "ml-100k", "ratings.dat": "ml-1m", "ratings.csv": "ml-csv"}
+# lower case; a header name matches after lower-casing and dropping a ":type" suffix
 _COLUMN_ALIASES = {
-    "user": ("user", "userId", "user_id", "userid"),
-    "item": ("item", "movieId", "item_id", "itemId", "movie_id", "itemid"),
-    "rating": ("rating",),
-    "timestamp": ("timestamp", "time", "ts"),
+    "user": ("user", "user_id", "userid", "uid", "user_name", "reviewerid", "customer_id", "visitorid"),
+    "item": ("item", "item_id", "itemid", "iid", "movieid", "movie_id", "movie", "product_id", "asin", "business_id",
+             "track_id", "book_id", "isbn"),
+    "rating": ("rating", "ratings", "score", "stars", "overall"),
+    "timestamp": ("timestamp", "time", "ts", "unixreviewtime", "unix_timestamp"),
 }
+
+
+def _column_key(name: str) -> str:
+    return name.strip().split(":", 1)[0].lower()
 
 
 def detect_format(path: Path) -> str:
@@ -37,12 +50,25 @@ def detect_format(path: Path) -> str:
         return _RATINGS_FILES[name]
     if name.endswith(".dat"):
         return "ml-1m"
-    if name.endswith(".csv"):
+    if name.endswith(".inter"):
+        return "recbole"
+    if name.endswith((".csv", ".tsv", ".txt")):
         return "csv"
     if name.endswith(".parquet") or name.endswith(".pq"):
         return "parquet"
     raise DataError(f"{path}: unknown data format; supported: {', '.join(FORMATS)} "
-                    f"(files {', '.join(_RATINGS_FILES)}, *.dat, *.csv, *.parquet)")
+                    f"(files {', '.join(_RATINGS_FILES)}, *.dat, *.inter, *.csv, *.tsv, *.txt, *.parquet)")
+
+
+def _timestamp(field: str) -> float:
+    """A timestamp: an integer, or a float with no fraction (RecBole writes ``881250949.0``)."""
+    value = float(field)
+    if value != int(value):
+        raise ValueError(field)
+    return value
+
+
+_timestamp.__name__ = "timestamp"
 
 
 def find_ratings_file(path: Path) -> Path:
@@ -100,7 +126,9 @@ def as_ids(values: np.ndarray) -> np.ndarray:
     return text
 
 
-def _read_delimited(path: Path, sep: str, header: bool, string_ids: bool = False) -> dict[str, np.ndarray]:
+def _read_delimited(path: Path, sep: str | None, header: bool, string_ids: bool = False,
+                    float_time: bool = False) -> dict[str, np.ndarray]:
+    """Columns of a delimited file; ``sep=None`` (with a header) takes the header's separator."""
     import pandas as pd
 
     raw = path.read_bytes()
@@ -110,16 +138,20 @@ def _read_delimited(path: Path, sep: str, header: bool, string_ids: bool = False
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not UTF-8 text ({e.reason})") from None
     if header:
-        first = text.split("\n", 1)[0].strip().split(sep)
+        head = text.split("\n", 1)[0].strip()
+        if sep is None:  # whichever separator the header uses
+            sep = "\t" if "\t" in head else ","
+        first = head.split(sep)
         columns = {}
         for want, aliases in _COLUMN_ALIASES.items():
-            found = [c for c in first if c in aliases]
+            found = [c for c in first if _column_key(c) in aliases]
             if found:
                 columns[want] = found[0]
         for need in ("user", "item"):
             if need not in columns:
-                raise DataError(f"{path}, line 1: no {need} column in header {first} "
-                                f"(accepted names: {', '.join(_COLUMN_ALIASES[need])})")
+                raise DataError(f"{path}, line 1: no {need} column in the header; its columns are {first} "
+                                f"(accepted {need} names: {', '.join(_COLUMN_ALIASES[need])}, in any case, "
+                                "with an optional :type suffix)")
         names = first
     else:
         names = ["user", "item", "rating", "timestamp"]
@@ -128,11 +160,11 @@ def _read_delimited(path: Path, sep: str, header: bool, string_ids: bool = False
     if "rating" in columns:
         types[columns["rating"]] = float
     if "timestamp" in columns:
-        types[columns["timestamp"]] = int
+        types[columns["timestamp"]] = _timestamp if float_time else int
     line_types = [types.get(n, str) for n in names]
     # pandas' C parser takes one-character separators only; "::" never occurs inside a field
     data = text.replace(sep, "\t") if len(sep) > 1 else text
-    pandas_types = {int: "int64", float: "float64", _id: "str"}
+    pandas_types = {int: "int64", float: "float64", _id: "str", _timestamp: "float64"}
     try:
         frame = pd.read_csv(io.StringIO(data), sep="\t" if len(sep) > 1 else sep, header=0 if header else None,
                             names=None if header else names, dtype={c: pandas_types[t] for c, t in types.items()},
@@ -145,6 +177,12 @@ def _read_delimited(path: Path, sep: str, header: bool, string_ids: bool = False
         bad = _first_bad_line(path, text, sep, line_types, header)
         raise (bad or DataError(f"{path}: could not parse: {e}")) from None
     out = {want: frame[col].to_numpy() for want, col in columns.items()}
+    if float_time and "timestamp" in out:
+        stamps = out["timestamp"]
+        if not np.array_equal(stamps, np.floor(stamps)):
+            bad = _first_bad_line(path, text, sep, line_types, header)
+            raise bad or DataError(f"{path}: timestamps must be whole numbers")
+        out["timestamp"] = stamps.astype(np.int64)
     out["user"], out["item"] = as_ids(out["user"]), as_ids(out["item"])
     return out
 
@@ -158,7 +196,7 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
     out, out_columns = {}, {}
     for want, aliases in _COLUMN_ALIASES.items():
-        found = [c for c in frame.columns if c in aliases]
+        found = [c for c in frame.columns if _column_key(str(c)) in aliases]
         if found:
             out[want], out_columns[want] = frame[found[0]].to_numpy(), found[0]
     for need in ("user", "item"):
@@ -194,8 +232,10 @@ def read_interactions(path: str | os.PathLike, fmt: str | None = None, *, thresh
         cols = _read_delimited(path, "::", header=False)
     elif fmt == "ml-csv":
         cols = _read_delimited(path, ",", header=True)
+    elif fmt == "recbole":
+        cols = _read_delimited(path, "\t", header=True, string_ids=True, float_time=True)
     elif fmt == "csv":
-        cols = _read_delimited(path, ",", header=True, string_ids=True)
+        cols = _read_delimited(path, None, header=True, string_ids=True, float_time=True)
     else:
         cols = _read_parquet(path)
     if len(cols["user"]) == 0:

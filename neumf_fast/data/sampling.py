@@ -66,22 +66,28 @@ class NegativeSampler:
         return item
 
 
-def distinct_negatives(sampler: NegativeSampler, users: Tensor, count: int, seed: int, chunk: int = 4096) -> Tensor:
+def distinct_negatives(sampler: NegativeSampler, users: Tensor, count: int, seed: int, chunk: int = 4096,
+                       *, pad: bool = False) -> Tensor:
     """``count`` distinct negatives per user ``[U, count]``, fixed by ``seed``.
 
     Random keys for every item, positives pushed to +inf, the ``count`` smallest taken: exact,
     distinct and vectorised.  Users are processed in chunks to bound memory at ``chunk × num_items``.
+    A user with fewer than ``count`` items outside their positives is an error, unless ``pad``:
+    then their row holds every such item, in random order, followed by ``-1``.
     """
     users = users.to(sampler.device)
     free = sampler.num_items - sampler.positives_per_user[users]
-    if users.numel() and int(free.min()) < count:
+    if not pad and users.numel() and int(free.min()) < count:
         u = int(users[free.argmin()])
-        raise ValueError(f"user {u} has only {int(free.min())} items without a positive; {count} negatives were asked for")
+        raise ValueError(f"user {u} has only {int(free.min())} items without a positive; {count} negatives were asked for "
+                         "(ask for fewer, e.g. --eval-negatives)")
     g = torch.Generator(device=sampler.device).manual_seed(seed)
-    out = torch.empty(users.numel(), count, dtype=torch.int64, device=sampler.device)
+    out = torch.full((users.numel(), count), -1, dtype=torch.int64, device=sampler.device)
+    take = min(count, sampler.num_items)
     for start in range(0, users.numel(), chunk):
         u = users[start:start + chunk]
         keys = torch.rand(u.numel(), sampler.num_items, generator=g, device=sampler.device)
         keys[sampler.positive_mask(u)] = float("inf")
-        out[start:start + chunk] = keys.topk(count, dim=1, largest=False).indices
+        picked = keys.topk(take, dim=1, largest=False)
+        out[start:start + chunk, :take] = picked.indices.masked_fill(picked.values == float("inf"), -1)
     return out

@@ -13,12 +13,18 @@ the order of the rows in the source.  Users with few interactions are handled de
 Each evaluated user also gets fixed evaluation candidates: the held-out item in column 0 and
 ``num_negatives`` (99 in the paper) distinct items the user never interacted with, drawn from a
 seed.  They are saved with the split (``Split.save``) so that runs are comparable.
+
+Small catalogues: a user who has interacted with all but fewer than ``num_negatives`` items gets
+every item they have not interacted with as their negatives, and the rest of the row is ``-1``
+(padding, never scored).  Their metrics are then over fewer candidates, as in the sampled
+protocol's usual fallback; ``leave_one_out`` warns, counting those users.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,14 +115,25 @@ def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0,
     valid[user[is_valid]] = item[is_valid]
     test[user[is_test]] = item[is_test]
 
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
     sampler = NegativeSampler(data.user, data.item, data.num_items, data.num_users, device=device)
     width = 1 + num_negatives
+    evaluated = np.flatnonzero(test >= 0)
+    free = data.num_items - sampler.positives_per_user[torch.from_numpy(evaluated).to(sampler.device)].cpu().numpy()
+    short = int((free < num_negatives).sum())
+    if short:
+        warnings.warn(f"{data.name}: {short} of {len(evaluated)} evaluated users have fewer than {num_negatives} items "
+                      f"they never interacted with (as few as {int(free.min())}); their candidates are all of those "
+                      "items, so their metrics rank among fewer candidates (--eval-negatives sets the number)",
+                      UserWarning, stacklevel=2)
     cands = []
     for k, held in enumerate((valid, test)):
         table = np.full((data.num_users, width), NONE, np.int64)
         users = np.flatnonzero(held >= 0)
         if len(users):
-            negs = distinct_negatives(sampler, torch.from_numpy(users), num_negatives, seed=seed * 2 + k).cpu().numpy()
+            negs = distinct_negatives(sampler, torch.from_numpy(users), num_negatives, seed=seed * 2 + k,
+                                      pad=True).cpu().numpy()
             table[users, 0] = held[users]
             table[users, 1:] = negs
         cands.append(table)
