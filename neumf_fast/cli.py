@@ -4,6 +4,11 @@
     neumf-fast evaluate runs/neumf/best.pt
     neumf-fast recommend runs/neumf/best.pt --user 42 --k 10
     neumf-fast data download ml-1m
+    neumf-fast data info ml-100k
+
+Every flag is checked before any work starts.  A user error (a bad flag, a missing or damaged
+file, a backend that cannot run on the device) prints one line naming the problem and the fix
+and exits non-zero; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -30,41 +35,107 @@ def _layers(text: str) -> tuple[int, ...]:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def _threads(text: str) -> int | None:
+    return None if text == "auto" else _positive(text)
+
+
+BACKEND_CHOICES = ["auto", "triton", "cuda", "cpu", "torch"]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in --help (not for flags and options with no default)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or isinstance(action, argparse._HelpAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
+    from .train import SMALL_BATCH, TrainConfig
 
     d = TrainConfig()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show a traceback for errors instead of one line")
     parser = argparse.ArgumentParser(prog="neumf-fast", description="NeuMF (He et al. 2017) with fused kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], formatter_class=_Formatter, **kw)
 
-    t = sub.add_parser("train", help="train a model; prints validation HR/NDCG per epoch and test metrics at the end")
-    t.add_argument("--model", choices=list(models.MODELS), default=d.model)
+    t = add("train", help="train a model; prints validation HR/NDCG per epoch and test metrics at the end",
+            description="Train a model. The defaults are the paper's setting (He et al. 2017).")
+    t.add_argument("--model", choices=list(models.MODELS), default=d.model, help="which of the paper's models (seq: SequenceNeuMF)")
     t.add_argument("--dataset", default=d.dataset,
-                   help="synthetic | ml-100k | ml-1m | ml-10m | ml-20m | ml-25m | a ratings file or directory")
-    t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--batch-size", type=_positive, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=None, help="default 0.001 × sqrt(batch / 256)")
+                   help="synthetic | ml-100k | ml-1m | ml-10m | ml-20m | ml-25m | ml-latest-small | a ratings file "
+                        "(u.data, ratings.dat, *.csv, *.tsv, *.inter, *.parquet, ...) or a directory holding one")
+    t.add_argument("--epochs", type=_non_negative, default=d.epochs, help="0 evaluates the untrained model")
+    t.add_argument("--batch-size", type=_positive, default=d.batch_size, help="samples per optimizer step")
+    t.add_argument("--lr", type=_positive_float, default=None, help="default 0.001 × sqrt(batch / 256)")
     t.add_argument("--factors", type=_positive, default=d.factors, help="GMF factors (and SequenceNeuMF width)")
-    t.add_argument("--layers", type=_layers, default=d.layers, help="MLP widths, first = 2 × MLP embedding (64,32,16,8)")
+    t.add_argument("--layers", type=_layers, default=",".join(map(str, d.layers)),
+                   help="MLP widths, the first = 2 × the MLP embedding")
     t.add_argument("--neg", type=_positive, default=d.neg, help="negatives per positive")
+    t.add_argument("--eval-negatives", type=_non_negative, default=d.eval_negatives,
+                   help="sampled negatives beside each held-out item in evaluation; a user with fewer unseen items "
+                        "gets all of them (with a warning)")
     t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default adam; sgd with --pretrain")
-    t.add_argument("--backend", default=d.backend, help="auto | triton | cuda | cpu | torch (NEUMF_FAST_BACKEND overrides)")
-    t.add_argument("--device", default=d.device)
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--backend", choices=BACKEND_CHOICES, default=d.backend,
+                   help="the fused op's kernels (NEUMF_FAST_BACKEND overrides)")
+    t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
+    t.add_argument("--threads", type=_threads, default="auto",
+                   help=f"CPU threads for torch: auto is 1 up to batch {SMALL_BATCH} (the paper's small GEMMs gain "
+                        "little from more, and lose much when several runs share the cores), else every core this "
+                        "process may use")
+    t.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation, negatives and shuffle")
     t.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the fixed evaluation candidates")
     t.add_argument("--history-len", type=_positive, default=d.history_len, help="seq model: history length")
     t.add_argument("--threshold", type=float, default=None, help="keep ratings >= this as positives")
-    t.add_argument("--pretrain", nargs=2, metavar=("GMF_CKPT", "MLP_CKPT"), default=None)
-    t.add_argument("--alpha", type=float, default=d.alpha, help="pretraining's GMF weight in the last layer")
-    t.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>)")
+    t.add_argument("--pretrain", nargs=2, metavar=("GMF_CKPT", "MLP_CKPT"), default=None,
+                   help="NeuMF from a trained GMF and MLP (the paper's pretraining)")
+    t.add_argument("--alpha", type=_unit_interval, default=d.alpha, help="pretraining's GMF weight in the last layer")
+    t.add_argument("--out", type=Path, default=None,
+                   help="run directory (default runs/<model>, or runs/<model>-N when that holds a run)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="bf16: autocast (CPU or GPU); fp16: autocast + GradScaler (CUDA only)")
     t.add_argument("--cuda-graphs", action="store_true",
@@ -72,36 +143,122 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=_positive, default=1,
                    help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on GPUs)")
 
-    e = sub.add_parser("evaluate", help="test metrics of a checkpoint (100 candidates, and full ranking)")
-    e.add_argument("checkpoint", type=Path)
-    e.add_argument("--backend", default=None)
-    e.add_argument("--device", default="cpu")
+    e = add("evaluate", help="test metrics of a checkpoint (100 candidates, and full ranking)")
+    e.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt, or the run directory")
+    e.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="default: the one it was trained with")
+    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.add_argument("--split", type=Path, default=None, help="split file (default: split.npz beside the checkpoint)")
 
-    r = sub.add_parser("recommend", help="top-K unseen items for a user, by original ids")
-    r.add_argument("checkpoint", type=Path)
+    r = add("recommend", help="top-K unseen items for a user, by original ids")
+    r.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt, or the run directory")
     r.add_argument("--user", required=True, help="the user's original id")
-    r.add_argument("--k", type=_positive, default=10)
-    r.add_argument("--backend", default=None)
-    r.add_argument("--split", type=Path, default=None)
+    r.add_argument("--k", type=_positive, default=10, help="how many items")
+    r.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="default: the one it was trained with")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    r.add_argument("--split", type=Path, default=None, help="split file (default: split.npz beside the checkpoint)")
 
-    data = sub.add_parser("data", help="datasets")
+    data = add("data", help="datasets: download, info")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    dl = dsub.add_parser("download", help="download and unpack a MovieLens archive into the cache")
-    dl.add_argument("name")
+    dl = dsub.add_parser("download", parents=[common], formatter_class=_Formatter,
+                         help="download and unpack a MovieLens archive into the cache")
+    dl.add_argument("name", help="ml-100k | ml-1m | ml-10m | ml-20m | ml-25m | ml-latest-small")
     dl.add_argument("--root", type=Path, default=None, help="cache directory (default $NEUMF_FAST_DATA or ~/.cache/neumf_fast)")
-    info = dsub.add_parser("info", help="read a dataset and print its size")
-    info.add_argument("name")
+    info = dsub.add_parser("info", parents=[common], formatter_class=_Formatter, help="read a dataset and print its size")
+    info.add_argument("name", help="synthetic, a MovieLens name, or a ratings file or directory")
     return parser
 
 
-def _split_for(checkpoint: Path, given: Path | None):
-    from .data import Split
+class UsageError(ValueError):
+    """A flag that cannot work here: reported as one line, before any work starts."""
 
-    path = given or checkpoint.parent / "split.npz"
-    if not path.exists():
-        raise SystemExit(f"neumf-fast: {path} not found; pass --split with the run's split.npz")
-    return Split.load(path)
+
+def check_device(text: str) -> str:
+    """``text`` as a device this torch can use, or a ``UsageError`` saying why not."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None and not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: this torch ({torch.__version__}) is built without CUDA; use --device cpu, "
+                             "or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {text}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {text}: neumf-fast runs on cpu or cuda")
+    return text
+
+
+def check_backend(backend: str | None, device: str, precision: str = "fp32") -> None:
+    """A ``UsageError`` when the named backend cannot run on ``device`` (checked before any work)."""
+    import os
+
+    import torch
+
+    from .ops.dispatch import ENV_VAR, unavailable_reasons
+
+    name = os.environ.get(ENV_VAR) or backend
+    if name is None:
+        return
+    source = f"{ENV_VAR}={name}" if os.environ.get(ENV_VAR) else f"--backend {name}"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
+    reasons = unavailable_reasons(name, device, dtype)
+    if reasons:
+        raise UsageError(f"{source} cannot run on {device}: {'; '.join(reasons)}. Use --backend auto")
+
+
+def _check_dataset(spec: str) -> None:
+    from .data import DATASETS
+
+    if spec not in DATASETS and not Path(spec).exists():
+        raise UsageError(f"--dataset {spec!r}: no such file or directory, and not one of {', '.join(DATASETS)}")
+
+
+def _check_train(args) -> None:
+    """Every train flag, before any work: one line per problem, the first one raised."""
+    check_device(args.device)
+    check_backend(args.backend, args.device, args.precision)
+    _check_dataset(args.dataset)
+    if args.precision == "fp16" and not args.device.startswith("cuda"):
+        raise UsageError("--precision fp16 needs --device cuda (it needs a GradScaler); use --precision bf16 on the CPU")
+    if args.pretrain:
+        if args.model != "neumf":
+            raise UsageError("--pretrain applies to --model neumf")
+        for path in args.pretrain:
+            if not Path(path).is_file():
+                raise UsageError(f"--pretrain {path}: no such checkpoint file")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; choose one")
+
+
+def _resolve_out(args) -> Path:
+    """The run directory: --out as given (it may hold a run only with --resume or --overwrite),
+    or runs/<model>, moving on to runs/<model>-N when that holds a run already."""
+    from .train import fresh_run_dir, holds_run
+
+    if args.out is not None:
+        if args.resume and not (args.out / "last.pt").exists():
+            raise UsageError(f"--resume: {args.out} holds no last.pt to resume from")
+        if not args.resume and not args.overwrite and holds_run(args.out):
+            raise UsageError(f"--out {args.out} already holds a run; pass --resume to continue it, --overwrite to "
+                             f"replace it, or another --out (e.g. {fresh_run_dir(args.out)})")
+        return args.out
+    default = Path("runs") / args.model
+    if args.resume or args.overwrite:
+        if args.resume and not (default / "last.pt").exists():
+            raise UsageError(f"--resume: {default} holds no last.pt to resume from (pass --out with the run's directory)")
+        return default
+    out = fresh_run_dir(default)
+    if out != default:
+        print(f"neumf-fast: {default} holds a run already; this run goes to {out} "
+              f"(--overwrite replaces {default}, --resume continues it)")
+    return out
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -148,79 +305,81 @@ def _cmd_train(args, argv) -> None:
 
     import torch.distributed as dist
 
-    from .train import TrainConfig, fit
+    from .train import TrainConfig, configure_threads, fit
 
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch(args.nproc, argv)
+    launcher = args.nproc > 1 and "WORLD_SIZE" not in os.environ
+    if "WORLD_SIZE" not in os.environ:  # checked once, by the process the user started
+        _check_train(args)
+        args.out = _resolve_out(args)
+    elif args.out is None:  # started by torchrun directly: fit() still refuses to overwrite a run
+        args.out = Path("runs") / args.model
+    if launcher:
+        return _launch(args.nproc, [*argv, "--out", str(args.out)])
+    threads = configure_threads(args.threads, args.batch_size)
     args.device = _init_distributed(args.device)
 
     config = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, factors=args.factors, layers=tuple(args.layers), neg=args.neg,
-                         optimizer=args.optimizer, backend=args.backend, device=args.device, seed=args.seed,
-                         split_seed=args.split_seed, history_len=args.history_len, threshold=args.threshold,
+                         eval_negatives=args.eval_negatives, optimizer=args.optimizer, backend=args.backend,
+                         device=args.device, seed=args.seed, split_seed=args.split_seed,
+                         history_len=args.history_len, threshold=args.threshold,
                          pretrain=tuple(args.pretrain) if args.pretrain else None, alpha=args.alpha,
                          cuda_graphs=args.cuda_graphs, precision=args.precision)
-    if config.pretrain and config.model != "neumf":
-        raise SystemExit("neumf-fast: --pretrain applies to --model neumf")
-    out = args.out or Path("runs") / args.model
+    out = args.out
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"neumf-fast: training {config.model} on {config.dataset} into {out} ({config.device}, "
+              f"{threads} thread{'s' * (threads > 1)}, batch {config.batch_size}, {config.epochs} epochs)")
     try:
-        result = fit(config, out, resume=args.resume, progress=not args.no_progress)
+        result = fit(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if not result:  # not rank 0
         return
-    k = config.k
-    best, test = result["best_valid"], result["test"]
-    print(f"best validation epoch {best['epoch']}: HR@{k} {best[f'hr@{k}']:.4f}  NDCG@{k} {best[f'ndcg@{k}']:.4f}")
-    print(f"test, 100 candidates: HR@{k} {test['candidates'][f'hr@{k}']:.4f}  NDCG@{k} {test['candidates'][f'ndcg@{k}']:.4f}")
-    print(f"test, full ranking:   HR@{k} {test['full'][f'hr@{k}']:.4f}  NDCG@{k} {test['full'][f'ndcg@{k}']:.4f}")
-    pop = result["popularity_test"]["candidates"]
-    print(f"popularity baseline, 100 candidates: HR@{k} {pop[f'hr@{k}']:.4f}  NDCG@{k} {pop[f'ndcg@{k}']:.4f}")
-    print(f"wrote {out}/best.pt, metrics.json, curves.png")
+    print(_summary(result, config.k, config.model))
+    print(f"wrote {out}/best.pt, last.pt, split.npz, metrics.json, curves.png")
+
+
+def _summary(result: dict, k: int, model: str) -> str:
+    """The test metrics of the best epoch beside the popularity baseline, as a table."""
+    best, test, pop = result["best_valid"], result["test"], result["popularity_test"]
+    rows = [(f"{model} (best epoch {best['epoch']})", test["candidates"], test.get("full")),
+            ("popularity", pop["candidates"], pop.get("full"))]
+    lines = [f"test metrics, {test['candidates']['users']} users: held-out item among its candidates "
+             f"(the paper's protocol), and among all items",
+             f"| model | HR@{k} | NDCG@{k} | full-ranking HR@{k} | full-ranking NDCG@{k} |",
+             "|---|---|---|---|---|"]
+    for name, cand, full in rows:
+        f = (f"{full[f'hr@{k}']:.4f} | {full[f'ndcg@{k}']:.4f}") if full else "- | -"
+        lines.append(f"| {name} | {cand[f'hr@{k}']:.4f} | {cand[f'ndcg@{k}']:.4f} | {f} |")
+    return "\n".join(lines)
+
+
+def _load_run(args):
+    from .runs import load_run
+
+    check_device(args.device)
+    if args.backend is not None:
+        check_backend(args.backend, args.device)
+    return load_run(args.checkpoint, backend=args.backend, device=args.device, split=args.split)
 
 
 def _cmd_evaluate(args) -> None:
-    from .train import load_model, test_metrics
-
-    model, config, ckpt = load_model(args.checkpoint, backend=args.backend, device=args.device)
-    split = _split_for(args.checkpoint, args.split)
-    if split.fingerprint != ckpt["data_fingerprint"]:
-        raise SystemExit(f"neumf-fast: {args.checkpoint} was trained on different data than this split")
-    result = test_metrics(model, split, config, args.device)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": ckpt["epoch"] + 1, **result}, indent=2))
+    run = _load_run(args)
+    result = run.test_metrics()
+    print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": run.checkpoint["epoch"] + 1, **result}, indent=2))
 
 
 def _cmd_recommend(args) -> None:
-    import numpy as np
-    import torch
-
-    from .data import NegativeSampler
-    from .evaluate import UserInput
-    from .train import load_model
-
-    model, config, ckpt = load_model(args.checkpoint, backend=args.backend)
-    split = _split_for(args.checkpoint, args.split)
-    if split.fingerprint != ckpt["data_fingerprint"]:
-        raise SystemExit(f"neumf-fast: {args.checkpoint} was trained on different data than this split")
-    ids = split.user_ids
+    run = _load_run(args)
     try:
-        wanted = np.array(args.user).astype(ids.dtype)
-    except ValueError:
-        raise SystemExit(f"neumf-fast: user {args.user!r} is not a valid id") from None
-    pos = int(np.searchsorted(ids, wanted))
-    if pos >= len(ids) or ids[pos] != wanted:
-        raise SystemExit(f"neumf-fast: unknown user {args.user}")
-    u = torch.tensor([pos])
-    seen = NegativeSampler(*split.all_positives(), split.num_items, split.num_users).positive_mask(u)[0]
-    k = min(args.k, int((~seen).sum()))
-    model.eval()
-    scores = model.score(UserInput(split, model, config.history_len)(u), torch.arange(split.num_items))[0]
-    scores = scores.masked_fill(seen, float("-inf"))
-    top = scores.topk(k)
-    print(f"top {k} for user {args.user} (of {split.num_items} items, {int(seen.sum())} seen):")
-    for rank, (item, score) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
-        print(f"{rank:3d}. item {split.item_ids[item]}  score {score:.4f}")
+        top = run.recommend(args.user, args.k)
+        seen = int(run.seen(args.user).sum())
+    except KeyError as e:
+        raise UsageError(f"--user {args.user}: {e.args[0]} in this run's data") from None
+    print(f"top {len(top)} for user {args.user} (of {run.split.num_items} items, {seen} seen):")
+    for rank, (item, score) in enumerate(top, start=1):
+        print(f"{rank:3d}. item {item}  score {score:.4f}")
 
 
 def _cmd_data(args) -> None:
@@ -235,6 +394,7 @@ def _cmd_data(args) -> None:
 
 def main(argv=None) -> None:
     from .data import DataError
+    from .ops import BackendUnavailable
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -242,8 +402,13 @@ def main(argv=None) -> None:
         if args.command == "train":
             return _cmd_train(args, argv)
         {"evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}[args.command](args)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"neumf-fast: {e}") from None
+    except (DataError, OSError, ValueError, KeyError, BackendUnavailable) as e:
+        if args.debug:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+            message = f"{e.filename}: {e.strerror or message}"
+        raise SystemExit(f"neumf-fast: {message.splitlines()[0] if message else type(e).__name__}") from None
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_cli_train_pretrain_evaluate_recommend(tiny_csv, tmp_path, capsys):
     cli_main(["train", "--model", "neumf", "--out", str(tmp_path / "neumf"), "--pretrain",
               str(tmp_path / "gmf" / "best.pt"), str(tmp_path / "mlp" / "best.pt"), *common])
     out = capsys.readouterr().out
-    assert "test, 100 candidates: HR@10" in out and "popularity baseline" in out
+    assert "| model | HR@10 | NDCG@10 | full-ranking HR@10 |" in out and "| popularity |" in out
     ckpt = load_checkpoint(tmp_path / "neumf" / "best.pt")
     assert ckpt["config"]["optimizer"] is None and ckpt["config"]["pretrain"] is not None  # sgd, as the paper
 
@@ -165,7 +165,7 @@ def test_cli_train_pretrain_evaluate_recommend(tiny_csv, tmp_path, capsys):
     recommended = [int(l.split()[2]) for l in lines[1:]]
     assert all(5000 <= i < 5300 for i in recommended) and not seen & set(recommended)
 
-    with pytest.raises(SystemExit, match="unknown user 77"):
+    with pytest.raises(SystemExit, match="--user 77: unknown user id 77 in this run's data"):
         cli_main(["recommend", str(tmp_path / "neumf" / "best.pt"), "--user", "77"])
     with pytest.raises(SystemExit, match="--pretrain applies to --model neumf"):
         cli_main(["train", "--model", "gmf", "--pretrain", "a", "b", *common])
@@ -193,7 +193,7 @@ def test_a_new_run_never_reuses_an_old_runs_split(tiny_csv, tmp_path):
     fit(_config(tiny_csv, epochs=0), tmp_path, progress=False, log=False)
     other = tmp_path / "other.csv"
     other.write_text("user,item,timestamp\n" + "\n".join(f"{u},{i},{u + i}" for u in range(30) for i in range(u % 5, 200, 5)))
-    result = fit(_config(other, epochs=0, eval_negatives=5), tmp_path, progress=False, log=False)
+    result = fit(_config(other, epochs=0, eval_negatives=5), tmp_path, overwrite=True, progress=False, log=False)
     from neumf_fast.data import Split
     assert Split.load(tmp_path / "split.npz").num_users == 30 == result["test"]["candidates"]["users"]
 

@@ -12,6 +12,8 @@ import os
 import warnings
 from typing import Callable
 
+import torch
+
 from . import _library
 from ._checks import FusedDims
 from .. import reference
@@ -129,6 +131,28 @@ def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
     return chosen
 
 
-def available_backends(dims: FusedDims) -> list[str]:
-    """Names of the backends that can run these inputs, fastest first."""
+def probe_dims(device="cpu", dtype: torch.dtype = torch.float32) -> FusedDims:
+    """A small call's dimensions on ``device`` in ``dtype``: what the backend checks need to
+    say whether a backend can run there at all."""
+    return FusedDims(batch=1, seq_len=1, user_dim=8, item_dim=8, user_proj=8, item_proj=8, h_mf=4, user_ids=False,
+                     item_ids=False, dtype=dtype, device=torch.device(device))
+
+
+def available_backends(device: str | torch.device | FusedDims = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    """Names of the backends that can run on ``device`` in ``dtype`` (or run the call that
+    ``FusedDims`` describes), fastest first: ``"auto"`` takes the first of them, except that it
+    never takes Triton for CPU tensors.
+
+        >>> neumf_fast.available_backends("cpu")
+        ['cpu', 'torch']"""
+    dims = device if isinstance(device, FusedDims) else probe_dims(device, dtype)
     return [n for n in PREFERENCE if not BACKENDS[n].not_supported_reasons(dims)]
+
+
+def unavailable_reasons(backend: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    """Why ``backend`` cannot run on ``device`` in ``dtype`` (empty when it can; ``"auto"`` always can)."""
+    if backend == "auto":
+        return []
+    if backend not in BACKENDS:
+        return [f"unknown backend {backend!r}; choose 'auto' or one of {sorted(BACKENDS)}"]
+    return BACKENDS[backend].not_supported_reasons(probe_dims(device, dtype))

@@ -1,0 +1,128 @@
+"""A trained run from Python: load ``best.pt`` with its split, then score or recommend by the
+dataset's original user and item ids.
+
+    import neumf_fast
+    run = neumf_fast.load_run("runs/neumf")              # the directory, or a checkpoint in it
+    run.recommend(user=42, k=10)                          # [(original item id, score), ...]
+    run.score(users=[42, 7], items=[1193, 661])           # [2, 2] scores
+    run.test_metrics()                                    # HR@10/NDCG@10 as `neumf-fast evaluate`
+
+The model's own ids are contiguous indices; ``run.user_index`` / ``run.item_index`` map original
+ids to them and ``run.user_ids`` / ``run.item_ids`` map back (the table is in ``split.npz``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import NegativeSampler, Split
+
+
+class Run:
+    """A trained model with the split it was trained on (``Run.load`` builds one)."""
+
+    def __init__(self, model, config, checkpoint: dict, split: Split, device="cpu"):
+        self.model, self.config, self.checkpoint, self.split = model, config, checkpoint, split
+        self.device = torch.device(device)
+        self._seen = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, backend: str | None = None, device="cpu",
+             split: str | os.PathLike | None = None) -> "Run":
+        """``path`` is a run directory (its ``best.pt`` is loaded) or a checkpoint file; the split
+        is ``split.npz`` beside it unless ``split`` names another."""
+        from .train import load_model
+
+        path = Path(path)
+        ckpt_path = path / "best.pt" if path.is_dir() else path
+        model, config, ckpt = load_model(ckpt_path, backend=backend, device=device)
+        split_path = Path(split) if split is not None else ckpt_path.parent / "split.npz"
+        if not split_path.exists():
+            raise FileNotFoundError(f"{split_path} not found; pass the run's split.npz")
+        loaded = Split.load(split_path)
+        if loaded.fingerprint != ckpt["data_fingerprint"]:
+            raise ValueError(f"{ckpt_path} was trained on different data than {split_path}")
+        model.eval()
+        return cls(model, config, ckpt, loaded, device)
+
+    # ---- ids ------------------------------------------------------------------------------------
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Original user id of each model user index."""
+        return self.split.user_ids
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """Original item id of each model item index."""
+        return self.split.item_ids
+
+    @staticmethod
+    def _index(table: np.ndarray, ids, what: str) -> torch.Tensor:
+        wanted = np.atleast_1d(np.asarray(ids))
+        try:
+            wanted = wanted.astype(table.dtype)
+        except ValueError:
+            raise KeyError(f"{what} id {ids!r} is not of the dataset's id type ({'integer' if table.dtype.kind == 'i' else 'text'})") from None
+        pos = np.searchsorted(table, wanted)  # the id tables are sorted (np.unique)
+        pos_c = np.minimum(pos, len(table) - 1)
+        missing = (pos >= len(table)) | (table[pos_c] != wanted)
+        if missing.any():
+            raise KeyError(f"unknown {what} id {wanted[missing][0].item()!r}")
+        return torch.from_numpy(pos_c.astype(np.int64))
+
+    def user_index(self, ids) -> torch.Tensor:
+        """Model indices ``[N]`` of original user ids (one id or a sequence); ``KeyError`` for unknown ids."""
+        return self._index(self.split.user_ids, ids, "user")
+
+    def item_index(self, ids) -> torch.Tensor:
+        return self._index(self.split.item_ids, ids, "item")
+
+    # ---- scoring --------------------------------------------------------------------------------
+
+    def _user_input(self, users: torch.Tensor) -> torch.Tensor:
+        from .evaluate import UserInput
+
+        return UserInput(self.split, self.model, self.config.history_len, self.device)(users.to(self.device))
+
+    @torch.no_grad()
+    def score(self, users, items) -> torch.Tensor:
+        """Scores (logits) ``[len(users), len(items)]`` of original user ids against original item ids."""
+        u, i = self.user_index(users), self.item_index(items)
+        return self.model.score(self._user_input(u), i.to(self.device)).cpu()
+
+    def seen(self, users) -> torch.Tensor:
+        """Bool ``[len(users), num_items]``: the items each user interacted with in the data."""
+        if self._seen is None:
+            self._seen = NegativeSampler(*self.split.all_positives(), self.split.num_items, self.split.num_users)
+        return self._seen.positive_mask(self.user_index(users))
+
+    @torch.no_grad()
+    def recommend(self, user, k: int = 10, *, exclude_seen: bool = True) -> list[tuple[object, float]]:
+        """The top ``k`` items for one original user id, as ``(original item id, score)``, best
+        first; items the user already interacted with are left out unless ``exclude_seen=False``."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        u = self.user_index(user)
+        scores = self.model.score(self._user_input(u), torch.arange(self.split.num_items, device=self.device))[0].cpu()
+        if exclude_seen:
+            scores = scores.masked_fill(self.seen(user)[0], float("-inf"))
+        available = int(torch.isfinite(scores).sum()) if exclude_seen else len(scores)
+        top = scores.topk(min(k, available))
+        return [(self.split.item_ids[i].item(), s) for i, s in zip(top.indices.tolist(), top.values.tolist())]
+
+    def test_metrics(self) -> dict:
+        """Test HR/NDCG/MRR@K and AUC over the fixed candidates and over the full ranking."""
+        from .train import test_metrics
+
+        return test_metrics(self.model, self.split, self.config, self.device)
+
+
+def load_run(path: str | os.PathLike, *, backend: str | None = None, device="cpu",
+             split: str | os.PathLike | None = None) -> Run:
+    """Loads a training run (its directory or a checkpoint); see ``Run``."""
+    return Run.load(path, backend=backend, device=device, split=split)
