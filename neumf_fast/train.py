@@ -453,6 +453,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     pop = popularity_scores(split)
     result["popularity_test"] = {
         "candidates": evaluate_candidates(None, split, "test", k=config.k, popularity=pop),
+        "full": evaluate_full(None, split, "test", k=config.k, popularity=pop, device=device),
     }
     _write_json(result, out_dir / "metrics.json")
     plot_curves(history, out_dir / "curves.png", config.k)
