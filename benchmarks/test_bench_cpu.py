@@ -1,21 +1,26 @@
-"""CPU benchmark of the fused NeuMF input op: one function per provider, same inputs for all.
+"""CPU benchmark of the first half of a NeuMF forward pass: one function per provider, the same
+inputs and weights for all.
 
-Providers: the reference in eager PyTorch, the reference under torch.compile, the C++ CPU
-kernel, and (id path only) eager nn.EmbeddingBag + nn.Linear, the usual hand-written baseline.
+Providers:
+- ``eager``, the baseline, what a user writes instead: for dense input the design's plain module,
+  four ``nn.Linear`` on ``user.sum(1)``; for ids ``nn.EmbeddingBag`` (sum, padding id 0) and
+  ``nn.Embedding`` into the same four ``nn.Linear``;
+- ``compiled``: ``torch.compile`` of that module;
+- ``cpu_kernel``: ``neumf_fast.FusedUserItem(backend="cpu")`` with the same weights, so the
+  module's own cost is in the figure.
+
 Run (not part of the test suite):
 
-    python -m pytest benchmarks/test_bench_cpu.py --benchmark-json=benchmarks/results/cpu.json
-    python benchmarks/report.py benchmarks/results/cpu.json > benchmarks/results/cpu.md
+    bash dev.sh bench op      (pytest benchmarks/test_bench_cpu.py --benchmark-json=...; report.py)
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 import neumf_fast
-from neumf_fast import reference
 from neumf_fast.ops import _library
 
 SHAPES = {
@@ -25,40 +30,63 @@ SHAPES = {
     "ids_B4096_L50_D64_N100k": (4096, 50, 64, 64, True),
 }
 NUM_ROWS = 100_000
-PROVIDERS = ["eager", "compiled", "cpu_kernel", "eager_embedding_bag"]
+PROVIDERS = ["eager", "compiled", "cpu_kernel"]
 
 
-def make_inputs(batch, seq_len, dim, hidden, ids, seed=0):
+class PlainFirstHalf(nn.Module):
+    """The design's module as a user writes it: sum-pool, four nn.Linear, the GMF product; with
+    ``num_rows``, the user is ids pooled by nn.EmbeddingBag and the item an nn.Embedding row."""
+
+    def __init__(self, dim, hidden, num_rows=None):
+        super().__init__()
+        self.mf_user, self.mlp_user = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
+        self.mf_item, self.mlp_item = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
+        self.user_embedding = nn.EmbeddingBag(num_rows, dim, mode="sum", padding_idx=0) if num_rows else None
+        self.item_embedding = nn.Embedding(num_rows, dim) if num_rows else None
+
+    def forward(self, user, item):
+        user = self.user_embedding(user) if self.user_embedding is not None else user.sum(dim=1)
+        item = self.item_embedding(item) if self.item_embedding is not None else item
+        gmf = self.mf_user(user) * self.mf_item(item)
+        return gmf, torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=-1)
+
+
+def make_case(batch, seq_len, dim, hidden, ids, seed=0):
+    """(baseline module, inputs): user and item tensors, dense ones requiring grad."""
+    torch.manual_seed(seed)
+    module = PlainFirstHalf(dim, hidden, NUM_ROWS if ids else None)
     g = torch.Generator().manual_seed(seed)
-    p = lambda *s: (torch.randn(*s, generator=g) * 0.1).requires_grad_()
-    kw = dict(h_mf=hidden, user_weight=p(2 * hidden, dim), user_bias=p(2 * hidden),
-              item_weight=p(2 * hidden, dim), item_bias=p(2 * hidden))
     if ids:
         user = torch.randint(1, NUM_ROWS, (batch, seq_len), generator=g)
         user[:, seq_len // 2:][torch.rand(batch, seq_len - seq_len // 2, generator=g) < 0.3] = 0  # padding
         item = torch.randint(0, NUM_ROWS, (batch,), generator=g)
-        kw.update(user_table=p(NUM_ROWS, dim), item_table=p(NUM_ROWS, dim), padding_idx=0)
     else:
-        user, item = p(batch, seq_len, dim), p(batch, dim)
-    return user, item, kw
+        user = (torch.randn(batch, seq_len, dim, generator=g) * 0.1).requires_grad_()
+        item = (torch.randn(batch, dim, generator=g) * 0.1).requires_grad_()
+    return module, user, item
 
 
-def embedding_bag_linear(user, item, *, h_mf, user_table, item_table, padding_idx,
-                         user_weight, user_bias, item_weight, item_bias):
-    pooled = F.embedding_bag(user, user_table, mode="sum", padding_idx=padding_idx)
-    proj_user = F.linear(pooled, user_weight, user_bias)
-    proj_item = F.linear(F.embedding(item, item_table), item_weight, item_bias)
-    return proj_user[:, :h_mf] * proj_item[:, :h_mf], torch.cat([proj_user[:, h_mf:], proj_item[:, h_mf:]], -1)
-
-
-def provider_fn(provider):
+def provider_module(provider, baseline: PlainFirstHalf, dim, hidden, ids) -> nn.Module:
     if provider == "eager":
-        return reference.neumf_input
+        return baseline
     if provider == "compiled":
-        return torch.compile(reference.neumf_input)
-    if provider == "cpu_kernel":
-        return lambda u, i, **kw: neumf_fast.neumf_input(u, i, backend="cpu", **kw)
-    return embedding_bag_linear
+        return torch.compile(baseline)
+    fused = neumf_fast.FusedUserItem(dim, dim, hidden, hidden, num_user_ids=NUM_ROWS if ids else None,
+                                     num_item_ids=NUM_ROWS if ids else None, padding_idx=0 if ids else None,
+                                     backend="cpu")
+    fused.load_state_dict(baseline.state_dict())  # the same weights
+    return fused
+
+
+def test_providers_agree():
+    """The benchmark compares like with like: every provider computes the same outputs."""
+    if _library.EXTENSION_ERROR:
+        pytest.skip(_library.EXTENSION_ERROR)
+    for ids in (False, True):
+        baseline, user, item = make_case(5, 4, 8, 6, ids)
+        fused = provider_module("cpu_kernel", baseline, 8, 6, ids)
+        for a, b in zip(baseline(user, item), fused(user, item)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -66,21 +94,21 @@ def provider_fn(provider):
 @pytest.mark.parametrize("direction", ["fwd", "fwd_bwd"])
 def test_cpu(benchmark, direction, shape, provider):
     batch, seq_len, dim, hidden, ids = SHAPES[shape]
-    if provider == "eager_embedding_bag" and not ids:
-        pytest.skip("EmbeddingBag is the baseline of the id path only")
     if provider == "cpu_kernel" and _library.EXTENSION_ERROR:
         pytest.skip(_library.EXTENSION_ERROR)
     torch._dynamo.reset()
-    user, item, kw = make_inputs(batch, seq_len, dim, hidden, ids)
-    fn = provider_fn(provider)
-    leaves = [t for t in (user, item, *kw.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
+    baseline, user, item = make_case(batch, seq_len, dim, hidden, ids)
+    module = provider_module(provider, baseline, dim, hidden, ids)
+    leaves = [t for t in (user, item, *module.parameters()) if t.requires_grad]
 
     def step():
-        gmf, mlp_in = fn(user, item, **kw)
-        if direction == "fwd_bwd":
-            torch.autograd.backward((gmf, mlp_in), (torch.ones_like(gmf), torch.ones_like(mlp_in)))
-            for t in leaves:
-                t.grad = None
+        if direction == "fwd":
+            with torch.no_grad():
+                return module(user, item)[0]
+        gmf, mlp_in = module(user, item)
+        torch.autograd.backward((gmf, mlp_in), (torch.ones_like(gmf), torch.ones_like(mlp_in)))
+        for t in leaves:
+            t.grad = None
         return gmf
 
     for _ in range(3):  # compile and warm caches outside the timed region

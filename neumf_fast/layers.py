@@ -1,9 +1,13 @@
 """``FusedUserItem``: the first half of a NeuMF forward pass as one module.
 
-Its parameters are named and shaped like the design's four ``nn.Linear`` layers
-(``mf_user``, ``mlp_user``, ``mf_item``, ``mlp_item``), so a ``state_dict`` saved from the
-plain-PyTorch version loads unchanged, and the ``state_dict`` is the same on every backend.
-The forward is one call of the fused op with the MF and MLP weights of each side stacked.
+The fused op takes each side's MF and MLP weights stacked, ``[H_mf + H_mlp, D]``, so the module
+keeps them stacked: ``user_weight``/``user_bias`` and ``item_weight``/``item_bias`` are its
+parameters, and a call costs no concatenation (rebuilding them per call cost a copy of every
+weight forward and a split of its gradient backward).  Its ``state_dict`` is still the design's
+four ``nn.Linear`` layers (``mf_user.weight``, ``mlp_user.bias``, ...): the stacked parameters are
+split on saving and joined on loading, so a ``state_dict`` from the plain-PyTorch version loads
+unchanged, and it is the same on every backend.  ``layer.mf_user.weight`` and the like are views
+of the stacked parameters, for reading and in-place edits.
 """
 
 from __future__ import annotations
@@ -51,32 +55,91 @@ class FusedUserItem(nn.Module):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.h_mf, self.mode, self.backend, self.padding_idx = h_mf, mode, backend, padding_idx
-        self.mf_user = nn.Linear(user_dim, h_mf, bias=bias, **kw)
-        self.mlp_user = nn.Linear(user_dim, h_mlp, bias=bias, **kw)
-        self.mf_item = nn.Linear(item_dim, h_mf, bias=bias, **kw)
-        self.mlp_item = nn.Linear(item_dim, h_mlp if h_mlp_item is None else h_mlp_item, bias=bias, **kw)
+        h_mlp_item = h_mlp if h_mlp_item is None else h_mlp_item
+        self.widths = {"user": (user_dim, h_mlp), "item": (item_dim, h_mlp_item)}
+        for side, (in_dim, width) in self.widths.items():
+            # nn.Linear's initialisation, per projection (its bound depends on in_dim only)
+            mf, mlp = nn.Linear(in_dim, h_mf, bias=bias, **kw), nn.Linear(in_dim, width, bias=bias, **kw)
+            self.register_parameter(f"{side}_weight", nn.Parameter(torch.cat([mf.weight.detach(), mlp.weight.detach()])))
+            self.register_parameter(f"{side}_bias", nn.Parameter(torch.cat([mf.bias.detach(), mlp.bias.detach()]))
+                                    if bias else None)
         self.user_embedding = (
             nn.Embedding(num_user_ids, user_dim, padding_idx=padding_idx, **kw) if num_user_ids is not None else None
         )
         self.item_embedding = nn.Embedding(num_item_ids, item_dim, **kw) if num_item_ids is not None else None
+        self.register_state_dict_post_hook(_split_stacked)
+        self.register_load_state_dict_pre_hook(_join_stacked)
+        self.register_load_state_dict_post_hook(_name_missing_projections)
 
-    @staticmethod
-    def _stack(mf: nn.Linear, mlp: nn.Linear) -> tuple[Tensor, Tensor | None]:
-        weight = torch.cat([mf.weight, mlp.weight])
-        bias = torch.cat([mf.bias, mlp.bias]) if mf.bias is not None else None
-        return weight, bias
+    # The design's four projections, as views of the stacked parameters
+    mf_user = property(lambda self: _Projection(self, "user", "mf"))
+    mlp_user = property(lambda self: _Projection(self, "user", "mlp"))
+    mf_item = property(lambda self: _Projection(self, "item", "mf"))
+    mlp_item = property(lambda self: _Projection(self, "item", "mlp"))
 
     def forward(self, user: Tensor, item: Tensor, user_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        user_weight, user_bias = self._stack(self.mf_user, self.mlp_user)
-        item_weight, item_bias = self._stack(self.mf_item, self.mlp_item)
         return neumf_input(
             user, item, h_mf=self.h_mf, user_mask=user_mask,
             user_table=None if self.user_embedding is None else self.user_embedding.weight,
             padding_idx=self.padding_idx if self.user_embedding is not None else None,
             item_table=None if self.item_embedding is None else self.item_embedding.weight,
-            user_weight=user_weight, user_bias=user_bias, item_weight=item_weight, item_bias=item_bias,
-            mode=self.mode, backend=self.backend,
+            user_weight=self.user_weight, user_bias=self.user_bias, item_weight=self.item_weight,
+            item_bias=self.item_bias, mode=self.mode, backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return f"h_mf={self.h_mf}, mode={self.mode!r}, backend={self.backend!r}"
+
+
+class _Projection:
+    """``layer.mf_user`` and friends: ``weight`` and ``bias`` as views of the stacked parameters."""
+
+    def __init__(self, layer: FusedUserItem, side: str, part: str):
+        rows = slice(0, layer.h_mf) if part == "mf" else slice(layer.h_mf, None)
+        self.weight = getattr(layer, f"{side}_weight")[rows]
+        bias = getattr(layer, f"{side}_bias")
+        self.bias = bias[rows] if bias is not None else None
+        self.in_features, self.out_features = self.weight.shape[1], self.weight.shape[0]
+
+
+_STATE_NAMES = [(side, part, kind) for side in ("user", "item") for part in ("mf", "mlp") for kind in ("weight", "bias")]
+
+
+def _split_stacked(module: FusedUserItem, state_dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: ``user_weight`` -> ``mf_user.weight`` + ``mlp_user.weight``, etc.,
+    in the design's order, ahead of the embeddings."""
+    ours = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+    for side, part, kind in _STATE_NAMES:
+        stacked = ours.get(f"{side}_{kind}")
+        if stacked is not None:
+            rows = slice(0, module.h_mf) if part == "mf" else slice(module.h_mf, None)
+            state_dict[f"{prefix}{part}_{side}.{kind}"] = stacked[rows]
+    for name, value in ours.items():
+        if not name.startswith(("user_weight", "user_bias", "item_weight", "item_bias")):
+            state_dict[prefix + name] = value
+
+
+def _join_stacked(module: FusedUserItem, state_dict, prefix: str, local_metadata, strict, missing_keys,
+                  unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: the design's four projections -> the stacked parameters."""
+    for side in ("user", "item"):
+        for kind in ("weight", "bias"):
+            mf, mlp = f"{prefix}mf_{side}.{kind}", f"{prefix}mlp_{side}.{kind}"
+            if mf not in state_dict or mlp not in state_dict:
+                continue  # reported as missing keys by the normal loading
+            a, b = state_dict.pop(mf), state_dict.pop(mlp)
+            if a.shape[1:] != b.shape[1:]:
+                error_msgs.append(f"{mf} {list(a.shape)} and {mlp} {list(b.shape)} do not share an input width")
+                continue
+            state_dict[f"{prefix}{side}_{kind}"] = torch.cat([a, b])
+
+
+def _name_missing_projections(module: FusedUserItem, incompatible) -> None:
+    """load_state_dict post-hook: report a missing stacked parameter by the names a state_dict has."""
+    for i, key in enumerate(list(incompatible.missing_keys)):
+        head, _, name = key.rpartition(".")
+        prefix = head + "." if head else ""
+        if name in ("user_weight", "user_bias", "item_weight", "item_bias"):
+            side, kind = name.split("_")
+            incompatible.missing_keys[i] = f"{prefix}mf_{side}.{kind}"
+            incompatible.missing_keys.append(f"{prefix}mlp_{side}.{kind}")

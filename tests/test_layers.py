@@ -36,8 +36,37 @@ def test_loads_the_design_state_dict_and_matches_it(backend):
         torch.testing.assert_close(a, e, atol=2e-4, rtol=2e-5)  # float32, D=128 sums of 10 rows
     sum(o.sum() for o in actual).backward()
     sum(o.sum() for o in expected).backward()
-    for (name, p), (_, q) in zip(fused.named_parameters(), design.named_parameters()):
-        torch.testing.assert_close(p.grad, q.grad, atol=2e-3, rtol=2e-5, msg=name)  # summed over 16 rows
+    grads = {f"{side}_{kind}": getattr(fused, f"{side}_{kind}").grad for side in ("user", "item")
+             for kind in ("weight", "bias")}
+    for name, q in design.named_parameters():
+        part_side, kind = name.split(".")
+        part, side = part_side.split("_")
+        stacked = grads[f"{side}_{kind}"]
+        p = stacked[:128] if part == "mf" else stacked[128:]
+        torch.testing.assert_close(p, q.grad, atol=2e-3, rtol=2e-5, msg=name)  # summed over 16 rows
+
+
+def test_the_stacked_weights_are_the_parameters_and_the_state_dict_is_the_designs():
+    """No weights are concatenated per call: the stacked [H_mf + H_mlp, D] tensors are the
+    parameters themselves.  The state_dict still has the four nn.Linear layers, in their order,
+    round-trips, and names a missing projection by its own name."""
+    design = DesignFirstHalf(8)
+    fused = FusedUserItem(8, 8, h_mf=8, h_mlp=8, num_item_ids=5)
+    assert [n for n, _ in fused.named_parameters()] == ["user_weight", "user_bias", "item_weight", "item_bias",
+                                                        "item_embedding.weight"]
+    keys = list(fused.state_dict())
+    assert keys[:8] == list(design.state_dict()) and keys[8:] == ["item_embedding.weight"]
+    fused.load_state_dict({**design.state_dict(), "item_embedding.weight": torch.zeros(5, 8)})
+    torch.testing.assert_close(fused.user_weight[8:], design.mlp_user.weight)
+    assert fused.mf_item.weight.data_ptr() == fused.item_weight.data_ptr()  # a view, not a copy
+    for key, value in fused.state_dict().items():
+        torch.testing.assert_close(value, design.state_dict().get(key, torch.zeros(5, 8)), msg=key)
+    wrapper = nn.Sequential(fused)
+    result = wrapper.load_state_dict({k: v for k, v in wrapper.state_dict().items() if "mlp_item.weight" not in k},
+                                     strict=False)
+    assert set(result.missing_keys) == {"0.mf_item.weight", "0.mlp_item.weight"}, result
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"0.mf_item.weight\""):
+        wrapper.load_state_dict({k: v for k, v in wrapper.state_dict().items() if "mf_item.weight" not in k})
 
 
 @pytest.mark.parametrize("backend", KERNELS)
