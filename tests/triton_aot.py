@@ -64,10 +64,6 @@ def backward_cases():
                       BLOCK_K=64)
         yield f"backward rows {dt} ids={ids} proj={proj} atomic={atomic}", K.fused_backward_rows_kernel, sig, consts
     for dt in ("fp32", "bf16"):
-        sig = dict(dproj="*fp32", pooled="*fp32", dw=f"*{dt}", db=f"*{dt}", B="i32", H="i32", D="i32")
-        consts = dict(WANT_W=True, WANT_B=True, PRECISION="tf32" if dt == "fp32" else "ieee",
-                      BLOCK_H=64, BLOCK_D=64, BLOCK_R=64)
-        yield f"weight grad {dt}", K.weight_grad_kernel, sig, consts
         sig = dict(d_pooled="*fp32", order="*i64", starts="*i64", ends="*i64", sorted_ids="*i64", out=f"*{dt}",
                    ROWS="i32", L="i32", D="i32")
         yield f"segment sum {dt}", K.segment_sum_kernel, sig, dict(BLOCK_D=128)

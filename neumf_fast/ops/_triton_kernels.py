@@ -8,7 +8,8 @@ Math (see ``neumf_fast.reference``), for a block of BLOCK_B rows per program:
     backward  d_mf_u = d_gmf ⊙ mf_i, d_mf_i = d_gmf ⊙ mf_u, d_mlp_* = the halves of d_mlp_in
               d_pooled = [d_mf | d_mlp] · W  (or [d_mf | d_mlp] itself with no projection)
               d_x[b,l] = keep · scale · d_pooled[b]   (dense), or scattered into the table rows
-              d_W = d_projᵀ · pooled and d_b = Σ_b d_proj: a second pass over the rows, no atomics
+              d_W = d_projᵀ · pooled and d_b = Σ_b d_proj: a library GEMM and a column sum on the
+              saved fp32 d_proj and pooled (triton_backend._weight_grads), no atomics
 
 Tiling.  The forward loops over D in BLOCK_K tiles; for each tile it pools the sequence over L
 in registers (fp32) and immediately multiplies the tile into the MF and MLP accumulators with
@@ -280,35 +281,6 @@ def fused_backward_rows_kernel(
                    1, DI, H_MF, H_MLP_I, pad, sii0, 0,
                    ITEM_IDS, False, False, ITEM_PROJ, SAVE_DPROJ_I, WANT_ITEM, ATOMIC, PRECISION,
                    BLOCK_B, BLOCK_K, BLOCK_MF, BLOCK_MLP_I)
-
-
-@triton.jit
-def weight_grad_kernel(dproj, pooled, dw, db, B, H, D,
-                       WANT_W: tl.constexpr, WANT_B: tl.constexpr, PRECISION: tl.constexpr,
-                       BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
-    """d_W[h, d] = Σ_b d_proj[b, h] · pooled[b, d] and d_b[h] = Σ_b d_proj[b, h]: one program per
-    (h, d) tile looping over all rows, so the reduction needs no atomics and is deterministic."""
-    hs = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    h_ok = hs < H
-    d_ok = ds < D
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    bias = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for r0 in range(0, B, BLOCK_R):
-        rs = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-        r_ok = rs < B
-        g = tl.load(dproj + rs[:, None] * H + hs[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
-        if WANT_W:
-            p = tl.load(pooled + rs[:, None] * D + ds[None, :], mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-            acc += tl.dot(tl.trans(g), p, input_precision=PRECISION)
-        if WANT_B:
-            bias += tl.sum(g, axis=0)
-    if WANT_W:
-        tl.store(dw + hs[:, None].to(tl.int64) * D + ds[None, :], acc.to(dw.dtype.element_ty),
-                 mask=h_ok[:, None] & d_ok[None, :])
-    if WANT_B:
-        if tl.program_id(1) == 0:
-            tl.store(db + hs, bias.to(db.dtype.element_ty), mask=h_ok)
 
 
 @triton.jit

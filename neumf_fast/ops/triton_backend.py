@@ -182,19 +182,16 @@ if TRITON_ERROR is None:
         return pick(grad_u), pick(grad_i), pick(gw_u), pick(gb_u), pick(gw_i), pick(gb_i)
 
     def _weight_grads(dproj, pooled, H, D, want_w, want_b, dtype, B):
+        """d_W = d_projᵀ · pooled and d_b = Σ_b d_proj, from the saved fp32 tensors: one GEMM
+        (cuBLAS on a GPU) and one column sum.  A Triton pass with one program per W tile looped
+        over all B rows, which left a [2·64, 64] weight with a handful of programs on a 132-SM
+        chip; a library GEMM splits the B reduction itself.  Both are deterministic; fp32 GEMMs
+        follow ``allow_tf32`` as the forward's dots do."""
         if not (want_w or want_b):
             return None, None
-        dev = dproj.device
-        dw = torch.empty((H, D), device=dev, dtype=dtype) if want_w else _dummy(dev)
-        db = torch.empty((H,), device=dev, dtype=dtype) if want_b else _dummy(dev)
-        if B == 0:
-            return (dw.zero_() if want_w else None), (db.zero_() if want_b else None)
-        bh, bd = (16, 16) if INTERPRET else (64, 64)
-        wrap_triton(K.weight_grad_kernel)[(triton.cdiv(H, bh), triton.cdiv(D, bd) if want_w else 1)](
-            dproj, pooled if want_w else _dummy(dev), dw, db, B, H, D,
-            WANT_W=want_w, WANT_B=want_b, PRECISION=_precision(),
-            BLOCK_H=bh, BLOCK_D=bd, BLOCK_R=16 if INTERPRET else 64)
-        return (dw if want_w else None), (db if want_b else None)
+        dw = (dproj.t() @ pooled).to(dtype) if want_w else None
+        db = dproj.sum(0).to(dtype) if want_b else None
+        return dw, db
 
     def _segment_sum(d_pooled, ids, padding_idx, rows, L, dtype):
         """Deterministic table gradient: positions sorted (stably) by id; the first position of
