@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-import neumf_fast
+from baselines import PlainFirstHalf, fused_twin
 from neumf_fast.ops import _library
 
 SHAPES = {
@@ -31,24 +31,6 @@ SHAPES = {
 }
 NUM_ROWS = 100_000
 PROVIDERS = ["eager", "compiled", "cpu_kernel"]
-
-
-class PlainFirstHalf(nn.Module):
-    """The design's module as a user writes it: sum-pool, four nn.Linear, the GMF product; with
-    ``num_rows``, the user is ids pooled by nn.EmbeddingBag and the item an nn.Embedding row."""
-
-    def __init__(self, dim, hidden, num_rows=None):
-        super().__init__()
-        self.mf_user, self.mlp_user = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
-        self.mf_item, self.mlp_item = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
-        self.user_embedding = nn.EmbeddingBag(num_rows, dim, mode="sum", padding_idx=0) if num_rows else None
-        self.item_embedding = nn.Embedding(num_rows, dim) if num_rows else None
-
-    def forward(self, user, item):
-        user = self.user_embedding(user) if self.user_embedding is not None else user.sum(dim=1)
-        item = self.item_embedding(item) if self.item_embedding is not None else item
-        gmf = self.mf_user(user) * self.mf_item(item)
-        return gmf, torch.cat([self.mlp_user(user), self.mlp_item(item)], dim=-1)
 
 
 def make_case(batch, seq_len, dim, hidden, ids, seed=0):
@@ -66,26 +48,23 @@ def make_case(batch, seq_len, dim, hidden, ids, seed=0):
     return module, user, item
 
 
-def provider_module(provider, baseline: PlainFirstHalf, dim, hidden, ids) -> nn.Module:
+def provider_module(provider, baseline: PlainFirstHalf) -> nn.Module:
     if provider == "eager":
         return baseline
     if provider == "compiled":
         return torch.compile(baseline)
-    fused = neumf_fast.FusedUserItem(dim, dim, hidden, hidden, num_user_ids=NUM_ROWS if ids else None,
-                                     num_item_ids=NUM_ROWS if ids else None, padding_idx=0 if ids else None,
-                                     backend="cpu")
-    fused.load_state_dict(baseline.state_dict())  # the same weights
-    return fused
+    return fused_twin(baseline, backend="cpu")
 
 
 def test_providers_agree():
-    """The benchmark compares like with like: every provider computes the same outputs."""
+    """The benchmarks compare like with like: the baseline and its FusedUserItem twin compute
+    the same outputs, dense (with and without a mask) and with ids."""
     if _library.EXTENSION_ERROR:
         pytest.skip(_library.EXTENSION_ERROR)
     for ids in (False, True):
         baseline, user, item = make_case(5, 4, 8, 6, ids)
-        fused = provider_module("cpu_kernel", baseline, 8, 6, ids)
-        for a, b in zip(baseline(user, item), fused(user, item)):
+        mask = None if ids else torch.rand(5, 4) > 0.3
+        for a, b in zip(baseline(user, item, mask), provider_module("cpu_kernel", baseline)(user, item, mask)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -98,7 +77,7 @@ def test_cpu(benchmark, direction, shape, provider):
         pytest.skip(_library.EXTENSION_ERROR)
     torch._dynamo.reset()
     baseline, user, item = make_case(batch, seq_len, dim, hidden, ids)
-    module = provider_module(provider, baseline, dim, hidden, ids)
+    module = provider_module(provider, baseline)
     leaves = [t for t in (user, item, *module.parameters()) if t.requires_grad]
 
     def step():

@@ -1,10 +1,15 @@
-"""GPU benchmark of the fused NeuMF input op (run by benchmarks/gpu_check.sh; skipped without CUDA).
+"""GPU benchmark of the first stage of NeuMF (run by benchmarks/gpu_check.sh; skipped without CUDA).
 
-Providers, same inputs for all: the reference in eager PyTorch (``eager``), the reference under
-``torch.compile(mode="max-autotune-no-cudagraphs")`` (``compiled``), and each GPU kernel
-backend that can run (``triton``; ``cuda`` once the CUDA C++ kernels are built).  Shapes: the
-design's demo, B=8192 L=10 D=H=128, B=65536 L=50 D=H=64 dense, and the same with ids into a
-1,000,000 × 64 table; float32 and bfloat16; forward, and forward+backward.
+Providers, the same inputs and weights for all (``benchmarks/baselines.py``):
+- ``eager``, the baseline, what a user writes instead: the design's four ``nn.Linear`` on the
+  masked ``user.sum(1)``; for ids, ``nn.EmbeddingBag`` (sum, padding id 0) and ``nn.Embedding``
+  into the same four ``nn.Linear``;
+- ``compiled``: ``torch.compile(mode="max-autotune-no-cudagraphs")`` of that module;
+- each GPU kernel backend that can run (``triton``, ``cuda``), as ``neumf_fast.FusedUserItem``
+  with the same weights.
+Shapes: the design's demo, B=8192 L=10 D=H=128, B=65536 L=50 D=H=64 dense, and the same with ids
+into a 1,000,000 × 64 table; float32 and bfloat16; forward (under ``no_grad``), and
+forward+backward (``autograd.grad`` of every input and parameter).
 
 Every timed call ends with ``torch.cuda.synchronize()``.  Each row records the bytes the op must
 move at least (inputs read once, outputs written once; the backward's reads and writes added
@@ -17,11 +22,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import neumf_fast
-from neumf_fast import reference
+from baselines import PlainFirstHalf, fused_twin
 from neumf_fast.ops import BackendUnavailable, check_inputs, select_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark: no CUDA device")
+DEVICE = "cuda"  # a smoke test of this file's set-up may point it at "cpu"
 
 SHAPES = {
     # name: (B, L, D = H_mf = H_mlp, ids, table rows)
@@ -35,21 +40,20 @@ KERNEL_PROVIDERS = ["triton", "cuda"]
 
 
 def _inputs(shape, dtype, seed=0):
+    """(baseline module, user, item, user_mask) on the GPU in ``dtype``."""
     batch, seq_len, dim, ids, rows = SHAPES[shape]
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    p = lambda *s: (torch.randn(*s, generator=g, device="cuda") * 0.1).to(dtype).requires_grad_()
-    kw = dict(h_mf=dim, user_weight=p(2 * dim, dim), user_bias=p(2 * dim), item_weight=p(2 * dim, dim),
-              item_bias=p(2 * dim))
+    torch.manual_seed(seed)
+    plain = PlainFirstHalf(dim, dim, rows if ids else None).to(DEVICE, dtype)
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
     if ids:
-        user = torch.randint(1, rows, (batch, seq_len), generator=g, device="cuda")
-        user[:, seq_len // 2:] = torch.where(torch.rand(batch, seq_len - seq_len // 2, generator=g, device="cuda") < 0.3,
+        user = torch.randint(1, rows, (batch, seq_len), generator=g, device=DEVICE)
+        user[:, seq_len // 2:] = torch.where(torch.rand(batch, seq_len - seq_len // 2, generator=g, device=DEVICE) < 0.3,
                                              0, user[:, seq_len // 2:])
-        item = torch.randint(0, rows, (batch,), generator=g, device="cuda")
-        kw.update(user_table=p(rows, dim), item_table=p(rows, dim), padding_idx=0)
-    else:
-        user, item = p(batch, seq_len, dim), p(batch, dim)
-        kw["user_mask"] = torch.rand(batch, seq_len, generator=g, device="cuda") > 0.2
-    return user, item, kw
+        item = torch.randint(0, rows, (batch,), generator=g, device=DEVICE)
+        return plain, user, item, None
+    p = lambda *s: (torch.randn(*s, generator=g, device=DEVICE) * 0.1).to(dtype).requires_grad_()
+    mask = torch.rand(batch, seq_len, generator=g, device=DEVICE) > 0.2
+    return plain, p(batch, seq_len, dim), p(batch, dim), mask
 
 
 def _min_bytes(shape, dtype, backward: bool) -> int:
@@ -72,20 +76,21 @@ def _min_bytes(shape, dtype, backward: bool) -> int:
     return fwd + saved + grads_in + weights + grad_seq + grad_item + weights
 
 
-def _provider_fn(provider, user, item, kw):
+def _provider_module(provider, plain):
     if provider == "eager":
-        return lambda: reference.neumf_input(user, item, **kw)
+        return plain
     if provider == "compiled":
-        compiled = torch.compile(reference.neumf_input, mode="max-autotune-no-cudagraphs", dynamic=False)
-        return lambda: compiled(user, item, **kw)
-    dims = check_inputs(user, kw.get("user_mask"), kw.get("user_table"), kw.get("padding_idx"), item,
-                        kw.get("item_table"), kw["user_weight"], kw["user_bias"], kw["item_weight"], kw["item_bias"],
-                        kw["h_mf"], "sum")
+        return torch.compile(plain, mode="max-autotune-no-cudagraphs", dynamic=False)
+    fused = fused_twin(plain, backend=provider)
+    w, b = fused.user_weight, fused.user_bias
+    probe = torch.zeros(1, 1, w.shape[1], device=w.device, dtype=w.dtype)
+    dims = check_inputs(probe, None, None, None, probe[:, 0], None, w, b, fused.item_weight, fused.item_bias,
+                        fused.h_mf, "sum")
     try:
         select_backend(dims, provider)
     except (BackendUnavailable, ValueError) as e:
         pytest.skip(str(e))
-    return lambda: neumf_fast.neumf_input(user, item, backend=provider, **kw)
+    return fused
 
 
 def _timed(fn, leaves, backward: bool):
@@ -104,10 +109,11 @@ def _timed(fn, leaves, backward: bool):
 @pytest.mark.parametrize("provider", ["eager", "compiled", *KERNEL_PROVIDERS])
 def test_fused_input(benchmark, provider, shape, dtype_name, direction):
     dtype = DTYPES[dtype_name]
-    user, item, kw = _inputs(shape, dtype)
-    fn = _provider_fn(provider, user, item, kw)
+    plain, user, item, mask = _inputs(shape, dtype)
+    module = _provider_module(provider, plain)
+    fn = lambda: module(user, item, mask)
     backward = direction == "forward+backward"
-    leaves = [t for t in (user, item, *kw.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
+    leaves = [t for t in (user, item, *module.parameters()) if t.requires_grad]
     call = _timed(fn, leaves, backward)
     if not backward:
         call = torch.no_grad()(call)
