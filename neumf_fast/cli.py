@@ -56,8 +56,11 @@ _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive num
 _unit_interval = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
+_thread_count = _number(int, lambda v: v > 0, "auto or a positive integer")
+
+
 def _threads(text: str) -> int | None:
-    return None if text == "auto" else _positive(text)
+    return None if text == "auto" else _thread_count(text)
 
 
 BACKEND_CHOICES = ["auto", "triton", "cuda", "cpu", "torch"]

@@ -113,7 +113,7 @@ def test_threads_are_chosen_deliberately():
         assert configure_threads(2, 256) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-    assert "--threads: must be a positive integer" in _cli_stderr(["train", "--threads", "0"])
+    assert "--threads: must be auto or a positive integer, got 0" in _cli_stderr(["train", "--threads", "0"])
 
 
 # ---- 4. every bad flag: one line, non-zero, before any work -------------------------------------
