@@ -114,3 +114,47 @@ def test_eager_fast_path_equals_the_registered_autograd(name):
     assert len(results[0]) > 2 and all(g is not None for g in results[0])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+class _TensorsMade(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the shape and dtype of every tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.made.append((tuple(t.shape), t.dtype))
+        return out
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNELS])
+@pytest.mark.parametrize("project", [True, False], ids=["proj", "noproj"])
+def test_autocast_casts_the_rows_a_call_reads_not_the_tables(backend, project):
+    """Under autocast an id side that reads fewer positions than its table has rows gathers its
+    rows and casts them: no bf16 copy of a table, forward or backward.  The math is that of
+    casting the table (padding, mean pooling, out-of-range ids as before), and the gradients
+    are at least as close to the float64 truth as the table-cast path's."""
+    case = make_case(batch=7, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     num_user_rows=500, num_item_rows=400, padding_idx=0, mode="mean", project=project)
+    tables = {(500, 6), (400, 6)}
+    with _TensorsMade() as seen, torch.autocast("cpu", dtype=torch.bfloat16):
+        gathered = run(case, backend)
+    assert not [s for s, dt in seen.made if s in tables and dt == torch.bfloat16], "a table was cast to bf16"
+    table_cast = run(case.to(torch.bfloat16), backend)  # what the old path computed: cast tables, then the op
+    truth = run(case.to(torch.float64), "torch")
+    for name in ("gmf", "mlp_in"):  # the same rows, cast the same way, pooled the same way
+        torch.testing.assert_close(gathered[name], table_cast[name], atol=0, rtol=0)
+    for name in ("grad_user_table", "grad_item_table", *(["grad_user_weight"] if project else [])):
+        assert gathered[name].dtype == torch.float32  # fp32 parameters get fp32 gradients
+        err = (gathered[name].double() - truth[name]).abs().max().item()
+        err_cast = (table_cast[name].double() - truth[name]).abs().max().item()
+        eps = torch.finfo(torch.bfloat16).eps * max(1.0, truth[name].abs().max().item())
+        assert err <= 2 * err_cast + eps, (name, err, err_cast)
+
+    case.user[3, 1] = 500
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(IndexError, match="user id 500 is out of range"):
+        neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)

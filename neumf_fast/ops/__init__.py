@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import FusedDims, check_inputs
+from ._checks import FusedDims, check_id_range, check_inputs
 from .dispatch import BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, available_backends, select_backend
 
 
@@ -52,6 +52,14 @@ def neumf_input(
         # Under autocast, run the kernels' low-precision path: every float input goes to the
         # autocast dtype (a differentiable cast, so fp32 parameters get fp32 gradients).
         low = torch.get_autocast_dtype(device_type)
+        if not torch.compiler.is_compiling():
+            # A call that reads fewer rows than a table holds casts the rows it reads, not the
+            # table: casting the table costs its size every step, forward and backward.
+            if user_mask is None and _gather_first(user, user_table, low, 2):
+                (user, user_mask), user_table = _gathered_rows(user, user_table, padding_idx, "user"), None
+                padding_idx = None
+            if _gather_first(item, item_table, low, 1):
+                (item, _), item_table = _gathered_rows(item, item_table, None, "item"), None
         cast = lambda t: t.to(low) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != low else t
         user, item, user_table, item_table = cast(user), cast(item), cast(user_table), cast(item_table)
         user_weight, user_bias, item_weight, item_bias = cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias)
@@ -59,6 +67,24 @@ def neumf_input(
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     dims = check_inputs(*args)
     return select_backend(dims, backend).run(*args)
+
+
+def _gather_first(ids: Tensor, table: Tensor | None, low: torch.dtype, rank: int) -> bool:
+    """Whether an id side under autocast should gather its rows and cast them, rather than cast
+    its whole table: fewer positions than table rows (shapes the checks will reject are left to
+    them)."""
+    return (table is not None and ids.dtype in (torch.int32, torch.int64) and ids.dim() == rank
+            and table.dim() == 2 and table.is_floating_point() and table.dtype != low
+            and ids.device == table.device and ids.numel() < table.shape[0])
+
+
+def _gathered_rows(ids: Tensor, table: Tensor, padding_idx: int | None, name: str) -> tuple[Tensor, Tensor | None]:
+    """(``table[ids]`` in the table's dtype, the mask of non-padding positions or None): the
+    dense input that pools exactly what the id input would, with the same IndexError."""
+    keep = ids != padding_idx if padding_idx is not None else None
+    check_id_range(ids, keep, table.shape[0], name)
+    safe = ids.masked_fill(~keep, 0) if keep is not None else ids  # a padding id may lie outside the table
+    return torch.nn.functional.embedding(safe, table), keep
 
 
 __all__ = [

@@ -144,3 +144,13 @@ def check_inputs(
         user.shape[0], user.shape[1], user_dim, item_dim, user_proj, item_proj, h_mf,
         user_ids, item.dtype in INDEX_DTYPES, dtype, device,
     )
+
+
+def check_id_range(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> None:
+    """``IndexError`` naming the first id outside ``[0, rows)`` among the kept positions (reads
+    the ids: one host sync on a GPU)."""
+    bad = (ids < 0) | (ids >= rows)
+    if keep is not None:
+        bad &= keep
+    if bool(bad.any()):
+        raise IndexError(f"neumf_fast: {name} id {int(ids[bad][0])} is out of range for a table with {rows} rows")

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._checks import check_inputs
+from ._checks import check_id_range, check_inputs
 
 try:
     import triton
@@ -253,14 +253,6 @@ def _check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, m
             raise RuntimeError(f"neumf_fast: {name} is on {t.device} but the inputs are on {d.device}")
 
 
-def _check_id_range(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> None:
-    bad = (ids < 0) | (ids >= rows)
-    if keep is not None:
-        bad &= keep
-    if bool(bad.any()):
-        raise IndexError(f"neumf_fast: {name} id {int(ids[bad][0])} is out of range for a table with {rows} rows")
-
-
 def run_triton(user, user_mask, user_table, padding_idx, item, item_table,
                user_weight, user_bias, item_weight, item_bias, h_mf, mode):
     """``(gmf, mlp_in)`` from the Triton kernels; saves for backward only when autograd needs it."""
@@ -268,9 +260,9 @@ def run_triton(user, user_mask, user_table, padding_idx, item, item_table,
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     if not torch.compiler.is_compiling():  # an exact IndexError for eager callers (one host sync)
         if user_table is not None:
-            _check_id_range(user, user != padding_idx if padding_idx is not None else None, user_table.shape[0], "user")
+            check_id_range(user, user != padding_idx if padding_idx is not None else None, user_table.shape[0], "user")
         if item_table is not None:
-            _check_id_range(item, None, item_table.shape[0], "item")
+            check_id_range(item, None, item_table.shape[0], "item")
     if use_eager_function(args):
         return _EagerTritonFusedInput.apply(*args)
     save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
