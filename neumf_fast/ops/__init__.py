@@ -41,7 +41,8 @@ def neumf_input(
         mode: ``"sum"`` or ``"mean"`` pooling (a row with nothing unmasked pools to zeros).
         backend: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; ``NEUMF_FAST_BACKEND``
             overrides it.  Under ``torch.autocast`` every float input is cast to the autocast
-            dtype first, so the kernels' bf16/fp16 paths run.
+            dtype first, so the kernels' bf16/fp16 paths run (in eager mode an id side that
+            reads fewer positions than its table has rows casts only the rows it reads).
 
     Returns:
         ``gmf = mf_user * mf_item`` of shape ``[B, h_mf]`` and
