@@ -18,7 +18,33 @@ from torch import Tensor, nn
 from .ops import neumf_input
 
 
-class FusedUserItem(nn.Module):
+class StackedProjections:
+    """For an ``nn.Module`` whose first stage is the design's four projections: keeps them as one
+    stacked weight (and bias) per side, ``user_weight``/``item_weight`` ``[H_mf + H_mlp, D]``, the
+    layout the fused op takes, while its ``state_dict`` and attribute access stay those of four
+    ``nn.Linear`` layers ``mf_user``, ``mlp_user``, ``mf_item`` and ``mlp_item``."""
+
+    def _stack_projections(self, user_dim: int, item_dim: int, h_mf: int, h_mlp_user: int, h_mlp_item: int,
+                           bias: bool = True, **factory) -> None:
+        self.stacked_h_mf = h_mf
+        for side, (in_dim, width) in {"user": (user_dim, h_mlp_user), "item": (item_dim, h_mlp_item)}.items():
+            # nn.Linear's initialisation, per projection and in the design's order (mf, then mlp)
+            mf, mlp = nn.Linear(in_dim, h_mf, bias=bias, **factory), nn.Linear(in_dim, width, bias=bias, **factory)
+            self.register_parameter(f"{side}_weight", nn.Parameter(torch.cat([mf.weight.detach(), mlp.weight.detach()])))
+            self.register_parameter(f"{side}_bias", nn.Parameter(torch.cat([mf.bias.detach(), mlp.bias.detach()]))
+                                    if bias else None)
+        self.register_state_dict_post_hook(_split_stacked)
+        self.register_load_state_dict_pre_hook(_join_stacked)
+        self.register_load_state_dict_post_hook(_name_missing_projections)
+
+    # The design's four projections, as views of the stacked parameters
+    mf_user = property(lambda self: _Projection(self, "user", "mf"))
+    mlp_user = property(lambda self: _Projection(self, "user", "mlp"))
+    mf_item = property(lambda self: _Projection(self, "item", "mf"))
+    mlp_item = property(lambda self: _Projection(self, "item", "mlp"))
+
+
+class FusedUserItem(StackedProjections, nn.Module):
     """Pool a user's sequence, project user and item twice (MF and MLP), form the GMF product.
 
     Args:
@@ -55,27 +81,11 @@ class FusedUserItem(nn.Module):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.h_mf, self.mode, self.backend, self.padding_idx = h_mf, mode, backend, padding_idx
-        h_mlp_item = h_mlp if h_mlp_item is None else h_mlp_item
-        self.widths = {"user": (user_dim, h_mlp), "item": (item_dim, h_mlp_item)}
-        for side, (in_dim, width) in self.widths.items():
-            # nn.Linear's initialisation, per projection (its bound depends on in_dim only)
-            mf, mlp = nn.Linear(in_dim, h_mf, bias=bias, **kw), nn.Linear(in_dim, width, bias=bias, **kw)
-            self.register_parameter(f"{side}_weight", nn.Parameter(torch.cat([mf.weight.detach(), mlp.weight.detach()])))
-            self.register_parameter(f"{side}_bias", nn.Parameter(torch.cat([mf.bias.detach(), mlp.bias.detach()]))
-                                    if bias else None)
+        self._stack_projections(user_dim, item_dim, h_mf, h_mlp, h_mlp if h_mlp_item is None else h_mlp_item, bias, **kw)
         self.user_embedding = (
             nn.Embedding(num_user_ids, user_dim, padding_idx=padding_idx, **kw) if num_user_ids is not None else None
         )
         self.item_embedding = nn.Embedding(num_item_ids, item_dim, **kw) if num_item_ids is not None else None
-        self.register_state_dict_post_hook(_split_stacked)
-        self.register_load_state_dict_pre_hook(_join_stacked)
-        self.register_load_state_dict_post_hook(_name_missing_projections)
-
-    # The design's four projections, as views of the stacked parameters
-    mf_user = property(lambda self: _Projection(self, "user", "mf"))
-    mlp_user = property(lambda self: _Projection(self, "user", "mlp"))
-    mf_item = property(lambda self: _Projection(self, "item", "mf"))
-    mlp_item = property(lambda self: _Projection(self, "item", "mlp"))
 
     def forward(self, user: Tensor, item: Tensor, user_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return neumf_input(
@@ -92,34 +102,38 @@ class FusedUserItem(nn.Module):
 
 
 class _Projection:
-    """``layer.mf_user`` and friends: ``weight`` and ``bias`` as views of the stacked parameters."""
+    """``layer.mf_user`` and friends: ``weight`` and ``bias`` as views of the stacked parameters;
+    calling it applies the projection, as the ``nn.Linear`` it stands for."""
 
-    def __init__(self, layer: FusedUserItem, side: str, part: str):
-        rows = slice(0, layer.h_mf) if part == "mf" else slice(layer.h_mf, None)
+    def __init__(self, layer: StackedProjections, side: str, part: str):
+        rows = slice(0, layer.stacked_h_mf) if part == "mf" else slice(layer.stacked_h_mf, None)
         self.weight = getattr(layer, f"{side}_weight")[rows]
         bias = getattr(layer, f"{side}_bias")
         self.bias = bias[rows] if bias is not None else None
         self.in_features, self.out_features = self.weight.shape[1], self.weight.shape[0]
 
+    def __call__(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
 
 _STATE_NAMES = [(side, part, kind) for side in ("user", "item") for part in ("mf", "mlp") for kind in ("weight", "bias")]
 
 
-def _split_stacked(module: FusedUserItem, state_dict, prefix: str, local_metadata) -> None:
+def _split_stacked(module: StackedProjections, state_dict, prefix: str, local_metadata) -> None:
     """state_dict post-hook: ``user_weight`` -> ``mf_user.weight`` + ``mlp_user.weight``, etc.,
     in the design's order, ahead of the embeddings."""
     ours = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
     for side, part, kind in _STATE_NAMES:
         stacked = ours.get(f"{side}_{kind}")
         if stacked is not None:
-            rows = slice(0, module.h_mf) if part == "mf" else slice(module.h_mf, None)
+            rows = slice(0, module.stacked_h_mf) if part == "mf" else slice(module.stacked_h_mf, None)
             state_dict[f"{prefix}{part}_{side}.{kind}"] = stacked[rows]
     for name, value in ours.items():
         if not name.startswith(("user_weight", "user_bias", "item_weight", "item_bias")):
             state_dict[prefix + name] = value
 
 
-def _join_stacked(module: FusedUserItem, state_dict, prefix: str, local_metadata, strict, missing_keys,
+def _join_stacked(module: StackedProjections, state_dict, prefix: str, local_metadata, strict, missing_keys,
                   unexpected_keys, error_msgs) -> None:
     """load_state_dict pre-hook: the design's four projections -> the stacked parameters."""
     for side in ("user", "item"):
@@ -134,7 +148,7 @@ def _join_stacked(module: FusedUserItem, state_dict, prefix: str, local_metadata
             state_dict[f"{prefix}{side}_{kind}"] = torch.cat([a, b])
 
 
-def _name_missing_projections(module: FusedUserItem, incompatible) -> None:
+def _name_missing_projections(module: StackedProjections, incompatible) -> None:
     """load_state_dict post-hook: report a missing stacked parameter by the names a state_dict has."""
     for i, key in enumerate(list(incompatible.missing_keys)):
         head, _, name = key.rpartition(".")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import StackedProjections
 from .ops import neumf_input
 
 PAPER_LAYERS = (64, 32, 16, 8)
@@ -237,7 +238,7 @@ class NeuMF(_Ranker):
         return self.predict(torch.cat([gmf, mlp_out.expand(*gmf.shape[:-1], -1)], dim=-1)).squeeze(-1)
 
 
-class SequenceNeuMF(_Ranker):
+class SequenceNeuMF(StackedProjections, _Ranker):
     """NeuMF whose user is a pooled sequence: item ids from the user's history (gathered from
     ``history_embedding`` inside the fused op) or dense feature vectors ``[B, L, user_dim]``.
 
@@ -267,8 +268,9 @@ class SequenceNeuMF(_Ranker):
         in_dim = dim if history_items is not None else user_dim
         self.history_embedding = nn.Embedding(history_items + 1, dim, padding_idx=history_items) if history_items is not None else None
         self.item_embedding = nn.Embedding(num_items, dim)
-        self.mf_user, self.mlp_user = nn.Linear(in_dim, dim), nn.Linear(in_dim, dim)
-        self.mf_item, self.mlp_item = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        # the four projections, stacked per side as the fused op takes them (StackedProjections:
+        # no concatenation per call; the state_dict still has mf_user, mlp_user, mf_item, mlp_item)
+        self._stack_projections(in_dim, dim, dim, dim, dim)
         self.tower = _tower([m * dim for m in tower_mult])
         self.predict = nn.Linear(tower_mult[-1] * dim + dim, 1)
         if self.history_embedding is not None:
@@ -276,10 +278,6 @@ class SequenceNeuMF(_Ranker):
         _paper_init_embedding(self.item_embedding.weight)
         _paper_init_tower(self.tower)
         _paper_init_predict(self.predict)
-
-    @staticmethod
-    def _stack(mf: nn.Linear, mlp: nn.Linear) -> tuple[Tensor, Tensor]:
-        return torch.cat([mf.weight, mlp.weight]), torch.cat([mf.bias, mlp.bias])
 
     def _user_kw(self, user: Tensor, user_mask: Tensor | None) -> dict:
         if self.history_embedding is not None:
@@ -289,11 +287,9 @@ class SequenceNeuMF(_Ranker):
         return {"user_mask": user_mask}
 
     def forward(self, user: Tensor, item: Tensor, user_mask: Tensor | None = None) -> Tensor:
-        user_weight, user_bias = self._stack(self.mf_user, self.mlp_user)
-        item_weight, item_bias = self._stack(self.mf_item, self.mlp_item)
         gmf, mlp_in = neumf_input(user, item, h_mf=self.dim, item_table=self.item_embedding.weight,
-                                  user_weight=user_weight, user_bias=user_bias, item_weight=item_weight,
-                                  item_bias=item_bias, mode=self.mode, backend=self.backend,
+                                  user_weight=self.user_weight, user_bias=self.user_bias, item_weight=self.item_weight,
+                                  item_bias=self.item_bias, mode=self.mode, backend=self.backend,
                                   **self._user_kw(user, user_mask))
         return self.predict(torch.cat([_run_tower(self.tower, mlp_in), gmf], dim=-1)).squeeze(-1)
 

@@ -165,3 +165,21 @@ def test_autocast_runs_the_low_precision_path_with_fp32_gradients():
     assert model.user_embedding.weight.grad.dtype == torch.float32
     with torch.no_grad():
         torch.testing.assert_close(logits.float(), model(user, item), atol=2e-2, rtol=2e-2)  # bf16: 8-bit mantissa
+
+
+def test_sequence_neumf_keeps_its_projections_stacked_and_its_state_dict_as_four_linears():
+    """SequenceNeuMF's first stage holds each side's MF and MLP weights stacked, as the fused op
+    takes them (no concatenation per call); its checkpoints keep the four nn.Linear entries."""
+    torch.manual_seed(0)
+    model = SequenceNeuMF(30, 8, history_items=30)
+    names = dict(model.named_parameters())
+    assert names["user_weight"].shape == (16, 8) and "mf_user.weight" not in names
+    state = model.state_dict()
+    assert {"mf_user.weight", "mlp_user.bias", "mf_item.weight", "mlp_item.bias"} <= set(state)
+    assert "user_weight" not in state
+    other = SequenceNeuMF(30, 8, history_items=30)
+    other.load_state_dict(state)
+    history, items = torch.randint(0, 31, (5, 4)), torch.randint(0, 30, (5,))
+    torch.testing.assert_close(other(history, items), model(history, items), atol=0, rtol=0)
+    torch.testing.assert_close(model.mlp_user(torch.ones(1, 8)), torch.nn.functional.linear(
+        torch.ones(1, 8), state["mlp_user.weight"], state["mlp_user.bias"]))
