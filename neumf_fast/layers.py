@@ -33,8 +33,12 @@ class StackedProjections:
             self.register_parameter(f"{side}_weight", nn.Parameter(torch.cat([mf.weight.detach(), mlp.weight.detach()])))
             self.register_parameter(f"{side}_bias", nn.Parameter(torch.cat([mf.bias.detach(), mlp.bias.detach()]))
                                     if bias else None)
-        self.register_state_dict_post_hook(_split_stacked)
-        self.register_load_state_dict_pre_hook(_join_stacked)
+        if hasattr(self, "register_state_dict_post_hook"):  # the public names; torch < 2.5 has private ones
+            self.register_state_dict_post_hook(_split_stacked)
+            self.register_load_state_dict_pre_hook(_join_stacked)
+        else:
+            self._register_state_dict_hook(_split_stacked)
+            self._register_load_state_dict_pre_hook(_join_stacked, with_module=True)
         self.register_load_state_dict_post_hook(_name_missing_projections)
 
     # The design's four projections, as views of the stacked parameters
