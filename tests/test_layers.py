@@ -79,3 +79,13 @@ def test_state_dict_is_the_same_on_every_backend(backend):
     users, items = torch.randint(0, 30, (11, 7)), torch.randint(0, 20, (11,))
     for x, y in zip(a(users, items), b(users, items)):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_the_state_dict_hooks_work_with_older_torch_names(monkeypatch):
+    """torch < 2.5 has only the private hook registrations: the same state_dict either way."""
+    monkeypatch.delattr(nn.Module, "register_state_dict_post_hook")
+    design = DesignFirstHalf(8)
+    fused = FusedUserItem(8, 8, h_mf=8, h_mlp=8)
+    fused.load_state_dict(design.state_dict())
+    assert list(fused.state_dict()) == list(design.state_dict())
+    torch.testing.assert_close(fused.item_weight[:8], design.mf_item.weight)
