@@ -36,9 +36,9 @@ class StackedProjections:
         if hasattr(self, "register_state_dict_post_hook"):  # the public names; torch < 2.5 has private ones
             self.register_state_dict_post_hook(_split_stacked)
             self.register_load_state_dict_pre_hook(_join_stacked)
-        else:
-            self._register_state_dict_hook(_split_stacked)
-            self._register_load_state_dict_pre_hook(_join_stacked, with_module=True)
+        else:  # (torch refuses one function under both names in a process: register a fresh wrapper)
+            self._register_state_dict_hook(lambda *args: _split_stacked(*args))
+            self._register_load_state_dict_pre_hook(lambda *args: _join_stacked(*args), with_module=True)
         self.register_load_state_dict_post_hook(_name_missing_projections)
 
     # The design's four projections, as views of the stacked parameters
