@@ -26,7 +26,7 @@ from pathlib import Path
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 
 
-def _outcome(code: int, output: str, timed_out: bool) -> str:
+def _outcome(code: int, timed_out: bool) -> str:
     if timed_out:
         return "timed out"
     if code < 0:
@@ -70,7 +70,7 @@ def run_file(path: str, deadline: float, workers: int, extra: list[str]) -> dict
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
     seconds = time.monotonic() - start
-    return dict(file=path, outcome=_outcome(proc.returncode, output, timed_out), seconds=seconds, output=output,
+    return dict(file=path, outcome=_outcome(proc.returncode, timed_out), seconds=seconds, output=output,
                 **_counts(output))
 
 

@@ -29,6 +29,7 @@ class Run:
         self.model, self.config, self.checkpoint, self.split = model, config, checkpoint, split
         self.device = torch.device(device)
         self._seen = None
+        self._user_input_fn = None  # built once: for SequenceNeuMF it gathers every user's history
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str | None = None, device="cpu",
@@ -85,9 +86,11 @@ class Run:
     # ---- scoring --------------------------------------------------------------------------------
 
     def _user_input(self, users: torch.Tensor) -> torch.Tensor:
-        from .evaluate import UserInput
+        if self._user_input_fn is None:
+            from .evaluate import UserInput
 
-        return UserInput(self.split, self.model, self.config.history_len, self.device)(users.to(self.device))
+            self._user_input_fn = UserInput(self.split, self.model, self.config.history_len, self.device)
+        return self._user_input_fn(users.to(self.device))
 
     @torch.no_grad()
     def score(self, users, items) -> torch.Tensor:

@@ -13,20 +13,14 @@ import pytest
 import torch
 
 import neumf_fast
-from neumf_fast.ops import _library, check_inputs
-from neumf_fast.ops.dispatch import BACKENDS
+from neumf_fast.ops import _library
+from neumf_fast.ops.dispatch import unavailable_reasons
 from conftest import make_case
 
 
 def _target(backend: str, device: str):
     """A (backend, device) pair, skipped with the backend's own reasons when it cannot run there."""
-    if device == "cuda" and not torch.cuda.is_available():
-        reasons = ["no GPU"]
-    else:
-        probe = make_case(batch=1, seq_len=1, user_dim=3, h_mf=1, h_mlp=1).on(device)
-        reasons = BACKENDS[backend].not_supported_reasons(check_inputs(
-            probe.user, probe.kwargs.get("user_mask"), None, None, probe.item, None, probe.kwargs["user_weight"],
-            probe.kwargs["user_bias"], probe.kwargs["item_weight"], probe.kwargs["item_bias"], 1, "sum"))
+    reasons = ["no GPU"] if device == "cuda" and not torch.cuda.is_available() else unavailable_reasons(backend, device)
     return pytest.param((backend, device), id=f"{backend}-{device}",
                         marks=pytest.mark.skipif(bool(reasons), reason="; ".join(reasons)))
 

@@ -176,12 +176,12 @@ if TRITON_ERROR is None:
             grad_u = grad_u.to(d.dtype)
         if grad_i is not None and d.item_ids and grad_i.dtype != d.dtype:
             grad_i = grad_i.to(d.dtype)
-        gw_u, gb_u = _weight_grads(dproj_u, pooled_user, d.user_proj, d.user_dim, want_uw, want_ub, d.dtype, B)
-        gw_i, gb_i = _weight_grads(dproj_i, pooled_item, d.item_proj, d.item_dim, want_iw, want_ib, d.dtype, B)
+        gw_u, gb_u = _weight_grads(dproj_u, pooled_user, want_uw, want_ub, d.dtype)
+        gw_i, gb_i = _weight_grads(dproj_i, pooled_item, want_iw, want_ib, d.dtype)
         pick = lambda t: t if t is not None else none()
         return pick(grad_u), pick(grad_i), pick(gw_u), pick(gb_u), pick(gw_i), pick(gb_i)
 
-    def _weight_grads(dproj, pooled, H, D, want_w, want_b, dtype, B):
+    def _weight_grads(dproj, pooled, want_w, want_b, dtype):
         """d_W = d_projᵀ · pooled and d_b = Σ_b d_proj, from the saved fp32 tensors: one GEMM
         (cuBLAS on a GPU) and one column sum.  A Triton pass with one program per W tile looped
         over all B rows, which left a [2·64, 64] weight with a handful of programs on a 132-SM
