@@ -9,6 +9,7 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <Python.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 namespace neumf_fast {
@@ -147,6 +148,9 @@ void check_fused_backward(const FusedDims& d, at::ScalarType dtype, const at::Te
 at::Tensor project(const at::Tensor& pooled, const std::optional<at::Tensor>& weight,
                    const std::optional<at::Tensor>& bias) {
   if (!weight.has_value()) return pooled;
+  // Called inside a kernel of ours while torch.autocast may be on: the GEMM must stay in op-math
+  // (autocast would turn it bf16, and the kernels read its output as fp32).
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto acc = pooled.scalar_type();
   const at::Tensor w = weight->to(acc);
   if (bias.has_value()) return at::addmm(bias->to(acc), pooled, w.t());
@@ -160,6 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> projection_backward(const at::Ten
   // Gradients not asked for are empty tensors, each its own (outputs of an op must not alias).
   auto none = [&] { return at::empty({0}, dproj.options().dtype(dtype)); };
   if (!weight.has_value()) return {dproj, none(), none()};
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in project()
   const at::Tensor gw = want_w ? at::mm(dproj.t(), pooled).to(dtype) : none();
   const at::Tensor gb = want_b ? at::sum(dproj, {0}).to(dtype) : none();
   const at::Tensor dpooled = want_src ? at::mm(dproj, weight->to(dproj.scalar_type())) : at::Tensor();

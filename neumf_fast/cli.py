@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="bf16: autocast (CPU or GPU); fp16: autocast + GradScaler (CUDA only)")
     t.add_argument("--cuda-graphs", action="store_true",
-                   help="capture the training step in CUDA graphs (torch.compile reduce-overhead); ignored off CUDA")
+                   help="capture the whole training step (forward, backward, Adam) in a CUDA graph and replay it per "
+                        "batch; fp32/bf16, one process; ignored off CUDA")
     t.add_argument("--nproc", type=_positive, default=1,
                    help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on GPUs)")
 
@@ -212,6 +213,10 @@ def _check_train(args) -> None:
     _check_dataset(args.dataset)
     if args.precision == "fp16" and not args.device.startswith("cuda"):
         raise UsageError("--precision fp16 needs --device cuda (it needs a GradScaler); use --precision bf16 on the CPU")
+    if args.cuda_graphs and args.device.startswith("cuda") and (args.precision == "fp16" or args.nproc > 1):
+        raise UsageError("--cuda-graphs captures one process's fp32 or bf16 step: "
+                         + ("fp16's GradScaler syncs every step; use --precision bf16" if args.precision == "fp16"
+                            else "drop it with --nproc > 1 (DDP's gradient hooks are not captured)"))
     if args.pretrain:
         if args.model != "neumf":
             raise UsageError("--pretrain applies to --model neumf")

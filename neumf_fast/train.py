@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import models
 from .data import NegativeSampler, Split, leave_one_out, load_dataset
 from .evaluate import UserInput, evaluate_candidates, evaluate_full, popularity_scores
+from .train_step import PRECISIONS, TrainStep
 
 CHECKPOINT_FORMAT = 1
 
@@ -53,7 +53,7 @@ class TrainConfig:
     pretrain: tuple[str, str] | None = None  # GMF and MLP checkpoints for NeuMF
     alpha: float = 0.5
     threshold: float | None = None  # keep ratings >= threshold as positives
-    cuda_graphs: bool = False  # capture the training step (torch.compile "reduce-overhead"); CUDA only
+    cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (train_step.py); CUDA only
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler; CUDA only)
 
     def learning_rate(self) -> float:
@@ -236,58 +236,36 @@ def epoch_samples(train_user: torch.Tensor, train_item: torch.Tensor, sampler: N
     return user[perm], item[perm], label[perm]
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, desc: str = "train",
                 progress: bool = False, on_step: Callable[[int], None] | None = None,
-                rank: int = 0, world: int = 1, precision: str = "fp32", scaler=None) -> float:
+                rank: int = 0, world: int = 1, precision: str = "fp32", scaler=None,
+                step: TrainStep | None = None) -> float:
     """One pass over ``samples = (user, item, label)`` in order, in batches; returns the mean
     log loss.  The loss is accumulated on the device: no host sync inside the loop.
 
     With ``world > 1`` (``model`` wrapped in DistributedDataParallel, every rank holding the same
-    samples), ``batch_size`` is the global batch: rank r takes its r-th share of each batch and
-    scales its summed loss by ``world / n`` so that DDP's gradient average is exactly the
-    gradient of the global batch's mean loss, even for a last batch that does not divide evenly.
-
-    ``precision`` ``"bf16"``/``"fp16"`` runs the forward under ``torch.autocast`` (parameters and
-    optimizer stay fp32); ``scaler`` is the ``torch.amp.GradScaler`` that fp16 needs.
+    samples), ``batch_size`` is the global batch: rank r takes its r-th share of each batch.
+    ``precision`` and ``scaler``: see ``TrainStep``.  ``step`` (a ``TrainStep``, which may hold
+    a captured CUDA graph across epochs) replaces ``model``, ``optimizer``, ``user_input``,
+    ``precision``, ``scaler`` and ``world``.
     """
     from tqdm.auto import tqdm
 
+    if step is None:
+        step = TrainStep(model, optimizer, batch_size, user_input=user_input, precision=precision, scaler=scaler,
+                         world=world)
     user, item, label = samples
-    model.train()
-    total = torch.zeros((), device=user.device)
-    autocast = torch.autocast(user.device.type, dtype=PRECISIONS[precision] or torch.bfloat16,
-                              enabled=precision != "fp32")
+    step.model.train()
+    step.begin_epoch(user.device)
     steps = math.ceil(len(user) / batch_size)
-    for step in tqdm(range(steps), desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
-        start = step * batch_size
+    for s in tqdm(range(steps), desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
+        start = s * batch_size
         n = min(batch_size, len(user) - start)
-        sl = slice(start + n * rank // world, start + n * (rank + 1) // world)  # this rank's share
-        u, i = user[sl], item[sl]
-        with autocast:
-            logits = model(user_input(u, i) if user_input else u, i)
-        if world == 1:
-            loss = F.binary_cross_entropy_with_logits(logits.float(), label[sl])
-            total += loss.detach() * n
-        else:
-            summed = F.binary_cross_entropy_with_logits(logits.float(), label[sl], reduction="sum")
-            loss = summed * (world / n)
-            total += summed.detach()
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        sl = slice(start + n * rank // step.world, start + n * (rank + 1) // step.world)  # this rank's share
+        step(user[sl], item[sl], label[sl], n)
         if on_step is not None:
-            on_step(step)
-    if world > 1:
-        torch.distributed.all_reduce(total)
-    return float(total) / max(1, len(user))
+            on_step(s)
+    return step.mean_loss(len(user))
 
 
 def world() -> tuple[int, int]:
@@ -297,12 +275,12 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
+def _optimizer(config: TrainConfig, model, capturable: bool = False) -> torch.optim.Optimizer:
     lr = config.learning_rate()
     name = config.optimizer_name()
     if name == "adam":
         fused = torch.device(config.device).type in ("cpu", "cuda")
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused, capturable=capturable)
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr)
     raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
@@ -371,37 +349,43 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     model = build_model(config if state is None else dataclasses.replace(config, pretrain=None),
                         split.num_users, split.num_items).to(device)
     config = _model_config(config, model)
-    optimizer = _optimizer(config, model)
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if config.precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs a CUDA device (and its GradScaler); use --precision bf16 on the CPU")
+    capture = config.cuda_graphs and device.type == "cuda"
+    if config.cuda_graphs and not capture:
+        import warnings
+
+        warnings.warn(f"neumf_fast: cuda_graphs ignored: CUDA graphs need a CUDA device, training on {device}",
+                      RuntimeWarning, stacklevel=2)
+    if capture and (config.precision == "fp16" or size > 1):
+        raise ValueError("--cuda-graphs captures single-process fp32 or bf16 training; "
+                         + ("fp16's GradScaler reads its inf check on the host every step (use --precision bf16)"
+                            if config.precision == "fp16" else "with --nproc > 1, DDP's gradient hooks are not captured"))
+    optimizer = _optimizer(config, model, capturable=capture)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
     history, best, start_epoch = [], None, 0
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # this restores the saved run's "capturable" too
+        for group in optimizer.param_groups:
+            if "capturable" in group:
+                group["capturable"] = capture
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
 
     train_model = model
-    if config.cuda_graphs:
-        if device.type == "cuda":
-            # CUDA graphs replay the whole forward+backward with one launch; the model is
-            # small, so launch overhead is most of a step at the paper's batch size
-            train_model = torch.compile(model, mode="reduce-overhead")
-        else:
-            import warnings
-
-            warnings.warn(f"neumf_fast: cuda_graphs ignored: CUDA graphs need a CUDA device, training on {device}",
-                          RuntimeWarning, stacklevel=2)
     if size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     user_input = UserInput(split, model, config.history_len, device)
     sampler = NegativeSampler(split.train_user, split.train_item, split.num_items, split.num_users, device=device)
     train_user = torch.from_numpy(split.train_user).to(device)
     train_item = torch.from_numpy(split.train_item).to(device)
+    # built once: with --cuda-graphs it holds the captured step from one epoch to the next
+    train_step = TrainStep(train_model, optimizer, config.batch_size, user_input=user_input,
+                           precision=config.precision, scaler=scaler, world=size, capture=capture)
 
     def checkpoint(epoch: int) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "model": model.state_dict(),
@@ -418,10 +402,9 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         samples = epoch_samples(train_user, train_item, sampler, config.neg, config.seed, epoch)
-        loss = train_epoch(train_model, optimizer, samples, config.batch_size, user_input,
-                           desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
-                           on_step=None if on_step is None else (lambda step, e=epoch: on_step(e, step)),
-                           rank=rank, world=size, precision=config.precision, scaler=scaler)
+        loss = train_epoch(train_model, optimizer, samples, config.batch_size, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           progress=progress, rank=rank, step=train_step,
+                           on_step=None if on_step is None else (lambda step, e=epoch: on_step(e, step)))
         train_s = time.perf_counter() - t0
         if not lead:
             continue

@@ -155,16 +155,20 @@ def test_ids_out_of_range_are_an_index_error():
         model(torch.tensor([NUM_USERS]), torch.tensor([0]))
 
 
-def test_autocast_runs_the_low_precision_path_with_fp32_gradients():
-    model = _build("neumf", "auto")
-    user, item = torch.arange(9) % NUM_USERS, torch.arange(9) % NUM_ITEMS
+@pytest.mark.parametrize("name", ["neumf", "seq_ids", "seq_dense"])
+def test_autocast_runs_the_low_precision_path_with_fp32_gradients(name):
+    """SequenceNeuMF projects inside the op: the kernel's own GEMM must stay fp32 under autocast
+    (the C++ kernel once had autocast turn it bf16 and failed with a dtype error)."""
+    model = _build(name, "auto")
+    g = torch.Generator().manual_seed(0)
+    (user, kw), item = _user(name, 9, g), torch.arange(9) % NUM_ITEMS
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(user, item)
+        logits = model(user, item, **kw)
     assert logits.dtype == torch.bfloat16
     logits.float().sum().backward()
-    assert model.user_embedding.weight.grad.dtype == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
     with torch.no_grad():
-        torch.testing.assert_close(logits.float(), model(user, item), atol=2e-2, rtol=2e-2)  # bf16: 8-bit mantissa
+        torch.testing.assert_close(logits.float(), model(user, item, **kw), atol=2e-2, rtol=2e-2)  # bf16: 8-bit mantissa
 
 
 def test_sequence_neumf_keeps_its_projections_stacked_and_its_state_dict_as_four_linears():

@@ -148,9 +148,19 @@ def check_inputs(
 
 def check_id_range(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> None:
     """``IndexError`` naming the first id outside ``[0, rows)`` among the kept positions (reads
-    the ids: one host sync on a GPU)."""
+    the ids: one host sync on a GPU).  While a CUDA graph is being captured, where a host sync
+    is an error, it is a device-side assert instead: a replay with a bad id stops the process
+    with this message."""
     bad = (ids < 0) | (ids >= rows)
     if keep is not None:
         bad &= keep
+    if capturing(ids):
+        torch._assert_async(~bad.any(), f"neumf_fast: a {name} id is out of range for a table with {rows} rows")
+        return
     if bool(bad.any()):
         raise IndexError(f"neumf_fast: {name} id {int(ids[bad][0])} is out of range for a table with {rows} rows")
+
+
+def capturing(t: Tensor) -> bool:
+    """Whether ``t``'s device is capturing a CUDA graph on the current stream."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
