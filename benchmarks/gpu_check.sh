@@ -15,11 +15,12 @@
 #                     setup.py fails the build if _C.so carries its own libstdc++
 #   tests   <= 130 s  every tests/test_*.py in its own process, 4 at a time, the GPU suites first and
 #                     with xdist workers: a crash is recorded and the other files still run
-#   bench   the rest: kernels and eager, then torch.compile, then training throughput
+#   bench   the rest: kernels and eager, training at batch 4096 (eager, CUDA graphs), torch.compile,
+#           then training throughput at ML-20M scale
 # Without a GPU it is a dry run: the same steps, CPU build, GPU benchmarks skipped.
 #
-# Writes at most 7 files into RESULTS_DIR: build.log, tests.log, bench.log, gpu-<date>-{kernels,
-# compiled,scale}.json and gpu-<date>.md, which is also printed last: the environment, one row per
+# Writes at most 8 files into RESULTS_DIR: build.log, tests.log, bench.log, gpu-<date>-{kernels,
+# train,compiled,scale}.json and gpu-<date>.md, which is also printed last: the environment, one row per
 # test file, and the benchmark tables.  It fits in the last 12,000 characters of output.
 set -uo pipefail
 out="${1:?usage: bash benchmarks/gpu_check.sh RESULTS_DIR}"
@@ -68,7 +69,7 @@ python benchmarks/tests_per_file.py --deadline "$(cap 130)" --jobs 4 --workers 4
   tests/test_*.py -- -m "not slow" >> "$summary"
 echo "tests exit $?; $(grep -E '^[0-9]+ passed' "$summary" | tail -1)"
 
-# kernels and eager first, torch.compile (slow to compile) next, training throughput last
+# kernels and eager first, then training at batch 4096, torch.compile (slow to compile), and ML-20M scale last
 bench() {  # bench NAME CAP FILE [pytest args...]
   local name=$1 limit; limit=$(cap "$2"); shift 2
   step "benchmarks: $name (<= $limit s)"
@@ -77,6 +78,7 @@ bench() {  # bench NAME CAP FILE [pytest args...]
   echo "bench $name exit $?" | tee -a "$out/bench.log"
 }
 bench kernels 60 benchmarks/test_bench_gpu.py -k "not compiled"
+bench train 45 benchmarks/test_bench_train.py -k test_epoch
 bench compiled 50 benchmarks/test_bench_gpu.py -k "compiled"
 bench scale "$(left)" benchmarks/test_bench_scale.py
 

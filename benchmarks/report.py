@@ -49,8 +49,9 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
         print("\n## Throughput and time to quality\n")
         for e in extras:
             if "samples_per_s" in e:
+                hr = f", validation HR@10 {e['valid_hr10']:.4f} after it" if "valid_hr10" in e else ""
                 print(f"- {e['direction']}, {e['shape']}, {e['dtype']}, {e['provider']}: {e['samples_per_s']:,.0f} samples/s "
-                      f"({e['samples']:,} samples)")
+                      f"({e['samples']:,} samples{hr})")
             else:
                 print(f"- {e['direction']}, {e['shape']}, {e['provider']}: {e['train_seconds']:.1f} s of training to "
                       f"validation HR@10 >= {e['target_hr10']} (popularity: {e['popularity_hr10']}); "
