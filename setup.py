@@ -117,6 +117,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=find_packages(include=["neumf_fast", "neumf_fast.*"]),
+    package_data={"neumf_fast.ops": ["auto_table.json"]},  # "auto"'s measured choices
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -19,9 +19,10 @@
 #           then training throughput at ML-20M scale
 # Without a GPU it is a dry run: the same steps, CPU build, GPU benchmarks skipped.
 #
-# Writes at most 8 files into RESULTS_DIR: build.log, tests.log, bench.log, gpu-<date>-{kernels,
-# train,compiled,scale}.json and gpu-<date>.md, which is also printed last: the environment, one row per
-# test file, and the benchmark tables.  It fits in the last 12,000 characters of output.
+# Writes at most 9 files into RESULTS_DIR: build.log, tests.log, bench.log, auto_table.json (what
+# "auto" should take here, by measurement), gpu-<date>-{kernels,train,compiled,scale}.json and
+# gpu-<date>.md, which is also printed last: the environment, one row per test file, and the
+# benchmark tables.  It fits in the last 12,000 characters of output.
 set -uo pipefail
 out="${1:?usage: bash benchmarks/gpu_check.sh RESULTS_DIR}"
 mkdir -p "$out"
@@ -78,6 +79,9 @@ bench() {  # bench NAME CAP FILE [pytest args...]
   echo "bench $name exit $?" | tee -a "$out/bench.log"
 }
 bench kernels 60 benchmarks/test_bench_gpu.py -k "not compiled"
+# what backend="auto" should take on this GPU, measured just now (commit it as neumf_fast/ops/auto_table.json)
+cp neumf_fast/ops/auto_table.json "$out/auto_table.json"
+[ "$gpu" = 1 ] && python benchmarks/choose_auto.py "$out/$stamp-kernels.json" --out "$out/auto_table.json" 2>&1 | tee -a "$out/bench.log" "$summary"
 bench train 45 benchmarks/test_bench_train.py -k test_epoch
 bench compiled 50 benchmarks/test_bench_gpu.py -k "compiled"
 bench scale "$(left)" benchmarks/test_bench_scale.py

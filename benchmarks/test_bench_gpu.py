@@ -122,7 +122,40 @@ def test_fused_input(benchmark, provider, shape, dtype_name, direction):
     torch.cuda.synchronize()
     benchmark.pedantic(call, rounds=20 if SHAPES[shape][0] > 1024 else 200, iterations=1, warmup_rounds=2)
     benchmark.extra_info.update(provider=provider, shape=shape, dtype=dtype_name, direction=direction,
-                                bytes=_min_bytes(shape, dtype, backward), device=torch.cuda.get_device_name())
+                                bytes=_min_bytes(shape, dtype, backward), device=torch.cuda.get_device_name(),
+                                batch=SHAPES[shape][0], ids=SHAPES[shape][3])
+
+
+@pytest.mark.parametrize("provider", ["eager", *KERNEL_PROVIDERS])
+def test_serving_under_a_cuda_graph(benchmark, provider):
+    """The serving shape's forward captured once in a CUDA graph and replayed (as
+    ``torch.compile(mode="reduce-overhead")`` or a server's own capture would): the host cost
+    of a call becomes one graph launch.  New requests are copied into the captured inputs."""
+    shape, dtype = "demo_B16_L10_D128", torch.float32
+    plain, user, item, mask = _inputs(shape, dtype)
+    module = _provider_module(provider, plain)
+    user, item = user.detach(), item.detach()
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                module(user, item, mask)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            gmf, mlp_in = module(user, item, mask)
+        expected = module(user, item, mask)
+    graph.replay()
+    torch.testing.assert_close((gmf, mlp_in), expected)  # the graph computes what the module does
+
+    def call():
+        graph.replay()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(call, rounds=200, iterations=1, warmup_rounds=2)
+    benchmark.extra_info.update(provider=f"{provider}_graph", shape=shape, dtype="float32", direction="forward",
+                                bytes=_min_bytes(shape, dtype, False), device=torch.cuda.get_device_name())
 
 
 def test_copy_bandwidth(benchmark):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -70,3 +71,84 @@ def test_missing_extension_falls_back_and_warns_once(monkeypatch, no_env):
         neumf_fast.neumf_input(case.user, case.item, **case.kwargs)  # no second warning
     available = neumf_fast.available_backends(dims_of(case))
     assert "cpu" not in available and available[-1] == "torch"  # (Triton too, under its interpreter)
+
+
+# ---- "auto" by measurement, and the selection cache ----------------------------------------------
+
+
+@pytest.fixture
+def fresh_selection(monkeypatch, no_env):
+    monkeypatch.setattr(dispatch, "_selected", {})
+
+
+def _cuda_dims(batch: int, ids: bool, dtype=torch.float32):
+    return dispatch.FusedDims(batch, 3, 8, 8, 8, 8, 4, ids, ids, dtype, torch.device("cuda:0"))
+
+
+def test_the_auto_table_is_read_by_gpu_name_class_and_dtype(tmp_path):
+    path = tmp_path / "auto_table.json"
+    path.write_text('{"choices": {"Fake GPU": {"serving float32": "cuda", "ids bfloat16": "triton"}}}')
+    table = dispatch.AutoTable(path)
+    table._names[0] = "Fake GPU"  # what torch.cuda.get_device_name(0) would say
+    assert table.choice(_cuda_dims(16, ids=False)) == "cuda"
+    assert table.choice(_cuda_dims(4096, ids=True, dtype=torch.bfloat16)) == "triton"
+    assert table.choice(_cuda_dims(4096, ids=False)) is None  # not measured: PREFERENCE decides
+    table._names[0] = "Another GPU"
+    assert table.choice(_cuda_dims(16, ids=False)) is None
+    assert table.choice(dims_of(make_case())) is None  # CPU tensors: nothing to choose between
+
+
+@needs_extension
+def test_auto_takes_a_measured_backend_that_can_run_and_else_the_preference(monkeypatch, fresh_selection):
+    dims = dims_of(make_case())
+    monkeypatch.setattr(dispatch.AUTO_TABLE, "choice", lambda d: "torch")
+    assert select_backend(dims).name == "torch"  # the measurement outranks PREFERENCE
+    monkeypatch.setattr(dispatch, "_selected", {})
+    monkeypatch.setattr(dispatch.AUTO_TABLE, "choice", lambda d: "cuda")  # measured, but cannot run on the CPU
+    assert select_backend(dims).name == "cpu"
+
+
+def test_the_package_ships_a_readable_auto_table():
+    assert isinstance(dispatch.AutoTable().table, dict)
+
+
+@needs_extension
+def test_a_selection_is_checked_once_then_cached(monkeypatch, fresh_selection):
+    calls = []
+    backend = dispatch.BACKENDS["cpu"]
+    original = backend._reasons
+    monkeypatch.setattr(backend, "_reasons", lambda d: calls.append(d) or original(d))
+    dims = dims_of(make_case())
+    assert select_backend(dims, "cpu").name == "cpu" and select_backend(dims, "cpu").name == "cpu"
+    assert len(calls) == 1
+    monkeypatch.setenv(ENV_VAR, "torch")  # the environment still decides on every call
+    assert select_backend(dims, "cpu").name == "torch"
+    monkeypatch.setattr(_library, "EXTENSION_ERROR", "not built (test)")  # nor does the cache hide a change
+    monkeypatch.delenv(ENV_VAR)
+    with pytest.raises(BackendUnavailable, match="not built"):
+        select_backend(dims, "cpu")
+
+
+def test_choose_auto_picks_the_fastest_kernel_per_class(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("choose_auto", Path(__file__).parent.parent / "benchmarks/choose_auto.py")
+    choose_auto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choose_auto)
+    row = lambda provider, direction, batch, ids, median, dtype="float32": {
+        "extra_info": dict(provider=provider, direction=direction, batch=batch, ids=ids, dtype=dtype),
+        "stats": {"median": median}}
+    rows = [row("triton", "forward", 16, False, 3.0), row("cuda", "forward", 16, False, 2.0),
+            row("triton", "forward+backward", 16, False, 1.0),  # serving is chosen on the forward
+            row("eager", "forward", 16, False, 0.5),  # a baseline is not a backend
+            row("triton", "forward+backward", 65536, True, 5.0), row("cuda", "forward+backward", 65536, True, 6.0),
+            row("triton", "forward", 65536, True, 9.0)]
+    assert choose_auto.choose(rows) == {"serving float32": "cuda", "ids float32": "triton"}
+    for batch, ids in [(16, False), (256, True), (257, False), (4096, True)]:
+        assert choose_auto.shape_class(batch, ids) == dispatch.shape_class(_cuda_dims(batch, ids))
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"machine_info": {"cuda_device": "Fake GPU"}, "datetime": "now", "benchmarks": rows}))
+    out = tmp_path / "auto_table.json"
+    choose_auto.main([str(run), "--out", str(out)])
+    assert dispatch.AutoTable(out).table == {"Fake GPU": {"serving float32": "cuda", "ids float32": "triton"}}

@@ -89,3 +89,40 @@ def test_the_state_dict_hooks_work_with_older_torch_names(monkeypatch):
     fused.load_state_dict(design.state_dict())
     assert list(fused.state_dict()) == list(design.state_dict())
     torch.testing.assert_close(fused.item_weight[:8], design.mf_item.weight)
+
+
+GPU_KERNELS = [b for b in ("triton", "cuda") if torch.cuda.is_available()]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ids", [False, True], ids=["dense", "ids"])
+@pytest.mark.parametrize("backend", GPU_KERNELS)
+def test_the_module_replays_in_a_cuda_graph(backend, ids):
+    """Serving: the forward captured once, new requests copied into the captured inputs, each
+    replay equal to an eager call on them (the id checks are device asserts while capturing)."""
+    from neumf_fast.ops import _library
+
+    if backend == "cuda" and not _library.CUDA_KERNELS_BUILT:
+        pytest.skip("the CUDA kernels are not built")
+    torch.manual_seed(0)
+    kw = dict(num_user_ids=50, num_item_ids=40, padding_idx=0) if ids else {}
+    layer = FusedUserItem(16, 16, 8, 12, backend=backend, **kw).cuda().eval()
+    new = lambda: ((torch.randint(0, 50, (16, 5)), torch.randint(0, 40, (16,))) if ids
+                   else (torch.randn(16, 5, 16), torch.randn(16, 16)))
+    user, item = (t.cuda() for t in new())
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            layer(user, item)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            gmf, mlp_in = layer(user, item)
+        for _ in range(3):
+            next_user, next_item = (t.cuda() for t in new())
+            user.copy_(next_user)
+            item.copy_(next_item)
+            graph.replay()
+            expected = layer(next_user, next_item)
+            torch.testing.assert_close((gmf, mlp_in), expected, atol=1e-6, rtol=1e-6)  # the same kernels

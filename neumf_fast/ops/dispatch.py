@@ -1,15 +1,23 @@
 """Backend selection for the fused NeuMF input op.
 
 Each backend can say why it cannot run a given call (``not_supported_reasons``).  ``"auto"``
-takes the first backend in ``PREFERENCE`` with no reasons; an explicitly requested backend
-that cannot run raises, listing its reasons.  ``NEUMF_FAST_BACKEND`` in the environment forces
-a backend for the whole process, overriding the ``backend=`` argument.
+takes the backend that the GPU benchmark measured fastest for this GPU, shape class and dtype
+(``auto_table.json``, see ``AutoTable``); without a measurement for them, the first backend in
+``PREFERENCE`` with no reasons.  An explicitly requested backend that cannot run raises, listing
+its reasons.  ``NEUMF_FAST_BACKEND`` in the environment forces a backend for the whole process,
+overriding the ``backend=`` argument.
+
+Every backend's reasons depend only on the device type, the dtype and how the process was set
+up, so a selection is cached per (request, device, dtype, shape class): a call pays a dict
+lookup, not the reason checks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -91,8 +99,8 @@ BACKENDS: dict[str, Backend] = {
     "cpu": Backend("cpu", _cpu_reasons, _library.fused_input),
     "torch": Backend("torch", _torch_reasons, _run_reference),
 }
-# Fastest first: "auto" takes the first that can run.  Triton leads the CUDA C++ kernels until
-# a GPU benchmark (benchmarks/test_bench_gpu.py) has measured both; neither has run on a GPU yet.
+# Fastest first: "auto" takes the first that can run, where AUTO_TABLE has no measurement.
+# Triton leads the CUDA C++ kernels there: it was the only one measured on a GPU (at 1addeb7).
 PREFERENCE = ["triton", "cuda", "cpu", "torch"]
 
 _warned_fallback = False
@@ -110,19 +118,65 @@ def _warn_fallback_once(dims: FusedDims) -> None:
         )
 
 
+def shape_class(dims: FusedDims) -> str:
+    """The benchmark's classes of calls: ``serving`` (batch <= 256: host cost and launch
+    latency), else ``ids`` (table gathers and scatters) or ``dense``."""
+    if dims.batch <= 256:
+        return "serving"
+    return "ids" if dims.user_ids or dims.item_ids else "dense"
+
+
+class AutoTable:
+    """What ``"auto"`` takes on a GPU, by measurement: ``{gpu name: {"<shape class> <dtype>":
+    backend}}``, written by ``benchmarks/choose_auto.py`` from a ``gpu_check.sh`` run (the fastest
+    of the kernels at forward+backward, and at forward for ``serving``).  A GPU, class or dtype
+    it does not list falls back to ``PREFERENCE``."""
+
+    PATH = Path(__file__).with_name("auto_table.json")
+
+    def __init__(self, path: Path | None = None):
+        path = path or self.PATH
+        self.table: dict[str, dict[str, str]] = json.loads(path.read_text()).get("choices", {}) if path.exists() else {}
+        self._names: dict[int, str] = {}
+
+    def choice(self, dims: FusedDims) -> str | None:
+        if dims.device.type != "cuda" or not self.table:
+            return None
+        index = dims.device.index if dims.device.index is not None else torch.cuda.current_device()
+        if index not in self._names:
+            self._names[index] = torch.cuda.get_device_name(index)
+        by_class = self.table.get(self._names[index], {})
+        return by_class.get(f"{shape_class(dims)} {str(dims.dtype).removeprefix('torch.')}")
+
+
+AUTO_TABLE = AutoTable()
+_selected: dict[tuple, Backend] = {}
+
+
 def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
     """The backend that will run these inputs, honouring ``NEUMF_FAST_BACKEND``."""
     requested = os.environ.get(ENV_VAR) or backend
+    key = (requested, dims.device.type, dims.dtype, shape_class(dims), _library.EXTENSION_ERROR)
+    chosen = _selected.get(key)
+    if chosen is None:
+        chosen = _selected[key] = _select(dims, requested, backend)
+    if chosen.name == "torch" and requested == "auto":
+        _warn_fallback_once(dims)
+    return chosen
+
+
+def _select(dims: FusedDims, requested: str, backend: str) -> Backend:
     if requested == "auto":
+        measured = AUTO_TABLE.choice(dims)
+        if measured in BACKENDS and not BACKENDS[measured].not_supported_reasons(dims):
+            return BACKENDS[measured]
         for name in PREFERENCE:
             chosen = BACKENDS[name]
             if chosen.auto(dims) and not chosen.not_supported_reasons(dims):
-                if name == "torch":
-                    _warn_fallback_once(dims)
                 return chosen
         raise BackendUnavailable("neumf_fast: no backend can run these inputs")  # torch always can
     if requested not in BACKENDS:
-        source = f"{ENV_VAR}={requested!r}" if os.environ.get(ENV_VAR) else f"backend={requested!r}"
+        source = f"{ENV_VAR}={requested!r}" if os.environ.get(ENV_VAR) else f"backend={backend!r}"
         raise ValueError(f"neumf_fast: unknown {source}; choose 'auto' or one of {sorted(BACKENDS)}")
     chosen = BACKENDS[requested]
     reasons = chosen.not_supported_reasons(dims)
