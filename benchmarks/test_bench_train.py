@@ -6,7 +6,9 @@ users, 3,706 items, about 1M positives; 4 negatives each, so about 5M samples an
   HR@10 after the epoch.  The baseline is the paper's NeuMF as a user writes it in plain
   PyTorch (``PlainNeuMF`` below: separate GMF/MLP ``nn.Embedding``s, an ``nn.Sequential``
   tower, ``torch.optim.Adam`` with its defaults), in eager mode (``eager``).  All providers
-  train on the same epoch samples through the same loop (``train_epoch``).
+  train on the same epoch samples through the same loop (``train_epoch``), with the torch
+  threads that ``neumf-fast train`` sets for the batch size (``configure_threads``: 1 thread up to
+  batch 1024, else every core).
   - CPU, batch 256 and 8192, fp32: ``eager``; ``compiled`` (``torch.compile`` of it);
     ``cpu_kernel`` (``neumf_fast.NeuMF`` on the C++ kernel with fused Adam, as ``neumf-fast
     train`` runs it).
@@ -37,7 +39,7 @@ from neumf_fast.data import NegativeSampler, leave_one_out, synthetic
 from neumf_fast.evaluate import evaluate_candidates, evaluate_full
 from neumf_fast.models import NeuMF
 from neumf_fast.ops import _library
-from neumf_fast.train import TrainConfig, epoch_samples, train_epoch
+from neumf_fast.train import TrainConfig, configure_threads, epoch_samples, train_epoch
 from neumf_fast.train_step import TrainStep
 
 
@@ -117,6 +119,7 @@ def _sync():
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_epoch(benchmark, provider, batch_size, precision):
     split, sampler, train_user, train_item = _tensors()
+    threads = configure_threads(None, batch_size)  # the trainer's rule, for every provider alike
     model, optimizer, graphs = _model(provider)
     step = TrainStep(model, optimizer, batch_size, precision=precision, capture=graphs)
     # warm-up: compilation, graph capture and first-touch allocations happen outside the timed epoch
@@ -138,7 +141,7 @@ def test_epoch(benchmark, provider, batch_size, precision):
     benchmark.extra_info.update(direction="train epoch", shape=f"ML-1M-sized, batch {batch_size}",
                                 dtype="float32" if precision == "fp32" else "bf16 autocast", provider=provider,
                                 samples=samples, samples_per_s=samples / benchmark.stats.stats.median,
-                                valid_hr10=round(hr, 4), device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu")
+                                valid_hr10=round(hr, 4), threads=threads, device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu")
 
 
 @cpu_only
