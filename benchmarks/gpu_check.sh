@@ -19,6 +19,10 @@
 #           then training throughput at ML-20M scale
 # Without a GPU it is a dry run: the same steps, CPU build, GPU benchmarks skipped.
 #
+# GPU_CHECK_STEPS picks the steps (default: all, "build tests kernels train compiled scale"), so
+# that the work can be split over two device calls, e.g. "build tests kernels" then
+# "build train scale" (the build is incremental on a machine that is still warm).
+#
 # Writes at most 9 files into RESULTS_DIR: build.log, tests.log, bench.log, auto_table.json (what
 # "auto" should take here, by measurement), gpu-<date>-{kernels,train,compiled,scale}.json and
 # gpu-<date>.md, which is also printed last: the environment, one row per test file, and the
@@ -37,10 +41,14 @@ step() { echo "== $1 ($((SECONDS - start)) s elapsed, $(left) s left)"; }
 summary="$out/$stamp.md"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 
+steps=" ${GPU_CHECK_STEPS:-build tests kernels train compiled scale} "
+want() { [[ "$steps" == *" $1 "* ]]; }
+
 step "environment"
 gpu=$(python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 {
   echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo; echo "Steps:$steps"
   echo
   echo '```'
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
@@ -52,6 +60,7 @@ gpu=$(python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/nul
 } > "$summary"
 cat "$summary"
 
+if want build; then
 step "build and install (<= $(cap 120) s)"
 if [ "$gpu" = 1 ]; then
   export FORCE_CUDA=1
@@ -63,15 +72,19 @@ build_rc=$?
 python -c "import neumf_fast.ops._library as l; print('extension:', l.EXTENSION_ERROR or 'built', '| CUDA kernels:', l.CUDA_KERNELS_BUILT)" >> "$out/build.log" 2>&1
 { echo; echo "**Build** (exit $build_rc, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-default}, $((SECONDS - start)) s elapsed): $(tail -1 "$out/build.log")"; } | tee -a "$summary"
 [ "$build_rc" = 0 ] || grep -E "error|neumf_fast:" "$out/build.log" | tail -5
+fi
 
+if want tests; then
 step "tests, one process per file (<= $(cap 130) s)"
 { echo; echo "## Tests (one process per file)"; echo; } >> "$summary"
 python benchmarks/tests_per_file.py --deadline "$(cap 130)" --jobs 4 --workers 4 --log "$out/tests.log" \
   tests/test_*.py -- -m "not slow" >> "$summary"
 echo "tests exit $?; $(grep -E '^[0-9]+ passed' "$summary" | tail -1)"
+fi
 
 # kernels and eager first, then training at batch 4096, torch.compile (slow to compile), and ML-20M scale last
 bench() {  # bench NAME CAP FILE [pytest args...]
+  want "$1" || return 0
   local name=$1 limit; limit=$(cap "$2"); shift 2
   step "benchmarks: $name (<= $limit s)"
   timeout -s INT "$limit" python -m pytest "$@" -q -p no:cacheprovider --benchmark-json="$out/$stamp-$name.json" \
@@ -80,8 +93,8 @@ bench() {  # bench NAME CAP FILE [pytest args...]
 }
 bench kernels 60 benchmarks/test_bench_gpu.py -k "not compiled"
 # what backend="auto" should take on this GPU, measured just now (commit it as neumf_fast/ops/auto_table.json)
-cp neumf_fast/ops/auto_table.json "$out/auto_table.json"
-[ "$gpu" = 1 ] && python benchmarks/choose_auto.py "$out/$stamp-kernels.json" --out "$out/auto_table.json" 2>&1 | tee -a "$out/bench.log" "$summary"
+want kernels && cp neumf_fast/ops/auto_table.json "$out/auto_table.json"
+want kernels && [ "$gpu" = 1 ] && python benchmarks/choose_auto.py "$out/$stamp-kernels.json" --out "$out/auto_table.json" 2>&1 | tee -a "$out/bench.log" "$summary"
 bench train 45 benchmarks/test_bench_train.py -k test_epoch
 bench compiled 50 benchmarks/test_bench_gpu.py -k "compiled"
 bench scale "$(left)" benchmarks/test_bench_scale.py
