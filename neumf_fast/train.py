@@ -384,7 +384,8 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     train_user = torch.from_numpy(split.train_user).to(device)
     train_item = torch.from_numpy(split.train_item).to(device)
     # built once: with --cuda-graphs it holds the captured step from one epoch to the next
-    train_step = TrainStep(train_model, optimizer, config.batch_size, user_input=user_input,
+    train_step = TrainStep(train_model, optimizer, config.batch_size,
+                           user_input=user_input if user_input.history is not None else None,
                            precision=config.precision, scaler=scaler, world=size, capture=capture)
 
     def checkpoint(epoch: int) -> dict:

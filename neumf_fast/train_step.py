@@ -24,6 +24,12 @@ What capture needs, and where it is met:
 
 Not captured: fp16 (``GradScaler`` reads its inf check on the host every step) and
 multi-process training (DDP's gradient hooks).  ``TrainStep`` refuses both with capture.
+
+On the CPU the paper's models (GMF, MLP, NeuMF) take a second fast path, ``_WrittenOutStep``:
+the same forward, loss, backward and fused Adam written out as about 40 tensor calls, with no
+autograd graph, no ``nn.Module`` calls and no ``Optimizer.step`` bookkeeping.  At the paper's
+batch of 256 a step is mostly that overhead (PyTorch's per-op cost on a model this small), and
+the fused op's backward and Adam's update are the only real work.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, batch_size: int, *, user_input=None, precision: str = "fp32",
-                 scaler=None, world: int = 1, capture: bool = False, warmup: int = 3):
+                 scaler=None, world: int = 1, capture: bool = False, warmup: int = 3, written_out: bool = True):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if capture:
@@ -66,6 +72,10 @@ class TrainStep:
         self.graph = None
         self._static: tuple[Tensor, Tensor, Tensor] | None = None
         self._warm = 0
+        # the written-out CPU step, where it applies (see _WrittenOutStep.why_not)
+        self.written_out = (_WrittenOutStep(model, optimizer) if written_out and not capture and user_input is None
+                            and precision == "fp32" and scaler is None and world == 1
+                            and not _WrittenOutStep.why_not(model, optimizer) else None)
 
     def begin_epoch(self, device) -> None:
         """Starts a new loss sum.  It stays the same tensor once a graph holds it, so that
@@ -86,7 +96,9 @@ class TrainStep:
     def __call__(self, user: Tensor, item: Tensor, label: Tensor, n: int) -> None:
         if self.total is None:
             self.begin_epoch(label.device)
-        if not (self.capture and n == self.batch_size):
+        if self.written_out is not None and self.written_out.ready():
+            self.total += self.written_out.step(user, item, label).detach() * n
+        elif not (self.capture and n == self.batch_size):
             self._eager(user, item, label, n)
         elif self.graph is not None:
             for buffer, batch in zip(self._static, (user, item, label)):
@@ -157,3 +169,126 @@ def _capture_problems(optimizer, precision: str, scaler, world: int) -> list[str
     if "capturable" in optimizer.defaults and not all(g["capturable"] for g in optimizer.param_groups):
         why.append(f"the optimizer must be built with capturable=True ({type(optimizer).__name__})")
     return why
+
+
+class _WrittenOutStep:
+    """One training step of GMF, MLP or NeuMF on the CPU kernel, written out by hand: the fused
+    op's forward and backward kernels, the tower's GEMMs, the log loss and its gradient, and
+    ``torch._fused_adam_`` on the optimizer's own state, all outside autograd.
+
+    It computes what autograd and ``torch.optim.Adam(fused=True)`` compute, with the same
+    kernels except where noted: the log loss's gradient is ``(sigmoid(logit) - label) / B``, the
+    formula autograd's ``binary_cross_entropy_with_logits`` backward uses.  Parameters and the
+    optimizer's state end where the autograd step leaves them to float32 rounding
+    (tests/test_train_step.py).  ``.grad`` is not written.  The first step of a fresh optimizer
+    runs through autograd, which creates Adam's state; this path then updates that state, so
+    checkpoints and resuming are unchanged."""
+
+    @staticmethod
+    def why_not(model, optimizer) -> list[str]:
+        """Why this path cannot run ``model`` with ``optimizer`` (empty when it can)."""
+        from . import models
+        from .ops import _library, dispatch
+
+        why = []
+        if type(model) not in (models.GMF, models.MLP, models.NeuMF):
+            why.append(f"{type(model).__name__} is not one of the paper's models")
+            return why
+        if model.user_embedding.weight.device.type != "cpu" or model.user_embedding.weight.dtype != torch.float32:
+            why.append("not float32 CPU parameters")
+        if _library.EXTENSION_ERROR is not None:
+            why.append(_library.EXTENSION_ERROR)
+        else:
+            dims = dispatch.probe_dims("cpu", torch.float32)._replace(user_ids=True, item_ids=True)
+            try:
+                if dispatch.select_backend(dims, model.backend).name != "cpu":
+                    why.append("the model's backend is not the C++ CPU kernel")
+            except (ValueError, dispatch.BackendUnavailable) as e:
+                why.append(str(e))
+        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+            why.append("not one torch.optim.Adam parameter group")
+        else:
+            group = optimizer.param_groups[0]
+            if not group.get("fused") or group["amsgrad"] or group["maximize"] or group.get("differentiable") \
+                    or group.get("capturable") or group.get("decoupled_weight_decay"):
+                why.append("Adam must be fused=True without amsgrad, maximize, capturable or differentiable")
+            if {id(p) for p in group["params"]} != {id(p) for p in model.parameters()}:
+                why.append("the optimizer does not hold exactly the model's parameters")
+        return why
+
+    def __init__(self, model, optimizer):
+        from . import models
+
+        self.model, self.optimizer = model, optimizer
+        self.params = list(optimizer.param_groups[0]["params"])
+        self.tables = (model.user_embedding.weight, model.item_embedding.weight)
+        self.h_mf = 0 if isinstance(model, models.MLP) else model.factors
+        self.tower = [] if isinstance(model, models.GMF) else [(layer.weight, layer.bias) for layer in model.tower]
+        self.predict = (model.predict.weight, model.predict.bias)
+        self.uses_gmf = not isinstance(model, models.MLP)
+        self._state = None
+
+    def ready(self) -> bool:
+        """Whether Adam's state exists for every parameter (a fresh optimizer's first step goes
+        through autograd, which creates it)."""
+        state = self.optimizer.state
+        if not all(p in state and "step" in state[p] for p in self.params):
+            return False
+        if self._state is None:  # from here on this path owns the step: autograd's .grad is stale
+            self.optimizer.zero_grad(set_to_none=True)
+        # read every step: load_state_dict replaces the state's tensors
+        self._state = ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
+                       [state[p]["step"] for p in self.params])
+        return True
+
+    def step(self, user: Tensor, item: Tensor, label: Tensor) -> Tensor:
+        """One step on this batch; returns its mean log loss (a 0-d tensor)."""
+        from .ops import _library
+
+        grads = self._gradients(user, item, label, _library)
+        group = self.optimizer.param_groups[0]
+        exp_avgs, exp_avg_sqs, steps = self._state
+        beta1, beta2 = group["betas"]
+        with torch.no_grad():
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(self.params, [grads[id(p)] for p in self.params], exp_avgs, exp_avg_sqs, [], steps,
+                               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                               eps=group["eps"], amsgrad=False, maximize=False)
+        return self._loss
+
+    def gradients(self, user: Tensor, item: Tensor, label: Tensor) -> dict[str, Tensor]:
+        """The step's gradients by parameter name (for tests)."""
+        from .ops import _library
+
+        grads = self._gradients(user, item, label, _library)
+        return {name: grads[id(p)] for name, p in self.model.named_parameters()}
+
+    def _gradients(self, user: Tensor, item: Tensor, label: Tensor, _library) -> dict[int, Tensor]:
+        with torch.no_grad():
+            user_table, item_table = self.tables
+            ids = user[:, None]
+            args = (ids, None, user_table, None, item, item_table, None, None, None, None, self.h_mf, "sum")
+            gmf, mlp_in, *saved = _library._kernel_call(*args, True)
+            acts = [mlp_in]
+            for weight, bias in self.tower:
+                acts.append(torch.addmm(bias, acts[-1], weight.t()).relu_())
+            pw, pb = self.predict
+            feats = acts[-1] if not self.uses_gmf else gmf if not self.tower else torch.cat([gmf, acts[-1]], dim=-1)
+            logit = torch.addmm(pb, feats, pw.t()).squeeze(-1)
+            self._loss = F.binary_cross_entropy_with_logits(logit, label)
+            # d loss / d logit of the mean log loss, as autograd's backward of it computes it
+            d_logit = torch.sigmoid(logit).sub_(label).mul_(1.0 / len(label))[:, None]
+            grads = {id(pw): d_logit.t().mm(feats), id(pb): d_logit.sum(0)}
+            d_feats = d_logit.mm(pw)
+            d_gmf = d_feats[:, :self.h_mf] if self.uses_gmf else gmf.new_zeros((len(label), 0))
+            d_h = d_feats[:, self.h_mf:] if self.uses_gmf else d_feats
+            for k in range(len(self.tower) - 1, -1, -1):
+                weight, bias = self.tower[k]
+                g = torch.ops.aten.threshold_backward(d_h, acts[k + 1], 0)
+                grads[id(weight)], grads[id(bias)] = g.t().mm(acts[k]), g.sum(0)
+                d_h = g.mm(weight)
+            d_mlp_in = d_h if self.tower else mlp_in.new_zeros(mlp_in.shape)
+            g_user, g_item, *_ = torch.ops.neumf_fast.fused_input_backward(
+                d_gmf.contiguous(), d_mlp_in.contiguous(), *args, *saved, [True, True, False, False, False, False])
+            grads[id(user_table)], grads[id(item_table)] = g_user, g_item
+        return grads
