@@ -55,6 +55,9 @@ class TrainStep:
     ``batch_size`` rows after ``warmup`` eager ones; other batches run eagerly.
     ``precision`` ``"bf16"``/``"fp16"`` runs the forward under ``torch.autocast`` (parameters
     and optimizer stay fp32); ``scaler`` is the ``torch.amp.GradScaler`` that fp16 needs.
+    ``written_out`` lets GMF, MLP and NeuMF on the C++ CPU kernel, fp32, one process, with
+    ``Adam(fused=True)``, take the written-out step (``_WrittenOutStep``); ``False`` keeps every
+    step on autograd.
     """
 
     def __init__(self, model, optimizer, batch_size: int, *, user_input=None, precision: str = "fp32",
