@@ -39,7 +39,7 @@ from neumf_fast.data import NegativeSampler, leave_one_out, synthetic
 from neumf_fast.evaluate import evaluate_candidates, evaluate_full
 from neumf_fast.models import NeuMF
 from neumf_fast.ops import _library
-from neumf_fast.train import TrainConfig, configure_threads, epoch_samples, train_epoch
+from neumf_fast.train import TrainConfig, configure_threads, epoch_samples, optimizer_threads, train_epoch
 from neumf_fast.train_step import TrainStep
 
 
@@ -121,7 +121,9 @@ def test_epoch(benchmark, provider, batch_size, precision):
     split, sampler, train_user, train_item = _tensors()
     threads = configure_threads(None, batch_size)  # the trainer's rule, for every provider alike
     model, optimizer, graphs = _model(provider)
-    step = TrainStep(model, optimizer, batch_size, precision=precision, capture=graphs)
+    # as neumf-fast train runs it: the written-out CPU step's Adam on every core at small batches
+    step = TrainStep(model, optimizer, batch_size, precision=precision, capture=graphs,
+                     optimizer_threads=optimizer_threads(None, batch_size) if provider == "cpu_kernel" else None)
     # warm-up: compilation, graph capture and first-touch allocations happen outside the timed epoch
     warm = epoch_samples(train_user[:20000], train_item[:20000], sampler, 4, 0, 99)
     train_epoch(model, optimizer, warm, batch_size, step=step)

@@ -57,11 +57,13 @@ class TrainStep:
     and optimizer stay fp32); ``scaler`` is the ``torch.amp.GradScaler`` that fp16 needs.
     ``written_out`` lets GMF, MLP and NeuMF on the C++ CPU kernel, fp32, one process, with
     ``Adam(fused=True)``, take the written-out step (``_WrittenOutStep``); ``False`` keeps every
-    step on autograd.
+    step on autograd.  ``optimizer_threads``, if given, is the torch thread count for that
+    step's Adam update alone (``train.optimizer_threads``).
     """
 
     def __init__(self, model, optimizer, batch_size: int, *, user_input=None, precision: str = "fp32",
-                 scaler=None, world: int = 1, capture: bool = False, warmup: int = 3, written_out: bool = True):
+                 scaler=None, world: int = 1, capture: bool = False, warmup: int = 3, written_out: bool = True,
+                 optimizer_threads: int | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if capture:
@@ -76,7 +78,7 @@ class TrainStep:
         self._static: tuple[Tensor, Tensor, Tensor] | None = None
         self._warm = 0
         # the written-out CPU step, where it applies (see _WrittenOutStep.why_not)
-        self.written_out = (_WrittenOutStep(model, optimizer) if written_out and not capture and user_input is None
+        self.written_out = (_WrittenOutStep(model, optimizer, optimizer_threads) if written_out and not capture and user_input is None
                             and precision == "fp32" and scaler is None and world == 1
                             and not _WrittenOutStep.why_not(model, optimizer) else None)
 
@@ -219,10 +221,10 @@ class _WrittenOutStep:
                 why.append("the optimizer does not hold exactly the model's parameters")
         return why
 
-    def __init__(self, model, optimizer):
+    def __init__(self, model, optimizer, optimizer_threads: int | None = None):
         from . import models
 
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.optimizer_threads = model, optimizer, optimizer_threads
         self.params = list(optimizer.param_groups[0]["params"])
         self.tables = (model.user_embedding.weight, model.item_embedding.weight)
         self.h_mf = 0 if isinstance(model, models.MLP) else model.factors
@@ -252,11 +254,18 @@ class _WrittenOutStep:
         group = self.optimizer.param_groups[0]
         exp_avgs, exp_avg_sqs, steps = self._state
         beta1, beta2 = group["betas"]
-        with torch.no_grad():
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(self.params, [grads[id(p)] for p in self.params], exp_avgs, exp_avg_sqs, [], steps,
-                               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                               eps=group["eps"], amsgrad=False, maximize=False)
+        threads = torch.get_num_threads()
+        if self.optimizer_threads:
+            torch.set_num_threads(self.optimizer_threads)
+        try:
+            with torch.no_grad():
+                torch._foreach_add_(steps, 1)
+                torch._fused_adam_(self.params, [grads[id(p)] for p in self.params], exp_avgs, exp_avg_sqs, [], steps,
+                                   lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                                   eps=group["eps"], amsgrad=False, maximize=False)
+        finally:
+            if self.optimizer_threads:
+                torch.set_num_threads(threads)
         return self._loss
 
     def gradients(self, user: Tensor, item: Tensor, label: Tensor) -> dict[str, Tensor]:

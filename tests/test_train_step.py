@@ -291,3 +291,37 @@ def test_fit_with_cuda_graphs(tmp_path):
     graphs = fit(dataclasses.replace(base, cuda_graphs=True), tmp_path / "graphs", progress=False, log=False,
                  split=split)
     assert abs(graphs["best_valid"]["hr@10"] - eager["best_valid"]["hr@10"]) <= 0.01
+
+
+@needs_extension
+def test_adam_on_more_threads_changes_nothing_but_the_threads():
+    """The written-out step's Adam update may run on more threads than the rest of the step
+    (train.optimizer_threads): an elementwise update, so bit-for-bit the same weights, and the
+    step's own thread count is restored after it."""
+    samples = _samples(5 * 64)
+    states = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for optimizer_threads in (None, 2):
+            model = _model("neumf", "cpu")
+            optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+            step = TrainStep(model, optimizer, 64, optimizer_threads=optimizer_threads)
+            train_epoch(model, optimizer, samples, 64, step=step)
+            assert torch.get_num_threads() == 1
+            states.append(model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    for name, a in states[0].items():
+        assert torch.equal(a, states[1][name]), name
+
+
+def test_optimizer_threads_only_for_automatic_threads_at_small_batches(monkeypatch):
+    from neumf_fast import train
+
+    monkeypatch.setattr(train, "core_share", lambda: 4)
+    assert train.optimizer_threads(None, 256) == 4
+    assert train.optimizer_threads(1, 256) is None  # the user chose the threads
+    assert train.optimizer_threads(None, 8192) is None  # the step already uses every core
+    monkeypatch.setattr(train, "core_share", lambda: 1)
+    assert train.optimizer_threads(None, 256) is None
