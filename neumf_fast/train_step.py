@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops import _library
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -102,7 +104,7 @@ class TrainStep:
         if self.total is None:
             self.begin_epoch(label.device)
         if self.written_out is not None and self.written_out.ready():
-            self.total += self.written_out.step(user, item, label).detach() * n
+            self.total += self.written_out.step(user, item, label) * n
         elif not (self.capture and n == self.batch_size):
             self._eager(user, item, label, n)
         elif self.graph is not None:
@@ -193,7 +195,7 @@ class _WrittenOutStep:
     def why_not(model, optimizer) -> list[str]:
         """Why this path cannot run ``model`` with ``optimizer`` (empty when it can)."""
         from . import models
-        from .ops import _library, dispatch
+        from .ops import dispatch
 
         why = []
         if type(model) not in (models.GMF, models.MLP, models.NeuMF):
@@ -230,7 +232,6 @@ class _WrittenOutStep:
         self.h_mf = 0 if isinstance(model, models.MLP) else model.factors
         self.tower = [] if isinstance(model, models.GMF) else [(layer.weight, layer.bias) for layer in model.tower]
         self.predict = (model.predict.weight, model.predict.bias)
-        self.uses_gmf = not isinstance(model, models.MLP)
         self._state = None
 
     def ready(self) -> bool:
@@ -248,9 +249,7 @@ class _WrittenOutStep:
 
     def step(self, user: Tensor, item: Tensor, label: Tensor) -> Tensor:
         """One step on this batch; returns its mean log loss (a 0-d tensor)."""
-        from .ops import _library
-
-        grads = self._gradients(user, item, label, _library)
+        loss, grads = self._gradients(user, item, label)
         group = self.optimizer.param_groups[0]
         exp_avgs, exp_avg_sqs, steps = self._state
         beta1, beta2 = group["betas"]
@@ -266,16 +265,16 @@ class _WrittenOutStep:
         finally:
             if self.optimizer_threads:
                 torch.set_num_threads(threads)
-        return self._loss
+        return loss
 
     def gradients(self, user: Tensor, item: Tensor, label: Tensor) -> dict[str, Tensor]:
         """The step's gradients by parameter name (for tests)."""
-        from .ops import _library
-
-        grads = self._gradients(user, item, label, _library)
+        _, grads = self._gradients(user, item, label)
         return {name: grads[id(p)] for name, p in self.model.named_parameters()}
 
-    def _gradients(self, user: Tensor, item: Tensor, label: Tensor, _library) -> dict[int, Tensor]:
+    def _gradients(self, user: Tensor, item: Tensor, label: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """(mean log loss, gradient of every parameter by ``id``); an MLP has ``h_mf = 0`` and a
+        GMF no tower, so their GMF product and MLP input are ``[B, 0]`` and drop out."""
         with torch.no_grad():
             user_table, item_table = self.tables
             ids = user[:, None]
@@ -285,22 +284,20 @@ class _WrittenOutStep:
             for weight, bias in self.tower:
                 acts.append(torch.addmm(bias, acts[-1], weight.t()).relu_())
             pw, pb = self.predict
-            feats = acts[-1] if not self.uses_gmf else gmf if not self.tower else torch.cat([gmf, acts[-1]], dim=-1)
+            feats = acts[-1] if self.h_mf == 0 else gmf if not self.tower else torch.cat([gmf, acts[-1]], dim=-1)
             logit = torch.addmm(pb, feats, pw.t()).squeeze(-1)
-            self._loss = F.binary_cross_entropy_with_logits(logit, label)
+            loss = F.binary_cross_entropy_with_logits(logit, label)
             # d loss / d logit of the mean log loss, as autograd's backward of it computes it
             d_logit = torch.sigmoid(logit).sub_(label).mul_(1.0 / len(label))[:, None]
             grads = {id(pw): d_logit.t().mm(feats), id(pb): d_logit.sum(0)}
             d_feats = d_logit.mm(pw)
-            d_gmf = d_feats[:, :self.h_mf] if self.uses_gmf else gmf.new_zeros((len(label), 0))
-            d_h = d_feats[:, self.h_mf:] if self.uses_gmf else d_feats
+            d_gmf, d_h = d_feats[:, :self.h_mf], d_feats[:, self.h_mf:]
             for k in range(len(self.tower) - 1, -1, -1):
                 weight, bias = self.tower[k]
                 g = torch.ops.aten.threshold_backward(d_h, acts[k + 1], 0)
                 grads[id(weight)], grads[id(bias)] = g.t().mm(acts[k]), g.sum(0)
                 d_h = g.mm(weight)
-            d_mlp_in = d_h if self.tower else mlp_in.new_zeros(mlp_in.shape)
             g_user, g_item, *_ = torch.ops.neumf_fast.fused_input_backward(
-                d_gmf.contiguous(), d_mlp_in.contiguous(), *args, *saved, [True, True, False, False, False, False])
+                d_gmf.contiguous(), d_h.contiguous(), *args, *saved, [True, True, False, False, False, False])
             grads[id(user_table)], grads[id(item_table)] = g_user, g_item
-        return grads
+        return loss, grads
