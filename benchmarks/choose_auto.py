@@ -16,12 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
+from neumf_fast.ops.dispatch import class_of
+
 KERNELS = ("triton", "cuda")
-
-
-def shape_class(batch: int, ids: bool) -> str:
-    """As ``neumf_fast.ops.dispatch.shape_class`` (kept in step by tests/test_dispatch.py)."""
-    return "serving" if batch <= 256 else ("ids" if ids else "dense")
 
 
 def choose(benchmarks: list[dict]) -> dict[str, str]:
@@ -31,7 +28,7 @@ def choose(benchmarks: list[dict]) -> dict[str, str]:
         e = b.get("extra_info", {})
         if e.get("provider") not in KERNELS or "batch" not in e:
             continue
-        cls = shape_class(int(e["batch"]), bool(e.get("ids")))
+        cls = class_of(int(e["batch"]), bool(e.get("ids")))
         if e.get("direction") != ("forward" if cls == "serving" else "forward+backward"):
             continue
         key = f"{cls} {e['dtype']}"

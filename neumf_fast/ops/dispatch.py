@@ -119,11 +119,14 @@ def _warn_fallback_once(dims: FusedDims) -> None:
 
 
 def shape_class(dims: FusedDims) -> str:
-    """The benchmark's classes of calls: ``serving`` (batch <= 256: host cost and launch
-    latency), else ``ids`` (table gathers and scatters) or ``dense``."""
-    if dims.batch <= 256:
-        return "serving"
-    return "ids" if dims.user_ids or dims.item_ids else "dense"
+    """The benchmark's classes of calls (``class_of``)."""
+    return class_of(dims.batch, dims.user_ids or dims.item_ids)
+
+
+def class_of(batch: int, ids: bool) -> str:
+    """``serving`` (batch <= 256: host cost and launch latency), else ``ids`` (table gathers and
+    scatters) or ``dense``."""
+    return "serving" if batch <= 256 else ("ids" if ids else "dense")
 
 
 class AutoTable:
