@@ -1,6 +1,6 @@
 // The neumf_fast op namespace: schemas (declared once, here) and the shared argument checks.
 // Device files only register implementations (TORCH_LIBRARY_IMPL); Python adds the fake
-// (meta) kernels and autograd (neumf_fast/ops/_registration.py).
+// (meta) kernels and autograd (neumf_fast/ops/_library.py).
 #include "ops.h"
 
 #include <ATen/OpMathType.h>
@@ -9,8 +9,11 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <Python.h>
+#include <c10/core/ScalarType.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
+
+#include <string>
 
 namespace neumf_fast {
 
@@ -22,11 +25,14 @@ bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
+// A dtype as Python prints it ("torch.float32"): these messages are word for word those of the
+// Python checks (neumf_fast/ops/_checks.py), which neumf_input skips for the kernels.
+std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
+
 void check_same(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device) {
-  TORCH_CHECK(t.scalar_type() == dtype, "neumf_fast: ", name, " has dtype ", t.scalar_type(),
-              " but the other float inputs have ", dtype);
-  TORCH_CHECK(t.device() == device, "neumf_fast: ", name, " is on ", t.device(),
-              " but user is on ", device);
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "neumf_fast: ", name, " has dtype ", py_dtype(t.scalar_type()),
+                   " but the other float inputs have ", py_dtype(dtype));
+  TORCH_CHECK_VALUE(t.device() == device, "neumf_fast: ", name, " is on ", t.device(), " but user is on ", device);
 }
 
 }  // namespace
@@ -35,6 +41,8 @@ at::ScalarType float_dtype(const at::Tensor& user, const std::optional<at::Tenso
   return user_table.has_value() ? user_table->scalar_type() : user.scalar_type();
 }
 
+// The checks of neumf_fast/ops/_checks.py::check_inputs, in the same order, raising the same
+// Python exceptions (TypeError for a dtype, ValueError for the rest) with the same messages.
 FusedDims check_fused_input(
     const at::Tensor& user, const std::optional<at::Tensor>& user_mask,
     const std::optional<at::Tensor>& user_table, const std::optional<int64_t>& padding_idx,
@@ -44,76 +52,87 @@ FusedDims check_fused_input(
     int64_t h_mf, std::string_view mode) {
   FusedDims d;
   const auto device = user.device();
-  TORCH_CHECK(mode == "sum" || mode == "mean", "neumf_fast: mode must be 'sum' or 'mean', got '",
-              std::string(mode), "'");
+  TORCH_CHECK_VALUE(mode == "sum" || mode == "mean", "neumf_fast: mode must be one of ('sum', 'mean'), got '",
+                    std::string(mode), "'");
   d.mean = mode == "mean";
 
+  at::ScalarType dtype;
   d.user_ids = is_index_dtype(user.scalar_type());
-  TORCH_CHECK(d.user_ids || is_float_dtype(user.scalar_type()),
-              "neumf_fast: user must be float [B, L, D] or int32/int64 ids [B, L], got dtype ",
-              user.scalar_type());
-  NEUMF_CHECK_DEFINED_IF(d.user_ids, user_table, "user_table");
   if (d.user_ids) {
-    TORCH_CHECK(user.dim() == 2, "neumf_fast: user ids must be [B, L], got ", user.sizes());
-    TORCH_CHECK(!user_mask.has_value(), "neumf_fast: user_mask must be None for id input (use padding_idx)");
-    TORCH_CHECK(user_table->dim() == 2, "neumf_fast: user_table must be [N, D], got ", user_table->sizes());
+    TORCH_CHECK_VALUE(user_table.has_value(), "neumf_fast: user ids need user_table");
+    TORCH_CHECK_VALUE(user.dim() == 2, "neumf_fast: user ids must be [B, L], got ", user.sizes());
+    TORCH_CHECK_VALUE(!user_mask.has_value(), "neumf_fast: user_mask must be None for id input (use padding_idx)");
+    TORCH_CHECK_VALUE(user_table->dim() == 2, "neumf_fast: user_table must be [N, D], got ", user_table->sizes());
+    dtype = user_table->scalar_type();
     d.user_dim = user_table->size(1);
-  } else {
-    TORCH_CHECK(user.dim() == 3, "neumf_fast: dense user must be [B, L, D], got ", user.sizes());
-    TORCH_CHECK(!padding_idx.has_value(), "neumf_fast: padding_idx must be None for dense input (use user_mask)");
-    d.user_dim = user.size(2);
+    TORCH_CHECK_VALUE(user_table->device() == device, "neumf_fast: user_table is on ", user_table->device(),
+                      " but user is on ", device);
+  } else if (is_float_dtype(user.scalar_type())) {
+    TORCH_CHECK_VALUE(!user_table.has_value(),
+                      "neumf_fast: user_table must be None when user is dense (ids are int32/int64)");
+    TORCH_CHECK_VALUE(user.dim() == 3, "neumf_fast: dense user must be [B, L, D], got ", user.sizes());
+    TORCH_CHECK_VALUE(!padding_idx.has_value(),
+                      "neumf_fast: padding_idx must be None for dense input (use user_mask)");
     if (user_mask.has_value()) {
-      TORCH_CHECK(user_mask->scalar_type() == at::kBool, "neumf_fast: user_mask must be bool, got ",
-                  user_mask->scalar_type());
-      TORCH_CHECK(user_mask->sizes() == user.sizes().slice(0, 2), "neumf_fast: user_mask must be [B, L] = ",
-                  user.sizes().slice(0, 2), ", got ", user_mask->sizes());
-      TORCH_CHECK(user_mask->device() == device, "neumf_fast: user_mask is on ", user_mask->device(),
-                  " but user is on ", device);
+      TORCH_CHECK_TYPE(user_mask->scalar_type() == at::kBool, "neumf_fast: user_mask must be bool, got ",
+                       py_dtype(user_mask->scalar_type()));
+      TORCH_CHECK_VALUE(user_mask->sizes() == user.sizes().slice(0, 2), "neumf_fast: user_mask must be [B, L] = ",
+                        user.sizes().slice(0, 2), ", got ", user_mask->sizes());
+      TORCH_CHECK_VALUE(user_mask->device() == device, "neumf_fast: user_mask is on ", user_mask->device(),
+                        " but user is on ", device);
     }
+    dtype = user.scalar_type();
+    d.user_dim = user.size(2);
+  } else {
+    TORCH_CHECK_TYPE(false, "neumf_fast: user must be float [B, L, D] or int32/int64 ids [B, L], got dtype ",
+                     py_dtype(user.scalar_type()));
   }
+  TORCH_CHECK_TYPE(is_float_dtype(dtype), "neumf_fast: float inputs must be one of (torch.float32, "
+                   "torch.float64, torch.bfloat16, torch.float16), got ", py_dtype(dtype));
   d.batch = user.size(0);
   d.seq_len = user.size(1);
-  const auto dtype = float_dtype(user, user_table);
-  TORCH_CHECK(is_float_dtype(dtype), "neumf_fast: float inputs must be float16/bfloat16/float32/float64, got ", dtype);
-  if (d.user_ids) check_same(*user_table, "user_table", dtype, device);
 
   d.item_ids = is_index_dtype(item.scalar_type());
-  TORCH_CHECK(d.item_ids || is_float_dtype(item.scalar_type()),
-              "neumf_fast: item must be float [B, D_i] or int32/int64 ids [B], got dtype ", item.scalar_type());
-  NEUMF_CHECK_DEFINED_IF(d.item_ids, item_table, "item_table");
   if (d.item_ids) {
-    TORCH_CHECK(item.dim() == 1, "neumf_fast: item ids must be [B], got ", item.sizes());
-    TORCH_CHECK(item_table->dim() == 2, "neumf_fast: item_table must be [N_i, D_i], got ", item_table->sizes());
-    TORCH_CHECK(item.device() == device, "neumf_fast: item is on ", item.device(), " but user is on ", device);
+    TORCH_CHECK_VALUE(item_table.has_value(), "neumf_fast: item ids need item_table");
+    TORCH_CHECK_VALUE(item.dim() == 1, "neumf_fast: item ids must be [B], got ", item.sizes());
+    TORCH_CHECK_VALUE(item.device() == device, "neumf_fast: item is on ", item.device(), " but user is on ", device);
+    TORCH_CHECK_VALUE(item_table->dim() == 2, "neumf_fast: item_table must be [N_i, D_i], got ", item_table->sizes());
     check_same(*item_table, "item_table", dtype, device);
     d.item_dim = item_table->size(1);
-  } else {
-    TORCH_CHECK(item.dim() == 2, "neumf_fast: dense item must be [B, D_i], got ", item.sizes());
+  } else if (is_float_dtype(item.scalar_type())) {
+    TORCH_CHECK_VALUE(!item_table.has_value(),
+                      "neumf_fast: item_table must be None when item is dense (ids are int32/int64)");
+    TORCH_CHECK_VALUE(item.dim() == 2, "neumf_fast: dense item must be [B, D_i], got ", item.sizes());
     check_same(item, "item", dtype, device);
     d.item_dim = item.size(1);
+  } else {
+    TORCH_CHECK_TYPE(false, "neumf_fast: item must be float [B, D_i] or int32/int64 ids [B], got dtype ",
+                     py_dtype(item.scalar_type()));
   }
-  TORCH_CHECK(item.size(0) == d.batch, "neumf_fast: user has ", d.batch, " rows but item has ", item.size(0));
+  TORCH_CHECK_VALUE(item.size(0) == d.batch, "neumf_fast: user has ", d.batch, " rows but item has ", item.size(0));
 
   auto check_side = [&](const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
                         int64_t in_dim, const char* wname, const char* bname) -> int64_t {
     if (!w.has_value()) {
-      TORCH_CHECK(!b.has_value(), "neumf_fast: ", bname, " given without ", wname);
+      TORCH_CHECK_VALUE(!b.has_value(), "neumf_fast: ", bname, " given without ", wname);
       return in_dim;
     }
-    TORCH_CHECK(w->dim() == 2 && w->size(1) == in_dim, "neumf_fast: ", wname, " must be [H_mf + H_mlp, ",
-                in_dim, "], got ", w->sizes());
+    TORCH_CHECK_VALUE(w->dim() == 2 && w->size(1) == in_dim, "neumf_fast: ", wname, " must be [H_mf + H_mlp, ",
+                      in_dim, "], got ", w->sizes());
     check_same(*w, wname, dtype, device);
     if (b.has_value()) {
-      TORCH_CHECK(b->dim() == 1 && b->size(0) == w->size(0), "neumf_fast: ", bname, " must be [",
-                  w->size(0), "], got ", b->sizes());
+      TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == w->size(0), "neumf_fast: ", bname, " must be [",
+                        w->size(0), "], got ", b->sizes());
       check_same(*b, bname, dtype, device);
     }
     return w->size(0);
   };
   d.user_proj = check_side(user_weight, user_bias, d.user_dim, "user_weight", "user_bias");
   d.item_proj = check_side(item_weight, item_bias, d.item_dim, "item_weight", "item_bias");
-  TORCH_CHECK(h_mf >= 0 && h_mf <= d.user_proj && h_mf <= d.item_proj, "neumf_fast: h_mf=", h_mf,
-              " must lie in [0, min(", d.user_proj, ", ", d.item_proj, ")] (the user and item projection widths)");
+  TORCH_CHECK_VALUE(h_mf >= 0 && h_mf <= d.user_proj && h_mf <= d.item_proj, "neumf_fast: h_mf=", h_mf,
+                    " must lie in [0, min(", d.user_proj, ", ", d.item_proj,
+                    ")] (the user and item projection widths)");
   d.h_mf = h_mf;
   return d;
 }

@@ -11,11 +11,6 @@
 
 namespace neumf_fast {
 
-// Checks that run at the top of every entry point; messages name the argument.
-#define NEUMF_CHECK_DEFINED_IF(cond, opt, name)                                   \
-  TORCH_CHECK((cond) == (opt).has_value(), "neumf_fast: ", name,                  \
-              (cond) ? " is required here" : " must be None here")
-
 // Sizes of one call, all int64 so that every offset computed from them is 64-bit.
 struct FusedDims {
   int64_t batch = 0;        // B

@@ -41,6 +41,16 @@ class StackedProjections:
             self._register_load_state_dict_pre_hook(lambda *args: _join_stacked(*args), with_module=True)
         self.register_load_state_dict_post_hook(_name_missing_projections)
 
+    def stacked_parameters(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        """``(user_weight, user_bias, item_weight, item_bias)``, read from ``_parameters``:
+        ``nn.Module``'s attribute lookup costs about 0.6 µs a name, a tenth of the Python in a
+        serving-size call."""
+        params = self._parameters
+        try:
+            return params["user_weight"], params["user_bias"], params["item_weight"], params["item_bias"]
+        except KeyError:  # moved elsewhere (torch.nn.utils.parametrize): the attributes know where
+            return self.user_weight, self.user_bias, self.item_weight, self.item_bias
+
     # The design's four projections, as views of the stacked parameters
     mf_user = property(lambda self: _Projection(self, "user", "mf"))
     mlp_user = property(lambda self: _Projection(self, "user", "mlp"))
@@ -92,13 +102,15 @@ class FusedUserItem(StackedProjections, nn.Module):
         self.item_embedding = nn.Embedding(num_item_ids, item_dim, **kw) if num_item_ids is not None else None
 
     def forward(self, user: Tensor, item: Tensor, user_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        user_weight, user_bias, item_weight, item_bias = self.stacked_parameters()
+        user_embedding, item_embedding = self.user_embedding, self.item_embedding
         return neumf_input(
             user, item, h_mf=self.h_mf, user_mask=user_mask,
-            user_table=None if self.user_embedding is None else self.user_embedding.weight,
-            padding_idx=self.padding_idx if self.user_embedding is not None else None,
-            item_table=None if self.item_embedding is None else self.item_embedding.weight,
-            user_weight=self.user_weight, user_bias=self.user_bias, item_weight=self.item_weight,
-            item_bias=self.item_bias, mode=self.mode, backend=self.backend,
+            user_table=None if user_embedding is None else user_embedding.weight,
+            padding_idx=self.padding_idx if user_embedding is not None else None,
+            item_table=None if item_embedding is None else item_embedding.weight,
+            user_weight=user_weight, user_bias=user_bias, item_weight=item_weight,
+            item_bias=item_bias, mode=self.mode, backend=self.backend,
         )
 
     def extra_repr(self) -> str:

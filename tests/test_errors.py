@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import neumf_fast
-from neumf_fast.ops import _library
+from neumf_fast import ops
+from neumf_fast.ops import _library, dispatch
 from neumf_fast.ops.dispatch import unavailable_reasons
 from conftest import make_case
 
@@ -89,12 +90,48 @@ BAD_METADATA = {
 }
 
 
+def _pattern(message: str) -> str:
+    return message.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")
+
+
 @pytest.mark.parametrize("name", BAD_METADATA)
-def test_bad_metadata(target, name):
+def test_bad_metadata(target, name, monkeypatch):
+    """The first call of a kind is checked in Python (``check_inputs``) before a backend is chosen."""
+    monkeypatch.setattr(dispatch, "_selected", {})
     make, fn, exc, message = BAD_METADATA[name]
     case = mutate(fn, target[1], **make)
-    with pytest.raises(exc, match=message.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
+    with pytest.raises(exc, match=_pattern(message)):
         call(case, target)
+
+
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+@pytest.mark.parametrize("name", BAD_METADATA)
+def test_bad_metadata_in_the_op_itself(target, name):
+    """Each kernel's op raises the same exception with the same message as ``check_inputs``:
+    ``neumf_input`` leaves a call to the op's own checks once a call of its kind has chosen a
+    backend whose ``run`` checks first (the C++ ops), so the two must not differ."""
+    make, fn, exc, message = BAD_METADATA[name]
+    case = mutate(fn, target[1], **make)
+    forward, _backward = _raw_ops(target[0])
+    with pytest.raises(exc, match=_pattern(message)):
+        forward(*_op_args(case), False)
+
+
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+def test_a_chosen_kernel_checks_later_calls_itself(target, monkeypatch):
+    """The second call of a kind skips ``check_inputs`` exactly where the backend's ``run``
+    validates first, and bad metadata in that call still raises the documented error."""
+    backend, device = target
+    calls = []
+    real = ops.check_inputs
+    monkeypatch.setattr(ops, "check_inputs", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(dispatch, "_selected", {})
+    for _ in range(2):
+        call(mutate(lambda c: None, device), target)
+    assert len(calls) == (1 if dispatch.BACKENDS[backend].checks_inputs else 2)
+    make, fn, exc, message = BAD_METADATA["item dtype mismatch"]
+    with pytest.raises(exc, match=_pattern(message)):
+        call(mutate(fn, device, **make), target)
 
 
 @pytest.mark.parametrize("side,bad_id", [("user", 50), ("user", -2), ("user", 10**12), ("item", 40), ("item", -1)])
@@ -125,11 +162,12 @@ def _raw_ops(backend):
     return torch.ops.neumf_fast.fused_input, torch.ops.neumf_fast.fused_input_backward
 
 
-def _op_args(case, h_mf=2, mode="sum"):
+def _op_args(case):
+    """A case's call as the op's twelve positional arguments."""
     kw = case.kwargs
     return (case.user, kw.get("user_mask"), kw.get("user_table"), kw.get("padding_idx"), case.item,
             kw.get("item_table"), kw.get("user_weight"), kw.get("user_bias"), kw.get("item_weight"),
-            kw.get("item_bias"), h_mf, mode)
+            kw.get("item_bias"), kw["h_mf"], kw["mode"])
 
 
 @pytest.mark.parametrize("target", KERNEL_TARGETS)
@@ -164,24 +202,25 @@ def test_backward_refuses_gradients_of_the_wrong_shape(target):
     not (torch.cuda.is_available() and _library.CUDA_KERNELS_BUILT), reason="needs a GPU and the CUDA kernels"))])
 @pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
 def test_cpp_entry_point_checks_its_arguments(device):
-    """Direct callers of torch.ops.neumf_fast get the C++ checks' messages, not a crash."""
+    """Direct callers of torch.ops.neumf_fast get the C++ checks' messages and Python's exception
+    types (ValueError, TypeError, IndexError), not a crash."""
     op = torch.ops.neumf_fast.fused_input
     user, item = torch.randn(4, 3, 5, device=device), torch.randn(4, 5, device=device)
     w = torch.randn(6, 4, device=device)
-    with pytest.raises(RuntimeError, match=r"user_weight must be \[H_mf \+ H_mlp, 5\], got \[6, 4\]"):
+    with pytest.raises(ValueError, match=r"user_weight must be \[H_mf \+ H_mlp, 5\], got \[6, 4\]"):
         op(user, None, None, None, item, None, w, None, None, None, 2, "sum")
-    with pytest.raises(RuntimeError, match="mode must be 'sum' or 'mean'"):
+    with pytest.raises(ValueError, match=r"mode must be one of \('sum', 'mean'\), got 'max'"):
         op(user, None, None, None, item, None, None, None, None, None, 2, "max")
-    with pytest.raises(RuntimeError, match="user has 4 rows but item has 3"):
+    with pytest.raises(ValueError, match="user has 4 rows but item has 3"):
         op(user, None, None, None, item[:3], None, None, None, None, None, 2, "sum")
-    with pytest.raises(RuntimeError, match="item has dtype"):
+    with pytest.raises(TypeError, match="item has dtype torch.float64 but the other float inputs have torch.float32"):
         op(user, None, None, None, item.double(), None, None, None, None, None, 2, "sum")
     ids = torch.tensor([[0, 7]], device=device)
     with pytest.raises(IndexError, match="user id 7 is out of range for a table with 7 rows"):
         op(ids, None, torch.randn(7, 5, device=device), None, torch.randn(1, 5, device=device), None, None, None,
            None, None, 2, "sum")
     if device == "cuda":
-        with pytest.raises(RuntimeError, match="item is on cpu"):
+        with pytest.raises(ValueError, match="item is on cpu"):
             op(user, None, None, None, item.cpu(), None, None, None, None, None, 2, "sum")
 
 

@@ -11,7 +11,8 @@
 // accumulated in the op-math type (fp32 for bf16/fp16, else the input type) with at::vec
 // vectors, and is never rounded to the input dtype before the projection.  The projections
 // are one BLAS GEMM per side against the stacked [H_mf + H_mlp, D] weight (MKL runs them at
-// ~160 GFLOP/s on the 2-core dev CPU, near its peak); the GMF product and the cat are one
+// ~160 GFLOP/s on the 2-core dev CPU, near its peak); at serving batch sizes, where each GEMM
+// is one thread's work, the two sides' GEMMs run at once.  The GMF product and the cat are one
 // epilogue pass.
 //
 // Saved for backward (returned as extra outputs, op-math dtype, when `save`): pooled_user, pooled_item
@@ -30,6 +31,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
@@ -237,6 +239,16 @@ void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optiona
     });                                                                                               \
   })
 
+// Whether the two sides' projection GEMMs run at once, one per thread.  A GEMM this small (under
+// 2^20 multiply-adds: a batch of 32 rows at D = 128, H = 256) runs on one thread in MKL whatever
+// the thread count, so at serving batch sizes the second thread would otherwise sit idle: with
+// two threads the pair costs about one GEMM instead of two.  Larger GEMMs use every thread
+// themselves and run one after the other.
+bool sides_concurrently(const FusedDims& d) {
+  const int64_t work = d.batch * std::max(d.user_proj * d.user_dim, d.item_proj * d.item_dim);
+  return work <= (int64_t{1} << 20) && at::get_num_threads() > 1 && !at::in_parallel_region();
+}
+
 at::ScalarType index_dtype(bool is_ids, const Tensor& t) { return is_ids ? t.scalar_type() : at::kLong; }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
@@ -268,8 +280,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
 
   // With no weight a side's projection is its pooled rows; the returned proj is then empty
   // (outputs of an op must not alias each other).
-  const Tensor proj_user = user_weight ? project(pooled_user, user_weight, user_bias) : at::empty({0}, acc_opts);
-  const Tensor proj_item = item_weight ? project(pooled_item, item_weight, item_bias) : at::empty({0}, acc_opts);
+  Tensor proj_user, proj_item;
+  if (user_weight && item_weight && sides_concurrently(d)) {
+    // Each worker thread starts with default thread-local state; give it the caller's (below
+    // autograd, grad mode, profiler), as the calling thread has it.
+    const at::ThreadLocalState caller;
+    at::parallel_for(0, 2, 1, [&](int64_t s0, int64_t s1) {
+      at::ThreadLocalStateGuard same_state(caller);
+      for (int64_t side = s0; side < s1; ++side) {
+        if (side == 0) proj_user = project(pooled_user, user_weight, user_bias);
+        else proj_item = project(pooled_item, item_weight, item_bias);
+      }
+    });
+  } else {
+    proj_user = user_weight ? project(pooled_user, user_weight, user_bias) : at::empty({0}, acc_opts);
+    proj_item = item_weight ? project(pooled_item, item_weight, item_bias) : at::empty({0}, acc_opts);
+  }
   const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
   const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
 

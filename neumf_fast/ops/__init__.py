@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from ._checks import FusedDims, check_id_range, check_inputs
-from .dispatch import BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, available_backends, select_backend
+from .dispatch import (BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, available_backends, select_backend,
+                       selected_before)
 
 
 def neumf_input(
@@ -66,8 +67,14 @@ def neumf_input(
         user_weight, user_bias, item_weight, item_bias = cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias)
     args = (user, user_mask, user_table, padding_idx, item, item_table,
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
-    dims = check_inputs(*args)
-    return select_backend(dims, backend).run(*args)
+    if not torch.compiler.is_compiling():
+        # A kernel's op validates the call itself, with check_inputs' errors: once a call of
+        # this kind has chosen it, checking here too would cost as much again (at serving batch
+        # sizes the checks are a tenth of a call).
+        chosen = selected_before(user, user_table, item, backend)
+        if chosen is not None and chosen.checks_inputs:
+            return chosen.run(*args)
+    return select_backend(check_inputs(*args), backend).run(*args)
 
 
 def _gather_first(ids: Tensor, table: Tensor | None, low: torch.dtype, rank: int) -> bool:

@@ -161,7 +161,7 @@ def _kernel_call(*args):
     an autograd.Function's forward, or with nothing to differentiate), the registered Python
     autograd would only add its no-grad wrapper (about 5 µs a call)."""
     with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.neumf_fast.fused_input(*args)
+        return torch.ops.neumf_fast.fused_input.default(*args)
 
 
 _EagerFusedInput = make_eager_function("_EagerFusedInput", _kernel_call, _GLUE.save, _GLUE.backward)

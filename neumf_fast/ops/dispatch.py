@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from . import _library
-from ._checks import FusedDims
+from ._checks import INDEX_DTYPES, FusedDims
 from .. import reference
 
 ENV_VAR = "NEUMF_FAST_BACKEND"
@@ -34,11 +34,15 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend:
-    """One implementation of the op: a name, a reason check and a call."""
+    """One implementation of the op: a name, a reason check and a call.  ``checks_inputs``:
+    ``run`` validates a call before it reads anything, raising what ``check_inputs`` raises, so
+    a caller need not check first.  The C++ ops do (csrc/ops.cpp).  The reference does not, and
+    Triton's launcher reads the ids for its range check before its op validates them."""
 
     def __init__(self, name: str, reasons: Callable[[FusedDims], list[str]], run: Callable,
-                 auto: Callable[[FusedDims], bool] = lambda dims: True):
+                 auto: Callable[[FusedDims], bool] = lambda dims: True, checks_inputs: bool = True):
         self.name, self._reasons, self.run, self.auto = name, reasons, run, auto
+        self.checks_inputs = checks_inputs
 
     def not_supported_reasons(self, dims: FusedDims) -> list[str]:
         return self._reasons(dims)
@@ -94,10 +98,11 @@ def _run_triton(*args):
 
 BACKENDS: dict[str, Backend] = {
     # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
-    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda"),
+    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda",
+                      checks_inputs=False),
     "cuda": Backend("cuda", _cuda_reasons, _library.fused_input),
     "cpu": Backend("cpu", _cpu_reasons, _library.fused_input),
-    "torch": Backend("torch", _torch_reasons, _run_reference),
+    "torch": Backend("torch", _torch_reasons, _run_reference, checks_inputs=False),
 }
 # Fastest first: "auto" takes the first that can run, where AUTO_TABLE has no measurement.
 # Triton leads the CUDA C++ kernels there: it was the only one measured on a GPU (at 1addeb7).
@@ -166,6 +171,23 @@ def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
     if chosen.name == "torch" and requested == "auto":
         _warn_fallback_once(dims)
     return chosen
+
+
+def selected_before(user, user_table, item, backend: str = "auto") -> Backend | None:
+    """The backend ``select_backend`` chose for an earlier call of the same kind (request,
+    device type, dtype, shape class), read from this call's metadata alone, without validating
+    it; ``None`` if there was none.  A call whose metadata is wrong finds none, or finds a
+    backend whose op reports what is wrong (``Backend.checks_inputs``)."""
+    if not (isinstance(user, torch.Tensor) and isinstance(item, torch.Tensor)) or user.dim() == 0:
+        return None
+    user_ids = user.dtype in INDEX_DTYPES
+    source = user_table if user_ids else user
+    if not isinstance(source, torch.Tensor):
+        return None
+    requested = os.environ.get(ENV_VAR) or backend
+    ids = user_ids or item.dtype in INDEX_DTYPES
+    return _selected.get((requested, user.device.type, source.dtype, class_of(user.shape[0], ids),
+                          _library.EXTENSION_ERROR))
 
 
 def _select(dims: FusedDims, requested: str, backend: str) -> Backend:
