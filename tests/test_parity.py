@@ -18,6 +18,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import neumf_fast
+from neumf_fast.ops import _library
+
 from conftest import KERNELS, assert_close, assert_flash_attention_rule, make_case, run
 
 DIRECT_TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
@@ -138,3 +141,43 @@ def test_deterministic_table_gradient(backend):
         torch.set_num_threads(threads)
     for name in ("grad_user_table", "grad_item_table"):
         assert torch.equal(first[name], single[name]), name
+
+
+@pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_cpu_sides_projected_at_once_match_one_after_the_other(grad):
+    """At serving batch sizes the C++ kernel runs the user and item GEMMs on two threads at once
+    (each worker given the caller's thread-local state); on one thread it runs them in turn.
+    Each GEMM is single-threaded either way, so the two agree bit for bit, gradients included,
+    and a no_grad call records nothing."""
+    case = make_case(batch=16, seq_len=10, user_dim=128, h_mf=64, h_mlp=64, user_ids=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.set_grad_enabled(grad):
+            at_once = run(case, "cpu") if grad else run_forward(case, "cpu")
+        torch.set_num_threads(1)
+        with torch.set_grad_enabled(grad):
+            in_turn = run(case, "cpu") if grad else run_forward(case, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert at_once.keys() == in_turn.keys()
+    for name in at_once:
+        assert torch.equal(at_once[name], in_turn[name]), name
+    if not grad:  # the saved projections too: a worker without the caller's state would record autograd
+        kw = case.kwargs
+        args = (case.user, None, kw["user_table"], kw.get("padding_idx"), case.item, None, kw["user_weight"],
+                kw["user_bias"], kw["item_weight"], kw["item_bias"], kw["h_mf"], kw["mode"], True)
+        torch.set_num_threads(2)
+        try:
+            with torch.no_grad():
+                outputs = _library._kernel_call(*args)
+        finally:
+            torch.set_num_threads(threads)
+        assert not any(t.requires_grad for t in outputs), [t.requires_grad for t in outputs]
+
+
+def run_forward(case, backend):
+    """``{"gmf", "mlp_in"}`` of one call, no backward."""
+    gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+    return {"gmf": gmf, "mlp_in": mlp_in}
