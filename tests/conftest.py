@@ -136,11 +136,16 @@ def sized_case(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, *, p
                      num_user_rows=30, num_item_rows=20)
 
 
-def run(case: Case, backend, seed: int = 1):
+def run(case: Case, backend, seed: int = 1, backward: bool = True):
     """Forward and backward of one call: the outputs, then the gradient of every float input
     under fixed random upstream gradients.  ``backend`` names a backend of ``neumf_input``, or
-    is a callable with its signature (an op under test outside the dispatcher)."""
+    is a callable with its signature (an op under test outside the dispatcher).  With
+    ``backward=False``, the outputs of an inference call (under ``no_grad``: nothing saved)."""
     op = backend if callable(backend) else lambda u, i, **kw: neumf_fast.neumf_input(u, i, backend=backend, **kw)
+    if not backward:
+        with torch.no_grad():
+            gmf, mlp_in = op(case.user, case.item, **case.kwargs)
+        return {"gmf": gmf, "mlp_in": mlp_in}
     gmf, mlp_in = op(case.user, case.item, **case.kwargs)
     inputs = case.float_inputs()
     g = torch.Generator().manual_seed(seed)
@@ -178,15 +183,15 @@ def assert_close(actual: dict, expected: dict, *, atol: float, rtol: float) -> N
     assert not failures, "\n".join(failures)
 
 
-def assert_flash_attention_rule(low: Case, backend) -> None:
+def assert_flash_attention_rule(low: Case, backend, backward: bool = True) -> None:
     """bf16/fp16 tolerance (flash-attention's rule, see tests/test_parity.py): the backend's max
     error against the float64 truth of the same rounded inputs is at most 2x the error of the
     PyTorch reference computed in that dtype, plus one eps of the dtype times the largest
-    magnitude."""
+    magnitude.  ``backward=False``: the outputs of an inference call only."""
     dtype = next(iter(low.float_inputs().values())).dtype
-    truth = run(low.to(torch.float64), "torch")
-    torch_low = run(low, "torch")
-    kernel = run(low, backend)
+    truth = run(low.to(torch.float64), "torch", backward=backward)
+    torch_low = run(low, "torch", backward=backward)
+    kernel = run(low, backend, backward=backward)
     eps = torch.finfo(dtype).eps
     failures = []
     for name, exact in truth.items():

@@ -115,6 +115,25 @@ def test_reduced_precision(backend, dtype, user_ids, project, mode):
 
 
 @pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("batch", [1, 37, 1000])
+@pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
+@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
+def test_inference_forward(backend, dtype, batch, project, bias, user_ids):
+    """An inference call (under no_grad: the op runs with save=False, its kernels write nothing
+    for backward), at serving batch sizes (where the C++ kernel runs the two sides' GEMMs at
+    once) and above.  Same tolerances as above, by dtype."""
+    case = make_case(batch=batch, seq_len=10, user_dim=128 if batch < 1000 else 37, h_mf=37, h_mlp=64,
+                     h_mlp_item=3, user_ids=user_ids, item_ids=user_ids, project=project, bias=bias, dtype=dtype)
+    if dtype in DIRECT_TOL:
+        tol = DIRECT_TOL[dtype]
+        assert_close(run(case, backend, backward=False), run(case, "torch", backward=False), atol=tol, rtol=tol)
+    else:
+        assert_flash_attention_rule(case, backend, backward=False)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
 def test_non_contiguous_inputs(backend):
     """Non-contiguous inputs are handled (made contiguous inside), with the same results."""
     case = make_case(batch=20, seq_len=6, user_dim=8, h_mf=4, h_mlp=4)
