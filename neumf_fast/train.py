@@ -242,11 +242,12 @@ def epoch_samples(train_user: torch.Tensor, train_item: torch.Tensor, sampler: N
     g = torch.Generator(device=sampler.device).manual_seed(seed * 1_000_003 + epoch)
     neg_user = train_user.repeat_interleave(neg)
     neg_item = sampler.sample(neg_user, g)
-    user = torch.cat([train_user, neg_user])
-    item = torch.cat([train_item, neg_item])
-    label = torch.cat([torch.ones(len(train_user)), torch.zeros(len(neg_user))]).to(user.device)
-    perm = torch.randperm(len(user), generator=g, device=sampler.device)
-    return user[perm], item[perm], label[perm]
+    perm = torch.randperm(len(train_user) + len(neg_user), generator=g, device=sampler.device)
+    # index_select, not advanced indexing: a third faster for these 1-D gathers; the label needs
+    # no gather at all (the positives come first)
+    user = torch.cat([train_user, neg_user]).index_select(0, perm)
+    item = torch.cat([train_item, neg_item]).index_select(0, perm)
+    return user, item, (perm < len(train_user)).to(torch.float32)
 
 
 def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, desc: str = "train",

@@ -272,6 +272,51 @@ def test_negative_sampler_never_returns_a_positive():
         full.sample(torch.zeros(3, dtype=torch.long))
 
 
+def test_dense_and_sorted_membership_draw_the_same_negatives(monkeypatch):
+    """The bool table of pairs (small catalogues) and the binary search over sorted keys (large
+    ones) are two ways to the same membership: the same draws give the same negatives."""
+    from neumf_fast.data import sampling
+
+    g = torch.Generator().manual_seed(0)
+    user = torch.randint(0, 30, (400,), generator=g)
+    item = torch.randint(0, 20, (400,), generator=g)
+    u = torch.arange(30).repeat_interleave(50)
+    dense = NegativeSampler(user, item, 20, 30)
+    monkeypatch.setattr(sampling, "DENSE_PAIRS", 0)
+    searched = NegativeSampler(user, item, 20, 30)
+    assert dense._pairs is not None and searched._pairs is None
+    a, b = dense.sample(u, torch.Generator().manual_seed(3)), searched.sample(u, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert not (dense._is_positive(u, a)).any()
+
+
+@pytest.mark.parametrize("bad", [-1, 30])
+def test_sampling_for_an_unknown_user_is_a_clear_error(bad):
+    sampler = NegativeSampler(torch.tensor([0, 29]), torch.tensor([0, 1]), 20, 30)
+    with pytest.raises(ValueError, match=rf"user {bad} is outside the sampler's users \[0, 30\)"):
+        sampler.sample(torch.tensor([0, bad, 3]))
+
+
+def test_epoch_samples_are_every_positive_and_their_negatives_shuffled():
+    """One epoch: each positive once with label 1, ``neg`` negatives per positive with label 0
+    and the same user, in one permutation fixed by (seed, epoch)."""
+    from neumf_fast.train import epoch_samples
+
+    g = torch.Generator().manual_seed(0)
+    train_user = torch.randint(0, 30, (200,), generator=g)
+    train_item = torch.randint(0, 20, (200,), generator=g)
+    sampler = NegativeSampler(train_user, train_item, 20, 30)
+    user, item, label = epoch_samples(train_user, train_item, sampler, 3, 0, 5)
+    assert len(user) == len(item) == len(label) == 800 and label.dtype == torch.float32
+    pos = label == 1
+    assert sorted(zip(user[pos].tolist(), item[pos].tolist())) == sorted(zip(train_user.tolist(), train_item.tolist()))
+    assert torch.equal(torch.bincount(user[~pos], minlength=30), 3 * torch.bincount(train_user, minlength=30))
+    assert not sampler._is_positive(user[~pos], item[~pos]).any()
+    again = epoch_samples(train_user, train_item, sampler, 3, 0, 5)
+    assert all(torch.equal(x, y) for x, y in zip((user, item, label), again))
+    assert not torch.equal(epoch_samples(train_user, train_item, sampler, 3, 0, 6)[0], user)
+
+
 def test_negatives_are_uniform_over_the_allowed_items():
     sampler = NegativeSampler(torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]), 6)
     neg = sampler.sample(torch.zeros(60000, dtype=torch.long), torch.Generator().manual_seed(0))

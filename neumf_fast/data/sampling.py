@@ -1,8 +1,10 @@
 """Negative sampling that never returns a positive of the user, vectorised, on CPU or GPU.
 
 A user's positives are kept as sorted ``user * num_items + item`` keys.  Items are drawn
-uniformly for all rows at once; membership is one ``searchsorted``; the few rows that hit a
-positive are redrawn, again all at once, until none do.
+uniformly for all rows at once; the few rows that hit a positive are redrawn, again all at
+once, until none do.  Membership is one gather from a bool table of every (user, item) pair
+where that table is small (up to ``DENSE_PAIRS``: ML-1M's 22M pairs), else one ``searchsorted``
+over the keys.  On the 2-core dev CPU the gather is several times faster (4M draws, ML-1M).
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+
+
+# Largest users x items for the dense membership table (a bool each: 64 MiB).
+DENSE_PAIRS = 1 << 26
 
 
 class NegativeSampler:
@@ -28,9 +34,18 @@ class NegativeSampler:
         self.keys = torch.unique(user * num_items + item).to(self.device)  # sorted, distinct
         num_users = num_users if num_users is not None else (int(user.max()) + 1 if len(user) else 0)
         self.positives_per_user = torch.bincount(self.keys // num_items, minlength=num_users)
+        self.num_users = len(self.positives_per_user)  # the ids sample() takes: [0, num_users)
+        self._some_user_full = bool((self.positives_per_user >= num_items).any())
+        self._pairs = None  # bool [num_users * num_items]: True at every positive pair
+        if self.num_users * num_items <= DENSE_PAIRS:
+            self._pairs = torch.zeros(self.num_users * num_items, dtype=torch.bool, device=self.device)
+            self._pairs[self.keys] = True
 
-    def is_positive(self, user: Tensor, item: Tensor) -> Tensor:
+    def _is_positive(self, user: Tensor, item: Tensor) -> Tensor:
+        """Whether each (user, item) is a positive; ids in range (``sample`` checks the users)."""
         query = user * self.num_items + item
+        if self._pairs is not None:
+            return self._pairs.index_select(0, query.reshape(-1)).view(query.shape)
         if self.keys.numel() == 0:
             return torch.zeros_like(query, dtype=torch.bool)
         pos = torch.searchsorted(self.keys, query).clamp_max(self.keys.numel() - 1)
@@ -54,15 +69,19 @@ class NegativeSampler:
         """One negative item per entry of ``user`` (any shape), drawn uniformly from the items
         that user has no positive for.  Raises ``ValueError`` for a user with every item positive."""
         user = user.to(self.device)
-        if user.numel() and bool((self.positives_per_user[user] >= self.num_items).any()):
+        if user.numel() and (int(user.min()) < 0 or int(user.max()) >= self.num_users):
+            bad = int(user[(user < 0) | (user >= self.num_users)][0])
+            raise ValueError(f"user {bad} is outside the sampler's users [0, {self.num_users})")
+        if user.numel() and self._some_user_full and bool((self.positives_per_user[user] >= self.num_items).any()):
             bad = int(user[self.positives_per_user[user] >= self.num_items][0])
             raise ValueError(f"user {bad} has a positive for every one of the {self.num_items} items: no negative exists")
         item = torch.randint(self.num_items, user.shape, generator=generator, device=self.device)
-        redo = self.is_positive(user, item)
-        while bool(redo.any()):
-            idx = redo.nonzero(as_tuple=True)
-            item[idx] = torch.randint(self.num_items, (idx[0].numel(),), generator=generator, device=self.device)
-            redo[idx] = self.is_positive(user[idx], item[idx])
+        flat_user, flat_item = user.reshape(-1), item.view(-1)
+        # the rows to redraw, in increasing order; each round scans only those
+        redo = self._is_positive(flat_user, flat_item).nonzero().squeeze(1)
+        while redo.numel():
+            flat_item[redo] = torch.randint(self.num_items, (redo.numel(),), generator=generator, device=self.device)
+            redo = redo[self._is_positive(flat_user[redo], flat_item[redo])]
         return item
 
 
