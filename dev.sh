@@ -68,12 +68,12 @@ case "$cmd" in
     [ $# -gt 0 ] && shift
     for suite in op train scale throughput; do
       [ "$which" = "$suite" ] || { [ "$which" = all ] && [ "$suite" != throughput ]; } || continue
-      file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%dT%H%M)"
-      if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%dT%H%M)"; fi
-      if [ "$suite" = scale ]; then file=benchmarks/test_bench_scale.py; stamp="scale-cpu-$(date -u +%Y-%m-%dT%H%M)"; fi
+      file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%dT%H%M%S)"
+      if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%dT%H%M%S)"; fi
+      if [ "$suite" = scale ]; then file=benchmarks/test_bench_scale.py; stamp="scale-cpu-$(date -u +%Y-%m-%dT%H%M%S)"; fi
       if [ "$suite" = throughput ]; then
         file="benchmarks/test_bench_train.py::test_epoch benchmarks/test_bench_scale.py::test_epoch_throughput"
-        stamp="throughput-cpu-$(date -u +%Y-%m-%dT%H%M)"
+        stamp="throughput-cpu-$(date -u +%Y-%m-%dT%H%M%S)"
       fi
       # shellcheck disable=SC2086  # $file may name two test selections
       python -m pytest $file -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
