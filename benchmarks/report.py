@@ -16,8 +16,12 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
     rows = defaultdict(dict)
     moved = {}  # (direction, shape, dtype) -> bytes the op must move (GPU benchmarks)
     copy_rate = None
+    paired = []
     for b in data["benchmarks"]:
         e = b["extra_info"]
+        if "paired" in e:  # providers interleaved in one timed run: their own section
+            paired.append(e)
+            continue
         if e.get("provider") == "copy":
             copy_rate = e["bytes"] / b["stats"]["median"]
             continue
@@ -56,6 +60,15 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
                 print(f"- {e['direction']}, {e['shape']}, {e['provider']}: {e['train_seconds']:.1f} s of training to "
                       f"validation HR@10 >= {e['target_hr10']} (popularity: {e['popularity_hr10']}); "
                       f"(epoch, seconds, HR@10): {e['trace']}")
+    if paired:
+        print("\n## Paired runs (providers interleaved block by block in one run)\n")
+        for e in paired:
+            eager, ours = e["paired"]["eager"], e["paired"]["cpu_kernel"]
+            print(f"- {e['direction']}, {e['shape']}, {e['dtype']}, {e['blocks']} blocks: plain loop "
+                  f"{eager['epoch_s']:.2f} s, neumf_fast {ours['epoch_s']:.2f} s "
+                  f"(**{eager['epoch_s'] / ours['epoch_s']:.2f}x**; each includes the epoch's sampling, "
+                  f"{e['sampling_s']:.2f} s); validation HR@10 after it {eager['valid_hr10']:.4f} and "
+                  f"{ours['valid_hr10']:.4f}")
     if moved and copy_rate:
         print("\n## Achieved bandwidth (minimum bytes moved / median time)\n")
         print(f"Device-to-device copy, measured in the same run: {copy_rate / 1e9:.0f} GB/s.\n")

@@ -39,7 +39,7 @@ from neumf_fast.data import NegativeSampler, leave_one_out, synthetic
 from neumf_fast.evaluate import evaluate_candidates, evaluate_full
 from neumf_fast.models import NeuMF
 from neumf_fast.ops import _library
-from neumf_fast.train import TrainConfig, configure_threads, epoch_samples, optimizer_threads, train_epoch
+from neumf_fast.train import TrainConfig, configure_threads, epoch_samples, train_epoch
 from neumf_fast.train_step import TrainStep
 
 
@@ -121,9 +121,7 @@ def test_epoch(benchmark, provider, batch_size, precision):
     split, sampler, train_user, train_item = _tensors()
     threads = configure_threads(None, batch_size)  # the trainer's rule, for every provider alike
     model, optimizer, graphs = _model(provider)
-    # as neumf-fast train runs it: the written-out CPU step's Adam on every core at small batches
-    step = TrainStep(model, optimizer, batch_size, precision=precision, capture=graphs,
-                     optimizer_threads=optimizer_threads(None, batch_size) if provider == "cpu_kernel" else None)
+    step = TrainStep(model, optimizer, batch_size, precision=precision, capture=graphs)
     # warm-up: compilation, graph capture and first-touch allocations happen outside the timed epoch
     warm = epoch_samples(train_user[:20000], train_item[:20000], sampler, 4, 0, 99)
     train_epoch(model, optimizer, warm, batch_size, step=step)
@@ -144,6 +142,58 @@ def test_epoch(benchmark, provider, batch_size, precision):
                                 dtype="float32" if precision == "fp32" else "bf16 autocast", provider=provider,
                                 samples=samples, samples_per_s=samples / benchmark.stats.stats.median,
                                 valid_hr10=round(hr, 4), threads=threads, device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu")
+
+
+PAIRED_BLOCKS = 40
+
+
+@cpu_only
+@pytest.mark.parametrize("batch_size", BATCHES)
+def test_epoch_paired(benchmark, batch_size):
+    """The plain loop (``eager``) and neumf_fast (``cpu_kernel``) over one epoch, interleaved:
+    the epoch is cut into ``PAIRED_BLOCKS`` blocks of whole batches, and each provider trains on
+    a block in turn (who goes first alternates).  On a VM whose speed drifts by 30-60% over
+    tens of seconds, providers timed one after the other can land in different phases;
+    interleaved, each phase slows both alike, so their ratio holds.
+
+    Each provider's epoch is its blocks' time plus one epoch's negative sampling and shuffle
+    (the same code for both, timed once), as in ``test_epoch``.  Both train on the same
+    samples in the same order and report the validation HR@10 after the epoch."""
+    import math
+    from time import perf_counter
+
+    split, sampler, train_user, train_item = _tensors()
+    threads = configure_threads(None, batch_size)
+    runs = {}
+    for provider in ("eager", "cpu_kernel"):
+        model, optimizer, _ = _model(provider)
+        step = TrainStep(model, optimizer, batch_size)
+        warm = epoch_samples(train_user[:20000], train_item[:20000], sampler, 4, 0, 99)
+        train_epoch(model, optimizer, warm, batch_size, step=step)
+        runs[provider] = (model, optimizer, step)
+    start = perf_counter()
+    samples = epoch_samples(train_user, train_item, sampler, 4, 0, 0)
+    sampling = perf_counter() - start
+    steps = math.ceil(len(samples[0]) / batch_size)
+    bounds = [round(k * steps / PAIRED_BLOCKS) * batch_size for k in range(PAIRED_BLOCKS + 1)]
+    seconds = dict.fromkeys(runs, 0.0)
+
+    def paired_epoch():
+        for k in range(PAIRED_BLOCKS):
+            block = tuple(t[bounds[k]:bounds[k + 1]] for t in samples)
+            for provider in (list(runs) if k % 2 == 0 else list(runs)[::-1]):
+                model, optimizer, step = runs[provider]
+                begin = perf_counter()
+                train_epoch(model, optimizer, block, batch_size, step=step)
+                seconds[provider] += perf_counter() - begin
+
+    benchmark.pedantic(paired_epoch, rounds=1, iterations=1)
+    epoch = {p: sampling + seconds[p] for p in runs}
+    hr = {p: evaluate_candidates(model, split, "valid")["hr@10"] for p, (model, _, _) in runs.items()}
+    benchmark.extra_info.update(direction="train epoch, paired", shape=f"ML-1M-sized, batch {batch_size}",
+                                dtype="float32", provider="eager+cpu_kernel", threads=threads, blocks=PAIRED_BLOCKS,
+                                paired={p: {"epoch_s": round(epoch[p], 3), "valid_hr10": round(hr[p], 4)} for p in runs},
+                                sampling_s=round(sampling, 3), samples=len(samples[0]))
 
 
 @cpu_only

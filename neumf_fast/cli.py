@@ -295,7 +295,7 @@ def _cmd_train(args, argv) -> None:
 
     import torch.distributed as dist
 
-    from .train import TrainConfig, configure_threads, fit, optimizer_threads
+    from .train import TrainConfig, configure_threads, fit
 
     launcher = args.nproc > 1 and "WORLD_SIZE" not in os.environ
     if "WORLD_SIZE" not in os.environ:  # checked once, by the process the user started
@@ -320,8 +320,7 @@ def _cmd_train(args, argv) -> None:
         print(f"neumf-fast: training {config.model} on {config.dataset} into {out} ({config.device}, "
               f"{threads} thread{'s' * (threads > 1)}, batch {config.batch_size}, {config.epochs} epochs)")
     try:
-        result = fit(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                     optimizer_threads=optimizer_threads(args.threads, args.batch_size))
+        result = fit(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

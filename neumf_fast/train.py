@@ -179,16 +179,6 @@ def configure_threads(threads: int | None, batch_size: int) -> int:
     return threads
 
 
-def optimizer_threads(threads: int | None, batch_size: int) -> int | None:
-    """With automatic threads at a small batch, the threads for the optimizer's update alone:
-    Adam streams every table each step, which a second core speeds up (batch 256 on the 2-core
-    VM: 0.57 -> 0.52 ms a step, median of 6 runs), while the batch's small ops stay on one
-    thread.  ``None`` where the step's own threads are used (explicit ``threads``, or a batch
-    that already uses every core)."""
-    share = core_share()
-    return share if threads is None and batch_size <= SMALL_BATCH and share > 1 else None
-
-
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
@@ -325,8 +315,8 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     it, ``overwrite`` replaces it, and otherwise ``RunExistsError`` is raised before any work.
     ``progress`` shows tqdm bars; ``log`` prints a line per epoch.
     ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt).
-    ``optimizer_threads``: torch threads for the optimizer's update in the written-out CPU step
-    (``TrainStep``); ``neumf-fast train`` passes ``optimizer_threads(...)``.
+    ``optimizer_threads``: torch threads for the optimizer's update alone in the written-out CPU
+    step (``TrainStep``); off unless given.
     """
     rank, size = world()
     lead = rank == 0  # evaluation, checkpoints, logs and files: rank 0 only

@@ -296,8 +296,8 @@ def test_fit_with_cuda_graphs(tmp_path):
 @needs_extension
 def test_adam_on_more_threads_changes_nothing_but_the_threads():
     """The written-out step's Adam update may run on more threads than the rest of the step
-    (train.optimizer_threads): an elementwise update, so bit-for-bit the same weights, and the
-    step's own thread count is restored after it."""
+    (TrainStep's optimizer_threads): an elementwise update, so bit-for-bit the same weights, and
+    the step's own thread count is restored after it."""
     samples = _samples(5 * 64)
     states = []
     threads = torch.get_num_threads()
@@ -314,14 +314,3 @@ def test_adam_on_more_threads_changes_nothing_but_the_threads():
         torch.set_num_threads(threads)
     for name, a in states[0].items():
         assert torch.equal(a, states[1][name]), name
-
-
-def test_optimizer_threads_only_for_automatic_threads_at_small_batches(monkeypatch):
-    from neumf_fast import train
-
-    monkeypatch.setattr(train, "core_share", lambda: 4)
-    assert train.optimizer_threads(None, 256) == 4
-    assert train.optimizer_threads(1, 256) is None  # the user chose the threads
-    assert train.optimizer_threads(None, 8192) is None  # the step already uses every core
-    monkeypatch.setattr(train, "core_share", lambda: 1)
-    assert train.optimizer_threads(None, 256) is None
