@@ -7,7 +7,8 @@
 #   bash dev.sh demo   the fused op alone on the design's shapes (parity and speed)
 #   bash dev.sh bench [op|train|scale|throughput]  run the CPU benchmarks and write benchmarks/results/
 #                      (throughput: training samples/s, ML-1M-sized at batch 256/8192 against the
-#                      plain loop, and ML-20M-shaped at scale, fp32 and bf16, in one run)
+#                      plain loop, one after the other and interleaved, and ML-20M-shaped at scale,
+#                      fp32 and bf16, in one run)
 # Extra arguments go to the command (neumf-fast train, pytest, the demo).
 # Set-up steps that have nothing to do (same requirements, same sources) are skipped.
 set -euo pipefail
@@ -72,7 +73,7 @@ case "$cmd" in
       if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%dT%H%M%S)"; fi
       if [ "$suite" = scale ]; then file=benchmarks/test_bench_scale.py; stamp="scale-cpu-$(date -u +%Y-%m-%dT%H%M%S)"; fi
       if [ "$suite" = throughput ]; then
-        file="benchmarks/test_bench_train.py::test_epoch benchmarks/test_bench_scale.py::test_epoch_throughput"
+        file="benchmarks/test_bench_train.py::test_epoch benchmarks/test_bench_train.py::test_epoch_paired benchmarks/test_bench_scale.py::test_epoch_throughput"
         stamp="throughput-cpu-$(date -u +%Y-%m-%dT%H%M%S)"
       fi
       # shellcheck disable=SC2086  # $file may name two test selections

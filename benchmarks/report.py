@@ -61,14 +61,23 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
                       f"validation HR@10 >= {e['target_hr10']} (popularity: {e['popularity_hr10']}); "
                       f"(epoch, seconds, HR@10): {e['trace']}")
     if paired:
-        print("\n## Paired runs (providers interleaved block by block in one run)\n")
-        for e in paired:
+        print("\n## Paired runs (the baseline and the kernel interleaved in one run: the ratios to read)\n")
+        print("| direction | shape | dtype | interleaved | eager | cpu_kernel | eager/cpu_kernel |")
+        print("|---|---|---|---|---|---|---|")
+        for e in sorted(paired, key=lambda e: (e["direction"], e["shape"])):
             eager, ours = e["paired"]["eager"], e["paired"]["cpu_kernel"]
-            print(f"- {e['direction']}, {e['shape']}, {e['dtype']}, {e['blocks']} blocks: plain loop "
-                  f"{eager['epoch_s']:.2f} s, neumf_fast {ours['epoch_s']:.2f} s "
-                  f"(**{eager['epoch_s'] / ours['epoch_s']:.2f}x**; each includes the epoch's sampling, "
-                  f"{e['sampling_s']:.2f} s); validation HR@10 after it {eager['valid_hr10']:.4f} and "
-                  f"{ours['valid_hr10']:.4f}")
+            if "blocks" in e:  # a training epoch: seconds, with the shared sampling in both
+                how = f"{e['blocks']} blocks (+ sampling {e['sampling_s']:.2f} s in each)"
+                cells = f"{eager['seconds']:.2f} s | {ours['seconds']:.2f} s"
+            else:  # an op: median of the rounds
+                how = f"{e['rounds']} rounds of {e['calls_per_round']} calls"
+                cells = f"{eager['seconds'] * 1e3:.3f} ms | {ours['seconds'] * 1e3:.3f} ms"
+            print(f"| {e['direction']} | {e['shape']} | {e['dtype']} | {how} | {cells} | "
+                  f"**{eager['seconds'] / ours['seconds']:.2f}x** |")
+        hr = [e for e in paired if "valid_hr10" in e["paired"]["eager"]]
+        for e in hr:
+            print(f"\n{e['shape']}: validation HR@10 after the epoch {e['paired']['eager']['valid_hr10']:.4f} "
+                  f"(eager) and {e['paired']['cpu_kernel']['valid_hr10']:.4f} (cpu_kernel).")
     if moved and copy_rate:
         print("\n## Achieved bandwidth (minimum bytes moved / median time)\n")
         print(f"Device-to-device copy, measured in the same run: {copy_rate / 1e9:.0f} GB/s.\n")

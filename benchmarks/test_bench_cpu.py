@@ -77,7 +77,24 @@ def test_cpu(benchmark, direction, shape, provider):
         pytest.skip(_library.EXTENSION_ERROR)
     torch._dynamo.reset()
     baseline, user, item = make_case(batch, seq_len, dim, hidden, ids)
-    module = provider_module(provider, baseline)
+    step = _step(direction, provider_module(provider, baseline), user, item)
+    for _ in range(3):  # compile and warm caches outside the timed region
+        step()
+    benchmark.extra_info.update(direction=direction, shape=shape, provider=provider, dtype="float32",
+                                B=batch, L=seq_len, D=dim, H=hidden, ids=ids)
+    benchmark.pedantic(step, rounds=_rounds(batch), iterations=_iterations(batch), warmup_rounds=1)
+
+
+def _rounds(batch: int) -> int:
+    return 30 if batch <= 16 else 10
+
+
+def _iterations(batch: int) -> int:
+    return 20 if batch <= 16 else 1
+
+
+def _step(direction: str, module, user, item):
+    """One timed call: the forward under no_grad, or forward and backward (gradients dropped)."""
     leaves = [t for t in (user, item, *module.parameters()) if t.requires_grad]
 
     def step():
@@ -90,8 +107,41 @@ def test_cpu(benchmark, direction, shape, provider):
             t.grad = None
         return gmf
 
-    for _ in range(3):  # compile and warm caches outside the timed region
-        step()
-    benchmark.extra_info.update(direction=direction, shape=shape, provider=provider, dtype="float32",
-                                B=batch, L=seq_len, D=dim, H=hidden, ids=ids)
-    benchmark.pedantic(step, rounds=30 if batch <= 16 else 10, iterations=20 if batch <= 16 else 1, warmup_rounds=1)
+    return step
+
+
+PAIRED_ROUNDS = 3  # times test_cpu's rounds
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("direction", ["fwd", "fwd_bwd"])
+def test_cpu_paired(benchmark, direction, shape):
+    """The baseline (``eager``) and ``cpu_kernel`` timed in alternating rounds of one run (who
+    goes first alternates), so that the VM's drifts, up to 60% over seconds, slow both alike;
+    the ratio of their median rounds is the one to read against a target."""
+    from time import perf_counter
+
+    batch, seq_len, dim, hidden, ids = SHAPES[shape]
+    if _library.EXTENSION_ERROR:
+        pytest.skip(_library.EXTENSION_ERROR)
+    baseline, user, item = make_case(batch, seq_len, dim, hidden, ids)
+    steps = {p: _step(direction, provider_module(p, baseline), user, item) for p in ("eager", "cpu_kernel")}
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    calls = _iterations(batch)
+    rounds = {p: [] for p in steps}
+
+    def paired():
+        for r in range(PAIRED_ROUNDS * _rounds(batch)):
+            for p in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+                begin = perf_counter()
+                for _ in range(calls):
+                    steps[p]()
+                rounds[p].append((perf_counter() - begin) / calls)
+
+    benchmark.pedantic(paired, rounds=1, iterations=1)
+    median = {p: sorted(t)[len(t) // 2] for p, t in rounds.items()}
+    benchmark.extra_info.update(direction=direction, shape=shape, dtype="float32", provider="eager+cpu_kernel",
+                                rounds=len(rounds["eager"]), calls_per_round=calls,
+                                paired={p: {"seconds": median[p]} for p in steps})

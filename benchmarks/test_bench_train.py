@@ -192,7 +192,7 @@ def test_epoch_paired(benchmark, batch_size):
     hr = {p: evaluate_candidates(model, split, "valid")["hr@10"] for p, (model, _, _) in runs.items()}
     benchmark.extra_info.update(direction="train epoch, paired", shape=f"ML-1M-sized, batch {batch_size}",
                                 dtype="float32", provider="eager+cpu_kernel", threads=threads, blocks=PAIRED_BLOCKS,
-                                paired={p: {"epoch_s": round(epoch[p], 3), "valid_hr10": round(hr[p], 4)} for p in runs},
+                                paired={p: {"seconds": round(epoch[p], 3), "valid_hr10": round(hr[p], 4)} for p in runs},
                                 sampling_s=round(sampling, 3), samples=len(samples[0]))
 
 
