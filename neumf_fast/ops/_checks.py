@@ -1,8 +1,10 @@
 """Metadata checks of a fused NeuMF input call, shared by every backend and the fake kernel.
 
 They read only shapes, dtypes and devices (no data, no host sync).  Id ranges are data: each
-backend checks them where it reads the ids.  The C++ entry points repeat these checks for
-callers that reach ``torch.ops.neumf_fast`` directly (csrc/ops.cpp).
+backend checks them where it reads the ids.  The C++ entry points (csrc/ops.cpp) make the same
+checks, in the same order, with the same exceptions and messages: for callers that reach
+``torch.ops.neumf_fast`` directly, and for ``neumf_input``, which leaves the checks to them once
+a call of the same kind has chosen a C++ backend (``dispatch.selected_before``).
 """
 
 from __future__ import annotations

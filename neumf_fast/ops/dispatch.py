@@ -40,7 +40,7 @@ class Backend:
     Triton's launcher reads the ids for its range check before its op validates them."""
 
     def __init__(self, name: str, reasons: Callable[[FusedDims], list[str]], run: Callable,
-                 auto: Callable[[FusedDims], bool] = lambda dims: True, checks_inputs: bool = True):
+                 auto: Callable[[FusedDims], bool] = lambda dims: True, checks_inputs: bool = False):
         self.name, self._reasons, self.run, self.auto = name, reasons, run, auto
         self.checks_inputs = checks_inputs
 
@@ -98,11 +98,10 @@ def _run_triton(*args):
 
 BACKENDS: dict[str, Backend] = {
     # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
-    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda",
-                      checks_inputs=False),
-    "cuda": Backend("cuda", _cuda_reasons, _library.fused_input),
-    "cpu": Backend("cpu", _cpu_reasons, _library.fused_input),
-    "torch": Backend("torch", _torch_reasons, _run_reference, checks_inputs=False),
+    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda"),
+    "cuda": Backend("cuda", _cuda_reasons, _library.fused_input, checks_inputs=True),
+    "cpu": Backend("cpu", _cpu_reasons, _library.fused_input, checks_inputs=True),
+    "torch": Backend("torch", _torch_reasons, _run_reference),
 }
 # Fastest first: "auto" takes the first that can run, where AUTO_TABLE has no measurement.
 # Triton leads the CUDA C++ kernels there: it was the only one measured on a GPU (at 1addeb7).
@@ -164,7 +163,7 @@ _selected: dict[tuple, Backend] = {}
 def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
     """The backend that will run these inputs, honouring ``NEUMF_FAST_BACKEND``."""
     requested = os.environ.get(ENV_VAR) or backend
-    key = (requested, dims.device.type, dims.dtype, shape_class(dims), _library.EXTENSION_ERROR)
+    key = _selection_key(requested, dims.device.type, dims.dtype, dims.batch, dims.user_ids or dims.item_ids)
     chosen = _selected.get(key)
     if chosen is None:
         chosen = _selected[key] = _select(dims, requested, backend)
@@ -186,8 +185,13 @@ def selected_before(user, user_table, item, backend: str = "auto") -> Backend | 
         return None
     requested = os.environ.get(ENV_VAR) or backend
     ids = user_ids or item.dtype in INDEX_DTYPES
-    return _selected.get((requested, user.device.type, source.dtype, class_of(user.shape[0], ids),
-                          _library.EXTENSION_ERROR))
+    return _selected.get(_selection_key(requested, user.device.type, source.dtype, user.shape[0], ids))
+
+
+def _selection_key(requested: str, device_type: str, dtype: torch.dtype, batch: int, ids: bool) -> tuple:
+    """What a selection depends on: every backend's reasons read only the device type, the
+    dtype and how the process was set up (the extension), and ``AutoTable`` the shape class."""
+    return requested, device_type, dtype, class_of(batch, ids), _library.EXTENSION_ERROR
 
 
 def _select(dims: FusedDims, requested: str, backend: str) -> Backend:
