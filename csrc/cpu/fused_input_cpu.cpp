@@ -63,6 +63,11 @@ inline void axpy_row(opmath_t<scalar_t>* acc, const scalar_t* src, opmath_t<scal
     }
     at::vec::fmadd(wv, s, Vec::loadu(acc + i)).store(acc + i);
   }
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    // the tail as one partial vector (widths such as 40 leave 8 of 16 lanes)
+    if (i < n) at::vec::fmadd(wv, Vec::loadu(src + i, n - i), Vec::loadu(acc + i, n - i)).store(acc + i, n - i);
+    return;
+  }
   for (; i < n; ++i) acc[i] += w * static_cast<acc_t>(src[i]);
 }
 
@@ -75,6 +80,8 @@ inline void scale_store_row(scalar_t* dst, const opmath_t<scalar_t>* src, opmath
   int64_t i = 0;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     for (; i + Vec::size() <= n; i += Vec::size()) (wv * Vec::loadu(src + i)).store(dst + i);
+    if (i < n) (wv * Vec::loadu(src + i, n - i)).store(dst + i, n - i);
+    return;
   } else {
     for (; i + 2 * Vec::size() <= n; i += 2 * Vec::size()) {
       auto lo = wv * Vec::loadu(src + i);
@@ -83,6 +90,28 @@ inline void scale_store_row(scalar_t* dst, const opmath_t<scalar_t>* src, opmath
     }
   }
   for (; i < n; ++i) dst[i] = static_cast<scalar_t>(w * src[i]);
+}
+
+// dst[0:n] = a[0:n] * b[0:n]: a in its storage type, b and dst in op-math.
+template <typename scalar_t>
+inline void mul_row(opmath_t<scalar_t>* dst, const scalar_t* a, const opmath_t<scalar_t>* b, int64_t n) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    Vec av;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      av = Vec::loadu(a + i);
+    } else {
+      at::vec::load_to_float<scalar_t>(a + i, av);
+    }
+    (av * Vec::loadu(b + i)).store(dst + i);
+  }
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (i < n) (Vec::loadu(a + i, n - i) * Vec::loadu(b + i, n - i)).store(dst + i, n - i);
+    return;
+  }
+  for (; i < n; ++i) dst[i] = static_cast<acc_t>(a[i]) * b[i];
 }
 
 template <typename scalar_t>
@@ -127,6 +156,14 @@ inline void sum_rows(opmath_t<scalar_t>* out, const scalar_t* const* rows, int64
     Vec a(0);
     for (int64_t r = 0; r < n; ++r) a += load(rows[r] + i);
     (a * sv).store(out + i);
+  }
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (i < D) {
+      Vec a(0);
+      for (int64_t r = 0; r < n; ++r) a += Vec::loadu(rows[r] + i, D - i);
+      (a * sv).store(out + i, D - i);
+    }
+    return;
   }
   for (; i < D; ++i) {
     acc_t a(0);
@@ -350,7 +387,7 @@ Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& 
       for (int64_t p = 0; p < positions; ++p) {
         const auto id = static_cast<int64_t>(ids[p]);
         if (id < r0 || id >= r1 || (has_pad && id == pad)) continue;
-        const int64_t b = p / L;
+        const int64_t b = L == 1 ? p : p / L;  // (a 64-bit division per position costs)
         axpy_row<acc_t>(acc + id * dim, gp + b * dim, scale[b], dim);
       }
       if constexpr (!direct) {
@@ -403,13 +440,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
     acc_t* di = dproj_item.data_ptr<acc_t>();
     at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t j = 0; j < Hm; ++j) {
-          const acc_t g = static_cast<acc_t>(gg[b * Hm + j]);
-          du[b * Hu + j] = g * mfi[b * Hi + j];
-          di[b * Hi + j] = g * mfu[b * Hu + j];
-        }
-        for (int64_t j = 0; j < Hmu; ++j) du[b * Hu + Hm + j] = static_cast<acc_t>(gm[b * (Hmu + Hmi) + j]);
-        for (int64_t j = 0; j < Hmi; ++j) di[b * Hi + Hm + j] = static_cast<acc_t>(gm[b * (Hmu + Hmi) + Hmu + j]);
+        mul_row<scalar_t>(du + b * Hu, gg + b * Hm, mfi + b * Hi, Hm);
+        mul_row<scalar_t>(di + b * Hi, gg + b * Hm, mfu + b * Hu, Hm);
+        at::vec::convert(gm + b * (Hmu + Hmi), du + b * Hu + Hm, Hmu);
+        at::vec::convert(gm + b * (Hmu + Hmi) + Hmu, di + b * Hi + Hm, Hmi);
       }
     });
   });
