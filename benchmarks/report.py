@@ -65,6 +65,8 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
         print("| direction | shape | dtype | interleaved | eager | cpu_kernel | eager/cpu_kernel |")
         print("|---|---|---|---|---|---|---|")
         for e in sorted(paired, key=lambda e: (e["direction"], e["shape"])):
+            for timing in e["paired"].values():  # results written before the field was renamed
+                timing.setdefault("seconds", timing.get("epoch_s"))
             eager, ours = e["paired"]["eager"], e["paired"]["cpu_kernel"]
             if "blocks" in e:  # a training epoch: seconds, with the shared sampling in both
                 how = f"{e['blocks']} blocks (+ sampling {e['sampling_s']:.2f} s in each)"
