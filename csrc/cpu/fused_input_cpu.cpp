@@ -47,6 +47,19 @@ using at::Tensor;
 template <typename T>
 using opmath_t = at::opmath_type<T>;
 
+// One vector of op-math values from src[0:size] in its storage type.
+template <typename scalar_t>
+inline at::vec::Vectorized<opmath_t<scalar_t>> load_opmath(const scalar_t* src) {
+  using Vec = at::vec::Vectorized<opmath_t<scalar_t>>;
+  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    return Vec::loadu(src);
+  } else {
+    Vec v;
+    at::vec::load_to_float<scalar_t>(src, v);
+    return v;
+  }
+}
+
 // acc[0:n] += w * src[0:n], reading src in its storage type and accumulating in op-math.
 template <typename scalar_t>
 inline void axpy_row(opmath_t<scalar_t>* acc, const scalar_t* src, opmath_t<scalar_t> w, int64_t n) {
@@ -55,13 +68,7 @@ inline void axpy_row(opmath_t<scalar_t>* acc, const scalar_t* src, opmath_t<scal
   const Vec wv(w);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    Vec s;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      s = Vec::loadu(src + i);
-    } else {
-      at::vec::load_to_float<scalar_t>(src + i, s);
-    }
-    at::vec::fmadd(wv, s, Vec::loadu(acc + i)).store(acc + i);
+    at::vec::fmadd(wv, load_opmath(src + i), Vec::loadu(acc + i)).store(acc + i);
   }
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     // the tail as one partial vector (widths such as 40 leave 8 of 16 lanes)
@@ -98,15 +105,7 @@ inline void mul_row(opmath_t<scalar_t>* dst, const scalar_t* a, const opmath_t<s
   using acc_t = opmath_t<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    Vec av;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      av = Vec::loadu(a + i);
-    } else {
-      at::vec::load_to_float<scalar_t>(a + i, av);
-    }
-    (av * Vec::loadu(b + i)).store(dst + i);
-  }
+  for (; i + Vec::size() <= n; i += Vec::size()) (load_opmath(a + i) * Vec::loadu(b + i)).store(dst + i);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (i < n) (Vec::loadu(a + i, n - i) * Vec::loadu(b + i, n - i)).store(dst + i, n - i);
     return;
@@ -127,15 +126,7 @@ inline void sum_rows(opmath_t<scalar_t>* out, const scalar_t* const* rows, int64
   using acc_t = opmath_t<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  auto load = [](const scalar_t* p) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return Vec::loadu(p);
-    } else {
-      Vec v;
-      at::vec::load_to_float<scalar_t>(p, v);
-      return v;
-    }
-  };
+  auto load = [](const scalar_t* p) { return load_opmath(p); };
   const Vec sv(scale);
   int64_t i = 0;
   for (; i + 4 * V <= D; i += 4 * V) {
