@@ -306,8 +306,7 @@ def prepare_split(config: TrainConfig, out_dir: Path | None = None, log: bool = 
 
 
 def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        log: bool = True, on_step: Callable[[int, int], None] | None = None, split: Split | None = None,
-        optimizer_threads: int | None = None) -> dict:
+        log: bool = True, on_step: Callable[[int, int], None] | None = None, split: Split | None = None) -> dict:
     """Trains, writes ``best.pt``, ``last.pt``, ``split.npz``, ``metrics.json`` and
     ``curves.png`` to ``out_dir``, and returns the metrics dict.
 
@@ -315,8 +314,6 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     it, ``overwrite`` replaces it, and otherwise ``RunExistsError`` is raised before any work.
     ``progress`` shows tqdm bars; ``log`` prints a line per epoch.
     ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt).
-    ``optimizer_threads``: torch threads for the optimizer's update alone in the written-out CPU
-    step (``TrainStep``); off unless given.
     """
     rank, size = world()
     lead = rank == 0  # evaluation, checkpoints, logs and files: rank 0 only
@@ -393,8 +390,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     # built once: with --cuda-graphs it holds the captured step from one epoch to the next
     train_step = TrainStep(train_model, optimizer, config.batch_size,
                            user_input=user_input if user_input.history is not None else None,
-                           precision=config.precision, scaler=scaler, world=size, capture=capture,
-                           optimizer_threads=optimizer_threads)
+                           precision=config.precision, scaler=scaler, world=size, capture=capture)
 
     def checkpoint(epoch: int) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "model": model.state_dict(),
