@@ -236,6 +236,12 @@ class _WrittenOutStep:
         self.tower = [] if isinstance(model, models.GMF) else [(layer.weight, layer.bias) for layer in model.tower]
         self.predict = (model.predict.weight, model.predict.bias)
         self._state = None
+        # Adam keeps a 0-d step count per parameter; advancing eleven of them with
+        # torch._foreach_add_ costs about 18 us a step on the CPU (3% of a batch-256 step).
+        # The counts are moved into one buffer, each parameter's "step" a 0-d view of it, so
+        # that one add_ advances them all; the state holds the same values in the same places.
+        self._step_counts: Tensor | None = None
+        self._step_views: list[Tensor] = []
 
     def ready(self) -> bool:
         """Whether Adam's state exists for every parameter (a fresh optimizer's first step goes
@@ -246,8 +252,14 @@ class _WrittenOutStep:
         if self._state is None:  # from here on this path owns the step: autograd's .grad is stale
             self.optimizer.zero_grad(set_to_none=True)
         # read every step: load_state_dict replaces the state's tensors
+        steps = [state[p]["step"] for p in self.params]
+        if len(steps) != len(self._step_views) or any(s is not v for s, v in zip(steps, self._step_views)):
+            self._step_counts = torch.stack([s.detach() for s in steps])
+            self._step_views = list(self._step_counts.unbind())
+            for p, view in zip(self.params, self._step_views):
+                state[p]["step"] = view
         self._state = ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
-                       [state[p]["step"] for p in self.params])
+                       self._step_views)
         return True
 
     def step(self, user: Tensor, item: Tensor, label: Tensor) -> Tensor:
@@ -261,7 +273,7 @@ class _WrittenOutStep:
             torch.set_num_threads(self.optimizer_threads)
         try:
             with torch.no_grad():
-                torch._foreach_add_(steps, 1)
+                self._step_counts.add_(1)  # every parameter's step count (see __init__)
                 torch._fused_adam_(self.params, [grads[id(p)] for p in self.params], exp_avgs, exp_avg_sqs, [], steps,
                                    lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                                    eps=group["eps"], amsgrad=False, maximize=False)

@@ -132,6 +132,51 @@ def test_the_written_out_step_trains_like_the_autograd_step(kind):
 
 
 @needs_extension
+def test_the_written_out_step_keeps_adams_step_counts_in_the_optimizer():
+    """The written-out step advances every parameter's step count with one add (the counts are
+    views of one buffer).  The optimizer's state_dict holds the right counts.  A checkpoint
+    saved with torch.save and loaded back, into the same model and optimizer or into fresh
+    ones, continues exactly as the uninterrupted run, and the loaded counts are the ones that
+    advance."""
+    import io
+
+    samples = _samples(3 * 64)
+
+    def fresh():
+        model = _model("neumf", "cpu")
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+        return model, optimizer, TrainStep(model, optimizer, 64)
+
+    def states(model, optimizer):
+        return model.state_dict(), optimizer.state_dict()["state"]
+
+    model, optimizer, step = fresh()
+    train_epoch(model, optimizer, samples, 64, step=step)  # 1 autograd step, then 2 written out
+    assert step.written_out is not None and step.written_out._step_counts is not None
+    assert [float(s["step"]) for s in optimizer.state_dict()["state"].values()] == [3.0] * len(optimizer.state)
+    saved = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, saved)
+    train_epoch(model, optimizer, samples, 64, step=step)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}, \
+        {k: {n: t.clone() for n, t in v.items()} for k, v in optimizer.state_dict()["state"].items()}
+
+    for same_objects in (True, False):
+        saved.seek(0)
+        checkpoint = torch.load(saved)
+        if not same_objects:
+            model, optimizer, step = fresh()
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        train_epoch(model, optimizer, samples, 64, step=step)
+        weights, adam = states(model, optimizer)
+        for name, a in expected[0].items():
+            assert torch.equal(weights[name], a), (same_objects, name)
+        for k, a in expected[1].items():
+            assert float(adam[k]["step"]) == float(a["step"]) == 6.0, (same_objects, k)
+            assert torch.equal(adam[k]["exp_avg_sq"], a["exp_avg_sq"]), (same_objects, k)
+
+
+@needs_extension
 def test_the_written_out_step_is_taken_only_where_it_applies():
     model = _model("neumf", "cpu")
     adam = lambda m, **kw: torch.optim.Adam(m.parameters(), lr=0.01, **kw)
