@@ -163,6 +163,41 @@ def test_deterministic_table_gradient(backend):
 
 
 @pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_large_tables_give_the_small_tables_gradient_rows(dtype):
+    """The C++ kernel scatters into a table gradient of up to 2 MiB (op-math) and writes a
+    larger one row by row (csrc/cpu/fused_input_cpu.cpp, table_grad).  Both sum each row's
+    contributions in position order, so the same ids into a 9-row table and into a 9000-row one
+    (2.3 MB of float32 gradient) whose first rows are the same give the same gradient rows bit
+    for bit, and zeros for the rows nobody read; likewise on one thread.  The large case also
+    matches the reference (float32, at the 2e-5 used throughout this file)."""
+    small = make_case(batch=37, seq_len=6, user_dim=64, h_mf=8, h_mlp=8, user_ids=True, item_ids=True,
+                      num_user_rows=9, num_item_rows=9, mask="empty_rows", dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    large = small.to(dtype)  # fresh leaves, same values
+    for name in ("user_table", "item_table"):
+        table = small.kwargs[name].detach()
+        extra = torch.randn(9000 - len(table), table.shape[1], generator=g, dtype=torch.float64).to(dtype)
+        large.kwargs[name] = torch.cat([table, extra]).requires_grad_()
+    expected, got = run(small, "cpu"), run(large, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = run(large, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    for name, want in expected.items():
+        for other in (got, single):
+            have = other[name]
+            if name.endswith("_table"):
+                assert not have[len(want):].any(), f"{name}: a row nobody read is not zero"
+                have = have[:len(want)]
+            assert torch.equal(have, want), name
+    if dtype == torch.float32:
+        assert_close(got, run(large, "torch"), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_cpu_sides_projected_at_once_match_one_after_the_other(grad):
     """At serving batch sizes the C++ kernel runs the user and item GEMMs on two threads at once
