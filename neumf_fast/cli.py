@@ -295,7 +295,7 @@ def _cmd_train(args, argv) -> None:
 
     import torch.distributed as dist
 
-    from .train import TrainConfig, configure_threads, fit
+    from .train import TrainConfig, configure_malloc, configure_threads, fit
 
     launcher = args.nproc > 1 and "WORLD_SIZE" not in os.environ
     if "WORLD_SIZE" not in os.environ:  # checked once, by the process the user started
@@ -306,6 +306,7 @@ def _cmd_train(args, argv) -> None:
     if launcher:
         return _launch(args.nproc, [*argv, "--out", str(args.out)])
     threads = configure_threads(args.threads, args.batch_size)
+    configure_malloc()
     args.device = _init_distributed(args.device)
 
     config = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
