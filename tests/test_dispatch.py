@@ -152,3 +152,28 @@ def test_choose_auto_picks_the_fastest_kernel_per_class(tmp_path):
     out = tmp_path / "auto_table.json"
     choose_auto.main([str(run), "--out", str(out)])
     assert dispatch.AutoTable(out).table == {"Fake GPU": {"serving float32": "cuda", "ids float32": "triton"}}
+
+
+@pytest.mark.parametrize("env", [None, "torch"])
+@pytest.mark.parametrize("batch", [3, 300], ids=["serving", "large"])
+@pytest.mark.parametrize("user_ids,item_ids", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_selected_before_finds_what_select_backend_chose(monkeypatch, env, batch, user_ids, item_ids, dtype):
+    """A call's fast path (``selected_before``, which builds the cache key from the raw
+    arguments) finds the backend that ``select_backend`` chose for the same kind of call, for
+    every shape class, id side, dtype and environment override, and a call of another kind does
+    not find it."""
+    monkeypatch.setattr(dispatch, "_selected", {})
+    if env is None:
+        monkeypatch.delenv(ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(ENV_VAR, env)
+    case = make_case(batch=batch, seq_len=2, user_ids=user_ids, item_ids=item_ids, dtype=dtype)
+    user_table, item = case.kwargs.get("user_table"), case.item
+    assert dispatch.selected_before(case.user, user_table, item) is None
+    chosen = select_backend(dims_of(case))
+    assert dispatch.selected_before(case.user, user_table, item) is chosen
+    assert dispatch.selected_before(case.user, user_table, item, device_type="cpu") is chosen
+    other = make_case(batch=batch, seq_len=2, user_ids=user_ids, item_ids=item_ids,
+                      dtype=torch.float64 if dtype == torch.float32 else torch.float32)
+    assert dispatch.selected_before(other.user, other.kwargs.get("user_table"), other.item) is None

@@ -49,32 +49,47 @@ def neumf_input(
         ``gmf = mf_user * mf_item`` of shape ``[B, h_mf]`` and
         ``mlp_in = cat(mlp_user, mlp_item)`` of shape ``[B, H_mlp_user + H_mlp_item]``.
     """
+    return run_fused((user, user_mask, user_table, padding_idx, item, item_table,
+                      user_weight, user_bias, item_weight, item_bias, h_mf, mode), backend)
+
+
+def run_fused(args: tuple, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """``neumf_input`` on its twelve arguments as one tuple, in the op's order (``user,
+    user_mask, user_table, padding_idx, item, item_table, user_weight, user_bias, item_weight,
+    item_bias, h_mf, mode``): the same casts, checks and dispatch.  ``FusedUserItem`` calls it
+    directly; at a serving batch the Python between a module call and the kernel is a fifth of
+    the call, and packing and unpacking thirteen keywords is part of it."""
+    user = args[0]
     device_type = user.device.type
     if torch.is_autocast_enabled(device_type):
-        # Under autocast, run the kernels' low-precision path: every float input goes to the
-        # autocast dtype (a differentiable cast, so fp32 parameters get fp32 gradients).
-        low = torch.get_autocast_dtype(device_type)
-        if not torch.compiler.is_compiling():
-            # A call that reads fewer rows than a table holds casts the rows it reads, not the
-            # table: casting the table costs its size every step, forward and backward.
-            if user_mask is None and _gather_first(user, user_table, low, 2):
-                (user, user_mask), user_table = _gathered_rows(user, user_table, padding_idx, "user"), None
-                padding_idx = None
-            if _gather_first(item, item_table, low, 1):
-                (item, _), item_table = _gathered_rows(item, item_table, None, "item"), None
-        cast = lambda t: t.to(low) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != low else t
-        user, item, user_table, item_table = cast(user), cast(item), cast(user_table), cast(item_table)
-        user_weight, user_bias, item_weight, item_bias = cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias)
-    args = (user, user_mask, user_table, padding_idx, item, item_table,
-            user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+        args = _autocast_inputs(args, device_type)
     if not torch.compiler.is_compiling():
         # A kernel's op validates the call itself, with check_inputs' errors: once a call of
         # this kind has chosen it, checking here too would cost as much again (at serving batch
         # sizes the checks are a tenth of a call).
-        chosen = selected_before(user, user_table, item, backend)
+        chosen = selected_before(args[0], args[2], args[4], backend, device_type)
         if chosen is not None and chosen.checks_inputs:
             return chosen.run(*args)
     return select_backend(check_inputs(*args), backend).run(*args)
+
+
+def _autocast_inputs(args: tuple, device_type: str) -> tuple:
+    """Under autocast, the kernels' low-precision path: every float input goes to the autocast
+    dtype (a differentiable cast, so fp32 parameters get fp32 gradients)."""
+    (user, user_mask, user_table, padding_idx, item, item_table,
+     user_weight, user_bias, item_weight, item_bias, h_mf, mode) = args
+    low = torch.get_autocast_dtype(device_type)
+    if not torch.compiler.is_compiling():
+        # A call that reads fewer rows than a table holds casts the rows it reads, not the
+        # table: casting the table costs its size every step, forward and backward.
+        if user_mask is None and _gather_first(user, user_table, low, 2):
+            (user, user_mask), user_table = _gathered_rows(user, user_table, padding_idx, "user"), None
+            padding_idx = None
+        if _gather_first(item, item_table, low, 1):
+            (item, _), item_table = _gathered_rows(item, item_table, None, "item"), None
+    cast = lambda t: t.to(low) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != low else t
+    return (cast(user), user_mask, cast(user_table), padding_idx, cast(item), cast(item_table),
+            cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias), h_mf, mode)
 
 
 def _gather_first(ids: Tensor, table: Tensor | None, low: torch.dtype, rank: int) -> bool:
@@ -97,5 +112,5 @@ def _gathered_rows(ids: Tensor, table: Tensor, padding_idx: int | None, name: st
 
 __all__ = [
     "BACKENDS", "ENV_VAR", "PREFERENCE", "BackendUnavailable", "FusedDims",
-    "available_backends", "check_inputs", "neumf_input", "select_backend",
+    "available_backends", "check_inputs", "neumf_input", "run_fused", "select_backend",
 ]

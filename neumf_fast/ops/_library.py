@@ -167,16 +167,16 @@ def _kernel_call(*args):
 _EagerFusedInput = make_eager_function("_EagerFusedInput", _kernel_call, _GLUE.save, _GLUE.backward)
 
 
-def fused_input(user: Tensor, user_mask, user_table, padding_idx, item, item_table,
-                user_weight, user_bias, item_weight, item_bias, h_mf: int, mode: str) -> tuple[Tensor, Tensor]:
-    """``(gmf, mlp_in)`` from the registered op (whichever device kernel the tensors select)."""
-    args = (user, user_mask, user_table, padding_idx, item, item_table,
-            user_weight, user_bias, item_weight, item_bias, h_mf, mode)
-    if use_eager_function(args):
-        return _EagerFusedInput.apply(*args)
+def fused_input(*args) -> tuple[Tensor, Tensor]:
+    """``(gmf, mlp_in)`` from the registered op (whichever device kernel the tensors select), on
+    the op's twelve arguments (``_INPUT_NAMES``)."""
     if torch.compiler.is_compiling():  # torch.compile traces the registered autograd
         save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
         gmf, mlp_in, *_saved = torch.ops.neumf_fast.fused_input(*args, save)
-    else:  # eager with nothing to differentiate: nothing saved, no autograd
-        gmf, mlp_in, *_saved = _kernel_call(*args, False)
-    return gmf, mlp_in
+        return gmf, mlp_in
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args):
+        return _EagerFusedInput.apply(*args)
+    # eager with nothing to differentiate: nothing saved, no autograd
+    with torch._C._AutoDispatchBelowAutograd():
+        out = torch.ops.neumf_fast.fused_input.default(*args, False)
+    return out[0], out[1]
