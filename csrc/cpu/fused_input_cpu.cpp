@@ -13,7 +13,7 @@
 // are one BLAS GEMM per side against the stacked [H_mf + H_mlp, D] weight (MKL runs them at
 // ~160 GFLOP/s on the 2-core dev CPU, near its peak); at serving batch sizes, where each GEMM
 // is one thread's work, the two sides' GEMMs run at once.  The GMF product and the cat are one
-// epilogue pass.
+// epilogue pass; with no weight on either side it runs in the pooling pass, block by block.
 //
 // Saved for backward (returned as extra outputs, op-math dtype, when `save`): pooled_user, pooled_item
 // (inputs of the weight gradients) and proj_user, proj_item (their first h_mf columns are the
@@ -205,11 +205,11 @@ inline int64_t checked_id(index_t raw, int64_t rows, const char* name) {
   return id;
 }
 
-// pooled[b, :] (op-math) from the dense or id user sequence.
+// pooled[b, :] (op-math) for b in [b0, b1), from the dense or id user sequence.
 template <typename scalar_t, typename index_t>
 void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<Tensor>& mask,
                     const std::optional<Tensor>& table, const std::optional<int64_t>& padding_idx,
-                    const std::vector<opmath_t<scalar_t>>& scale, Tensor& pooled) {
+                    const std::vector<opmath_t<scalar_t>>& scale, Tensor& pooled, int64_t b0, int64_t b1) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t L = d.seq_len, D = d.user_dim;
   auto* out = pooled.data_ptr<acc_t>();
@@ -219,40 +219,57 @@ void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<
   const int64_t rows = d.user_ids ? table->size(0) : 0;
   const bool has_pad = padding_idx.has_value();
   const int64_t pad = padding_idx.value_or(0);
-  at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
-    std::vector<const scalar_t*> rows_of_b(L);
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t n = 0;
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t p = b * L + l;
-        if (ids != nullptr) {
-          if (has_pad && static_cast<int64_t>(ids[p]) == pad) continue;
-          rows_of_b[n++] = x + checked_id(ids[p], rows, "user") * D;
-        } else {
-          if (m != nullptr && !m[p]) continue;
-          rows_of_b[n++] = x + p * D;
-        }
+  std::vector<const scalar_t*> rows_of_b(L);
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t n = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t p = b * L + l;
+      if (ids != nullptr) {
+        if (has_pad && static_cast<int64_t>(ids[p]) == pad) continue;
+        rows_of_b[n++] = x + checked_id(ids[p], rows, "user") * D;
+      } else {
+        if (m != nullptr && !m[p]) continue;
+        rows_of_b[n++] = x + p * D;
       }
-      sum_rows<scalar_t>(out + b * D, rows_of_b.data(), n, D, scale[b]);
     }
-  });
+    sum_rows<scalar_t>(out + b * D, rows_of_b.data(), n, D, scale[b]);
+  }
 }
 
-// pooled_item[b, :] (op-math): the dense row or the gathered table row.
+// pooled_item[b, :] (op-math) for b in [b0, b1): the dense row or the gathered table row.
 template <typename scalar_t, typename index_t>
-void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optional<Tensor>& table, Tensor& pooled) {
+void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optional<Tensor>& table, Tensor& pooled,
+                      int64_t b0, int64_t b1) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t D = d.item_dim;
   auto* out = pooled.data_ptr<acc_t>();
   const scalar_t* x = d.item_ids ? table->data_ptr<scalar_t>() : item.data_ptr<scalar_t>();
   const index_t* ids = d.item_ids ? item.data_ptr<index_t>() : nullptr;
   const int64_t rows = d.item_ids ? table->size(0) : 0;
-  at::parallel_for(0, d.batch, grain_for(D), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const scalar_t* row = ids != nullptr ? x + checked_id(ids[b], rows, "item") * D : x + b * D;
-      sum_rows<scalar_t>(out + b * D, &row, 1, D, acc_t(1));
-    }
-  });
+  for (int64_t b = b0; b < b1; ++b) {
+    const scalar_t* row = ids != nullptr ? x + checked_id(ids[b], rows, "item") * D : x + b * D;
+    sum_rows<scalar_t>(out + b * D, &row, 1, D, acc_t(1));
+  }
+}
+
+// The epilogue for b in [b0, b1): gmf[b] = proj_user[b, :h_mf] * proj_item[b, :h_mf] and
+// mlp_in[b] = [proj_user[b, h_mf:] | proj_item[b, h_mf:]], from op-math rows, rounded once.
+template <typename scalar_t>
+void combine_rows(const FusedDims& d, const Tensor& proj_user_rows, const Tensor& proj_item_rows, Tensor& gmf,
+                  Tensor& mlp_in, int64_t b0, int64_t b1) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+  const acc_t* pu = proj_user_rows.data_ptr<acc_t>();
+  const acc_t* pi = proj_item_rows.data_ptr<acc_t>();
+  scalar_t* g = gmf.data_ptr<scalar_t>();
+  scalar_t* mlp = mlp_in.data_ptr<scalar_t>();
+  for (int64_t b = b0; b < b1; ++b) {
+    const acc_t* u = pu + b * Hu;
+    const acc_t* v = pi + b * Hi;
+    for (int64_t j = 0; j < Hm; ++j) g[b * Hm + j] = static_cast<scalar_t>(u[j] * v[j]);
+    scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi), u + Hm, acc_t(1), Hmu);
+    scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi) + Hmu, v + Hm, acc_t(1), Hmi);
+  }
 }
 
 // Dispatch on (float dtype, user index dtype, item index dtype); index types default to int64
@@ -299,12 +316,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
   const auto dtype = float_dtype(user, user_table);
   const auto acc_dtype = at::toOpMathType(dtype);
   const auto acc_opts = user.options().dtype(acc_dtype);
+  const auto out_opts = user.options().dtype(dtype);
   Tensor pooled_user = at::empty({d.batch, d.user_dim}, acc_opts);
   Tensor pooled_item = at::empty({d.batch, d.item_dim}, acc_opts);
+  Tensor gmf = at::empty({d.batch, d.h_mf}, out_opts);
+  Tensor mlp_in = at::empty({d.batch, d.h_mlp_user() + d.h_mlp_item()}, out_opts);
+  // With no weight on either side the pooled rows are the projections, and each block of rows
+  // is pooled, gathered and combined in one pass while it is in cache (NeuMF, GMF and MLP have
+  // no projection: their tables are the projections).
+  const bool one_pass = !user_weight && !item_weight;
   NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item), "neumf_fast.fused_input", [&] {
     const auto scale = row_scales<opmath_t<scalar_t>, user_index_t>(d, user, mask, padding_idx);
-    pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user);
-    gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item);
+    const int64_t work = d.seq_len * d.user_dim + d.item_dim + (one_pass ? d.user_proj + d.item_proj : 0);
+    at::parallel_for(0, d.batch, grain_for(work), [&](int64_t b0, int64_t b1) {
+      pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user, b0, b1);
+      gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
+      if (one_pass) combine_rows<scalar_t>(d, pooled_user, pooled_item, gmf, mlp_in, b0, b1);
+    });
   });
 
   // With no weight a side's projection is its pooled rows; the returned proj is then empty
@@ -327,27 +355,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
   }
   const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
   const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
-
-  const auto out_opts = user.options().dtype(dtype);
-  Tensor gmf = at::empty({d.batch, d.h_mf}, out_opts);
-  Tensor mlp_in = at::empty({d.batch, d.h_mlp_user() + d.h_mlp_item()}, out_opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_epilogue", [&] {
-    using acc_t = opmath_t<scalar_t>;
-    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
-    const acc_t* pu = proj_user_rows.data_ptr<acc_t>();
-    const acc_t* pi = proj_item_rows.data_ptr<acc_t>();
-    scalar_t* g = gmf.data_ptr<scalar_t>();
-    scalar_t* mlp = mlp_in.data_ptr<scalar_t>();
-    at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const acc_t* u = pu + b * Hu;
-        const acc_t* v = pi + b * Hi;
-        for (int64_t j = 0; j < Hm; ++j) g[b * Hm + j] = static_cast<scalar_t>(u[j] * v[j]);
-        scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi), u + Hm, acc_t(1), Hmu);
-        scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi) + Hmu, v + Hm, acc_t(1), Hmi);
-      }
+  if (!one_pass) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_epilogue", [&] {
+      at::parallel_for(0, d.batch, grain_for(d.user_proj + d.item_proj), [&](int64_t b0, int64_t b1) {
+        combine_rows<scalar_t>(d, proj_user_rows, proj_item_rows, gmf, mlp_in, b0, b1);
+      });
     });
-  });
+  }
   if (!save) {  // inference: nothing for backward (the buffers were needed anyway, as GEMM operands)
     return {gmf, mlp_in, at::empty({0}, acc_opts), at::empty({0}, acc_opts), at::empty({0}, acc_opts),
             at::empty({0}, acc_opts)};
