@@ -36,12 +36,15 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
           f"torch threads {mi.get('torch_threads')}, ATen CPU capability {mi.get('cpu_capability')}, "
           f"GPU {mi.get('cuda_device') or 'none'}")
     print(f"- versions: python {mi.get('python_version')}, torch {mi.get('torch')}, triton {mi.get('triton')}")
+    if "malloc" in mi:
+        print(f"- malloc: {mi['malloc']}")
     print(f"- command: `{command}` (pytest benchmarks/... --benchmark-json=...; python benchmarks/report.py ...); "
           "times are medians of the timed rounds\n")
     ratio_columns = [p for p in providers if p != "eager"]
-    print("| direction | shape | dtype | " + " | ".join(f"{p} (ms)" for p in providers)
-          + "".join(f" | eager/{p}" for p in ratio_columns) + " |")
-    print("|" + "---|" * (3 + len(providers) + len(ratio_columns)))
+    if rows:  # (a run of the paired benchmarks alone has none)
+        print("| direction | shape | dtype | " + " | ".join(f"{p} (ms)" for p in providers)
+              + "".join(f" | eager/{p}" for p in ratio_columns) + " |")
+        print("|" + "---|" * (3 + len(providers) + len(ratio_columns)))
     for (direction, shape, dtype), r in sorted(rows.items()):
         times = " | ".join(f"{r[p] * 1e3:.3f}" if p in r else "-" for p in providers)
         ratios = " | ".join(f"{r['eager'] / r[p]:.2f}x" if p in r and "eager" in r else "-"
