@@ -157,6 +157,24 @@ def run(case: Case, backend, seed: int = 1, backward: bool = True):
     return out
 
 
+def assert_backward_ignores_autocast(case: Case, backend: str, device) -> None:
+    """A float32 call of ``backend`` whose backward runs inside ``torch.autocast`` (bf16), as
+    when a user calls backward in the autocast region, gets the float32 gradients it gets
+    outside it, bit for bit: a kernel's own GEMMs on its saved fp32 tensors must not be turned
+    low precision by autocast."""
+    case = case.on(device)
+    gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+    inputs = case.float_inputs()
+    g = torch.Generator().manual_seed(1)
+    up = (torch.randn(gmf.shape, generator=g).to(device), torch.randn(mlp_in.shape, generator=g).to(device))
+    outside = torch.autograd.grad((gmf, mlp_in), list(inputs.values()), up, retain_graph=True)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        inside = torch.autograd.grad((gmf, mlp_in), list(inputs.values()), up)
+    for name, a, b in zip(inputs, outside, inside):
+        assert a.dtype == b.dtype == torch.float32, name
+        assert torch.equal(a, b), describe_diff(name, b, a)
+
+
 def describe_diff(name: str, actual: torch.Tensor, expected: torch.Tensor) -> str:
     diff = (actual.double() - expected.double()).abs()
     if diff.numel() == 0:

@@ -21,7 +21,7 @@ import torch
 import neumf_fast
 from neumf_fast.ops import _library
 
-from conftest import KERNELS, assert_close, assert_flash_attention_rule, make_case, run
+from conftest import KERNELS, assert_backward_ignores_autocast, assert_close, assert_flash_attention_rule, make_case, run
 
 DIRECT_TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 
@@ -145,6 +145,14 @@ def test_non_contiguous_inputs(backend):
         strided.kwargs["user_mask"] = case.kwargs["user_mask"].t().contiguous().t()
     assert not strided.user.is_contiguous() and not strided.item.is_contiguous()
     assert_close(run(strided, backend), run(case, "torch"), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_backward_inside_autocast_keeps_float32_gradients(backend):
+    """``assert_backward_ignores_autocast``: the C++ kernels' GEMMs exclude autocast."""
+    for user_ids in (False, True):
+        case = make_case(batch=37, seq_len=3, user_dim=16, h_mf=8, h_mlp=8, user_ids=user_ids, item_ids=user_ids)
+        assert_backward_ignores_autocast(case, backend, "cpu")
 
 
 @pytest.mark.parametrize("backend", KERNELS)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import neumf_fast
-from conftest import SIZE_CASES, assert_close, assert_flash_attention_rule, make_case, run, sized_case
+from conftest import (SIZE_CASES, assert_backward_ignores_autocast, assert_close, assert_flash_attention_rule,
+                      make_case, run, sized_case)
 from neumf_fast.ops import BackendUnavailable, check_inputs, select_backend
 from neumf_fast.ops.dispatch import BACKENDS
 
@@ -173,3 +174,11 @@ def test_kernels_compile_for_sm80_and_sm90():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert "0 failures" in done.stdout
+
+
+
+def test_backward_inside_autocast_keeps_float32_gradients():
+    """A float32 call whose backward runs inside ``torch.autocast`` gets the gradients it gets
+    outside it, bit for bit (``assert_backward_ignores_autocast``): Triton's weight-gradient GEMM
+    on the saved fp32 tensors is not turned bf16 by autocast."""
+    assert_backward_ignores_autocast(make_case(batch=37, seq_len=3, user_dim=16, h_mf=8, h_mlp=8), "triton", DEVICE)

@@ -189,8 +189,11 @@ if TRITON_ERROR is None:
         follow ``allow_tf32`` as the forward's dots do."""
         if not (want_w or want_b):
             return None, None
-        dw = (dproj.t() @ pooled).to(dtype) if want_w else None
-        db = dproj.sum(0).to(dtype) if want_b else None
+        # A backward run inside torch.autocast would turn the GEMM bf16 (the C++ kernels exclude
+        # autocast the same way, csrc/ops.cpp)
+        with torch.autocast(dproj.device.type, enabled=False):
+            dw = (dproj.t() @ pooled).to(dtype) if want_w else None
+            db = dproj.sum(0).to(dtype) if want_b else None
         return dw, db
 
     def _segment_sum(d_pooled, ids, padding_idx, rows, L, dtype):
