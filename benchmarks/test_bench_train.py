@@ -55,7 +55,11 @@ def _tensors():
 
 
 class PlainNeuMF(torch.nn.Module):
-    """The paper's NeuMF as a user writes it in plain PyTorch: the baseline."""
+    """The paper's NeuMF as a user writes it in plain PyTorch: the baseline.  Initialised as
+    the paper's (authors') code does, and as ``neumf_fast.NeuMF`` is: embeddings N(0, 0.01),
+    Glorot-uniform tower, LeCun-uniform prediction layer, zero biases.  With PyTorch's default
+    ``nn.Linear`` init instead, the two models' validation HR@10 after two batch-8192 epochs
+    differed by 0.09 (0.4382 against 0.5247), which is initialisation, not the step."""
 
     def __init__(self, num_users, num_items, factors=8, layers=(64, 32, 16, 8)):
         super().__init__()
@@ -69,6 +73,12 @@ class PlainNeuMF(torch.nn.Module):
         self.predict = torch.nn.Linear(factors + layers[-1], 1)
         for table in (self.mf_user, self.mf_item, self.mlp_user, self.mlp_item):
             torch.nn.init.normal_(table.weight, std=0.01)
+        for layer in self.tower[::2]:
+            torch.nn.init.xavier_uniform_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+        bound = (3.0 / self.predict.in_features) ** 0.5
+        torch.nn.init.uniform_(self.predict.weight, -bound, bound)
+        torch.nn.init.zeros_(self.predict.bias)
 
     def forward(self, user, item):
         gmf = self.mf_user(user) * self.mf_item(item)
