@@ -2,7 +2,7 @@
 machine_info plus ours), so a results file says where its numbers came from.
 
 Every benchmark process sets glibc malloc as ``neumf-fast train`` does
-(``neumf_fast.train.configure_malloc``), for every provider alike: by default a process can
+(``neumf_fast.malloc.configure_malloc``), for every provider alike: by default a process can
 settle, at random, where each megabyte-sized tensor it allocates page-faults afresh, which moved
 one backward from 0.1 ms to 1 ms between two runs of the same script."""
 
@@ -10,7 +10,7 @@ import platform
 
 import torch
 
-from neumf_fast.train import configure_malloc
+from neumf_fast.malloc import configure_malloc
 
 MALLOC_CONFIGURED = configure_malloc()
 

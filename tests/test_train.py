@@ -269,7 +269,7 @@ def test_resume_may_change_only_how_long_and_where(tiny_csv, tmp_path):
 
 _MALLOC_PROBE = """
 import resource, sys, torch
-from neumf_fast.train import configure_malloc
+from neumf_fast.malloc import configure_malloc
 configured = configure_malloc() if sys.argv[1] == "on" else None
 for _ in range(10):  # the heap grows to hold the block (4 rounds here)
     torch.empty(1 << 18).fill_(1.0)
@@ -303,3 +303,18 @@ def test_configure_malloc_keeps_freed_memory_in_the_process():
             assert out[0] == "True"
     assert faults["off"] >= 20 * 200, faults  # the probe sees the faults it is meant to remove
     assert faults["on"] < 100, faults
+
+
+def test_configure_malloc_imports_without_numpy():
+    """The benchmarks' conftest imports neumf_fast.malloc in every benchmark process, the GPU
+    ones included, whose image may lack numpy: the module needs only the standard library."""
+    import subprocess
+    import sys
+
+    probe = "import sys; sys.modules['numpy'] = None; from neumf_fast.malloc import configure_malloc; print('ok')"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    # the check can fail: the training module does need numpy
+    blocked = subprocess.run([sys.executable, "-c", probe.replace("neumf_fast.malloc", "neumf_fast.train")],
+                             capture_output=True, text=True)
+    assert blocked.returncode != 0
