@@ -174,9 +174,7 @@ def fused_input(*args) -> tuple[Tensor, Tensor]:
         save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
         gmf, mlp_in, *_saved = torch.ops.neumf_fast.fused_input(*args, save)
         return gmf, mlp_in
-    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args):
+    if use_eager_function(args):
         return _EagerFusedInput.apply(*args)
-    # eager with nothing to differentiate: nothing saved, no autograd
-    with torch._C._AutoDispatchBelowAutograd():
-        out = torch.ops.neumf_fast.fused_input.default(*args, False)
+    out = _kernel_call(*args, False)  # eager with nothing to differentiate: nothing saved, no autograd
     return out[0], out[1]

@@ -127,13 +127,10 @@ def shape_class(dims: FusedDims) -> str:
     return class_of(dims.batch, dims.user_ids or dims.item_ids)
 
 
-SERVING_BATCH = 256
-
-
 def class_of(batch: int, ids: bool) -> str:
     """``serving`` (batch <= 256: host cost and launch latency), else ``ids`` (table gathers and
     scatters) or ``dense``."""
-    return "serving" if batch <= SERVING_BATCH else ("ids" if ids else "dense")
+    return "serving" if batch <= 256 else ("ids" if ids else "dense")
 
 
 class AutoTable:
@@ -181,17 +178,15 @@ def selected_before(user, user_table, item, backend: str = "auto", device_type: 
     it; ``None`` if there was none.  A call whose metadata is wrong finds none, or finds a
     backend whose op reports what is wrong (``Backend.checks_inputs``).  ``device_type``, if the
     caller has it, is ``user.device.type``."""
-    # (called on every eager call: the key is built inline, as _selection_key builds it)
     if not (isinstance(user, torch.Tensor) and isinstance(item, torch.Tensor)) or user.dim() == 0:
         return None
     user_ids = user.dtype in INDEX_DTYPES
     source = user_table if user_ids else user
     if not isinstance(source, torch.Tensor):
         return None
-    batch = user.shape[0]
-    shape_class = "serving" if batch <= SERVING_BATCH else ("ids" if user_ids or item.dtype in INDEX_DTYPES else "dense")
-    return _selected.get((os.environ.get(ENV_VAR) or backend, user.device.type if device_type is None else device_type,
-                          source.dtype, shape_class, _library.EXTENSION_ERROR))
+    return _selected.get(_selection_key(os.environ.get(ENV_VAR) or backend,
+                                        user.device.type if device_type is None else device_type, source.dtype,
+                                        user.shape[0], user_ids or item.dtype in INDEX_DTYPES))
 
 
 def _selection_key(requested: str, device_type: str, dtype: torch.dtype, batch: int, ids: bool) -> tuple:
