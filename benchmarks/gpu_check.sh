@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh RESULTS_DIR        (with the device tool: bash benchmarks/gpu_check.sh "$OUT")
 #
+# Uses `python -m pip`: the image's `pip` on PATH belongs to another Python than the one with torch.
 # Assumes a machine with no network where torch (CUDA), triton, pybind11, ninja, pytest and
 # pytest-benchmark are installed (pytest-xdist is used when present): nothing is downloaded.
 # Tests that need the data pipeline's extras (pandas, tqdm, matplotlib) skip, saying so.
@@ -22,6 +23,8 @@
 # GPU_CHECK_STEPS picks the steps (default: all, "build tests kernels train compiled scale"), so
 # that the work can be split over two device calls, e.g. "build tests kernels" then
 # "build train scale" (the build is incremental on a machine that is still warm).
+# GPU_CHECK_CAP_<STEP> (BUILD, TESTS, KERNELS, TRAIN, COMPILED) replaces a step's cap in seconds, and
+# GPU_CHECK_TESTS the test files (default tests/test_*.py).
 #
 # Writes at most 9 files into RESULTS_DIR: build.log, tests.log, bench.log, auto_table.json (what
 # "auto" should take here, by measurement), gpu-<date>-{kernels,train,compiled,scale}.json and
@@ -37,6 +40,7 @@ budget="${GPU_CHECK_BUDGET:-345}"
 start=$SECONDS
 left() { echo $((budget - (SECONDS - start))); }
 cap() { local l; l=$(left); [ "$l" -lt "$1" ] && echo "$((l > 1 ? l : 1))" || echo "$1"; }  # min(cap, time left)
+step_cap() { local v="GPU_CHECK_CAP_${1^^}"; echo "${!v:-$2}"; }  # step_cap NAME DEFAULT: GPU_CHECK_CAP_NAME overrides
 step() { echo "== $1 ($((SECONDS - start)) s elapsed, $(left) s left)"; }
 summary="$out/$stamp.md"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
@@ -61,13 +65,14 @@ gpu=$(python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/nul
 cat "$summary"
 
 if want build; then
-step "build and install (<= $(cap 120) s)"
+build_cap=$(step_cap build 120)
+step "build and install (<= $(cap "$build_cap") s)"
 if [ "$gpu" = 1 ]; then
   export FORCE_CUDA=1
   arch=$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
   export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}"  # this GPU only: half the nvcc time of 8.0;9.0
 fi
-MAX_JOBS=16 timeout -s INT "$(cap 120)" pip install --no-build-isolation --no-deps --no-index -e . > "$out/build.log" 2>&1
+MAX_JOBS=16 timeout -s INT "$(cap "$build_cap")" python -m pip install --no-build-isolation --no-deps --no-index -e . > "$out/build.log" 2>&1
 build_rc=$?
 python -c "import neumf_fast.ops._library as l; print('extension:', l.EXTENSION_ERROR or 'built', '| CUDA kernels:', l.CUDA_KERNELS_BUILT)" >> "$out/build.log" 2>&1
 { echo; echo "**Build** (exit $build_rc, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-default}, $((SECONDS - start)) s elapsed): $(tail -1 "$out/build.log")"; } | tee -a "$summary"
@@ -75,17 +80,18 @@ python -c "import neumf_fast.ops._library as l; print('extension:', l.EXTENSION_
 fi
 
 if want tests; then
-step "tests, one process per file (<= $(cap 130) s)"
+tests_cap=$(step_cap tests 130)
+step "tests, one process per file (<= $(cap "$tests_cap") s)"
 { echo; echo "## Tests (one process per file)"; echo; } >> "$summary"
-python benchmarks/tests_per_file.py --deadline "$(cap 130)" --jobs 4 --workers 4 --log "$out/tests.log" \
-  tests/test_*.py -- -m "not slow" >> "$summary"
+python benchmarks/tests_per_file.py --deadline "$(cap "$tests_cap")" --jobs 4 --workers 4 --log "$out/tests.log" \
+  ${GPU_CHECK_TESTS:-tests/test_*.py} -- -m "not slow" >> "$summary"
 echo "tests exit $?; $(grep -E '^[0-9]+ passed' "$summary" | tail -1)"
 fi
 
 # kernels and eager first, then training at batch 4096, torch.compile (slow to compile), and ML-20M scale last
 bench() {  # bench NAME CAP FILE [pytest args...]
   want "$1" || return 0
-  local name=$1 limit; limit=$(cap "$2"); shift 2
+  local name=$1 limit; limit=$(cap "$(step_cap "$1" "$2")"); shift 2
   step "benchmarks: $name (<= $limit s)"
   timeout -s INT "$limit" python -m pytest "$@" -q -p no:cacheprovider --benchmark-json="$out/$stamp-$name.json" \
     >> "$out/bench.log" 2>&1

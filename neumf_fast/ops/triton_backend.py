@@ -94,7 +94,7 @@ if TRITON_ERROR is None:
         _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table)
         dummy = _dummy(dev)
         su, sui, si, sii = _strides(d, user, user_table, item, item_table)
-        mask = user_mask.contiguous().view(torch.uint8) if user_mask is not None else dummy
+        mask = user_mask.contiguous() if user_mask is not None else dummy
         cont = lambda t: t.contiguous() if t is not None else dummy
         grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]),)
         wrap_triton(_forward_kernel)[grid](
@@ -154,7 +154,7 @@ if TRITON_ERROR is None:
         if B > 0:
             block_b = 16 if INTERPRET else 32
             su, sui, si, sii = _strides(d, user, user_table, item, item_table)
-            mask = user_mask.contiguous().view(torch.uint8) if user_mask is not None else dummy
+            mask = user_mask.contiguous() if user_mask is not None else dummy
             cont = lambda t: t.contiguous() if t is not None else dummy
             wrap_triton(K.fused_backward_rows_kernel)[(triton.cdiv(B, block_b),)](
                 grad_gmf.contiguous(), grad_mlp_in.contiguous(), mf_user, mf_item, user, mask, item,
