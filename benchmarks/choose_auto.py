@@ -3,7 +3,11 @@ and dtype, the kernel with the lowest median time, at forward+backward (forward 
 ``serving`` class, which is inference).  The table goes into ``neumf_fast/ops/auto_table.json``
 (or ``--out``), keyed by the GPU's name, keeping other GPUs' entries.
 
-    python benchmarks/choose_auto.py RESULTS/gpu-<date>-kernels.json [--out neumf_fast/ops/auto_table.json]
+    python benchmarks/choose_auto.py RESULTS/gpu-<date>-kernels_cuda.json RESULTS/gpu-<date>-kernels_triton.json \
+        [--out neumf_fast/ops/auto_table.json]
+
+Several JSON files are read as one run (gpu_check.sh times each kernel in its own process); an
+empty or unreadable one (a step that ran out of time) is named and left out.
 
 Rows come from ``benchmarks/test_bench_gpu.py``: ``extra_info`` carries ``provider`` (``triton``,
 ``cuda``, ...), ``direction``, ``dtype``, ``batch`` and ``ids``.  Only the project's kernels compete;
@@ -38,21 +42,33 @@ def choose(benchmarks: list[dict]) -> dict[str, str]:
     return {key: provider for key, (_, provider) in sorted(best.items())}
 
 
+def _read_runs(paths: list[str]) -> dict[str, dict]:
+    runs = {}
+    for path in paths:
+        try:
+            runs[path] = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            print(f"{path}: left out, not a readable benchmark JSON ({type(e).__name__}: {e})")
+    return runs
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json", help="a pytest-benchmark JSON from benchmarks/test_bench_gpu.py on a GPU")
+    parser.add_argument("json", nargs="+", help="pytest-benchmark JSON files from benchmarks/test_bench_gpu.py on one GPU")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "neumf_fast/ops/auto_table.json")
     args = parser.parse_args(argv)
-    run = json.loads(Path(args.json).read_text())
-    gpu = run.get("machine_info", {}).get("cuda_device")
-    if not gpu:
-        raise SystemExit(f"{args.json}: not a GPU run (machine_info has no cuda_device)")
-    choices = choose(run["benchmarks"])
+    runs = _read_runs(args.json)
+    gpus = {run.get("machine_info", {}).get("cuda_device") for run in runs.values()}
+    if len(gpus) != 1 or None in gpus:
+        raise SystemExit(f"{', '.join(args.json)}: need runs on one GPU, found {sorted(map(str, gpus)) or 'no runs'}")
+    gpu = gpus.pop()
+    choices = choose([b for run in runs.values() for b in run["benchmarks"]])
     if not choices:
-        raise SystemExit(f"{args.json}: no rows with both a kernel provider and a batch size")
+        raise SystemExit(f"{', '.join(args.json)}: no rows with both a kernel provider and a batch size")
     table = json.loads(args.out.read_text()) if args.out.exists() else {"choices": {}}
     table["choices"][gpu] = choices
-    table["source"] = {**(table.get("source") or {}), gpu: f"{Path(args.json).name}, {run.get('datetime')}"}
+    source = "; ".join(f"{Path(p).name}, {run.get('datetime')}" for p, run in runs.items())
+    table["source"] = {**(table.get("source") or {}), gpu: source}
     args.out.write_text(json.dumps(table, indent=2) + "\n")
     print(f"auto on {gpu}: " + ", ".join(f"{k} -> {v}" for k, v in choices.items()))
 

@@ -39,6 +39,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 KERNEL_PROVIDERS = ["triton", "cuda"]
 
 
+def _providers(*names):
+    """Each provider carries a mark, ``provider_<name>``, so that gpu_check.sh can time each in its
+    own process (``-m provider_triton``): one that runs out of time loses no other's rows."""
+    return [pytest.param(name, marks=getattr(pytest.mark, f"provider_{name}")) for name in names]
+
+
 def _inputs(shape, dtype, seed=0):
     """(baseline module, user, item, user_mask) on the GPU in ``dtype``."""
     batch, seq_len, dim, ids, rows = SHAPES[shape]
@@ -106,7 +112,7 @@ def _timed(fn, leaves, backward: bool):
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("provider", ["eager", "compiled", *KERNEL_PROVIDERS])
+@pytest.mark.parametrize("provider", _providers("eager", "compiled", *KERNEL_PROVIDERS))
 def test_fused_input(benchmark, provider, shape, dtype_name, direction):
     dtype = DTYPES[dtype_name]
     plain, user, item, mask = _inputs(shape, dtype)
@@ -126,7 +132,7 @@ def test_fused_input(benchmark, provider, shape, dtype_name, direction):
                                 batch=SHAPES[shape][0], ids=SHAPES[shape][3])
 
 
-@pytest.mark.parametrize("provider", ["eager", *KERNEL_PROVIDERS])
+@pytest.mark.parametrize("provider", _providers("eager", *KERNEL_PROVIDERS))
 def test_serving_under_a_cuda_graph(benchmark, provider):
     """The serving shape's forward captured once in a CUDA graph and replayed (as
     ``torch.compile(mode="reduce-overhead")`` or a server's own capture would): the host cost

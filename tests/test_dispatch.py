@@ -147,11 +147,22 @@ def test_choose_auto_picks_the_fastest_kernel_per_class(tmp_path):
     assert choose_auto.choose(rows) == {"serving float32": "cuda", "ids float32": "triton"}
     assert [dispatch.shape_class(_cuda_dims(b, ids)) for b, ids in [(16, False), (256, True), (257, False), (4096, True)]] \
         == ["serving", "serving", "dense", "ids"]
-    run = tmp_path / "run.json"
-    run.write_text(json.dumps({"machine_info": {"cuda_device": "Fake GPU"}, "datetime": "now", "benchmarks": rows}))
+    # gpu_check.sh times each kernel in its own process: the files are read as one run, and an
+    # empty one (a step that ran out of time) is left out, saying so
+    runs = []
+    for name, provider in [("cuda", "cuda"), ("triton", "triton")]:
+        runs.append(tmp_path / f"kernels_{name}.json")
+        runs[-1].write_text(json.dumps({"machine_info": {"cuda_device": "Fake GPU"}, "datetime": "now",
+                                        "benchmarks": [r for r in rows if r["extra_info"]["provider"] == provider]}))
+    (tmp_path / "kernels_empty.json").write_text("")
     out = tmp_path / "auto_table.json"
-    choose_auto.main([str(run), "--out", str(out)])
+    choose_auto.main([*map(str, runs), str(tmp_path / "kernels_empty.json"), "--out", str(out)])
     assert dispatch.AutoTable(out).table == {"Fake GPU": {"serving float32": "cuda", "ids float32": "triton"}}
+    assert "kernels_empty.json" not in json.loads(out.read_text())["source"]["Fake GPU"]
+    other = tmp_path / "other_gpu.json"
+    other.write_text(json.dumps({"machine_info": {"cuda_device": "Other GPU"}, "benchmarks": rows}))
+    with pytest.raises(SystemExit, match="one GPU"):
+        choose_auto.main([str(runs[0]), str(other), "--out", str(out)])
 
 
 @pytest.mark.parametrize("env", [None, "torch"])
