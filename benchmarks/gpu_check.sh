@@ -62,7 +62,9 @@ want() { [[ "$steps" == *" $1 "* ]]; }
 step "environment"
 gpu=$(python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 {
-  echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  # a copy of a working tree can carry an older .git than its files (the device tool's did): say so
+  tree=$(git diff --quiet HEAD -- . 2>/dev/null && echo "" || echo ", with uncommitted changes to tracked files")
+  echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$tree"
   echo; echo "Steps:$steps"
   echo
   echo '```'
