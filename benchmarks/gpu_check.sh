@@ -18,8 +18,9 @@
 #                       setup.py fails the build if _C.so carries its own libstdc++
 #   tests     <= 130 s  every tests/test_*.py in its own process, 4 at a time, the GPU suites first and
 #                       with xdist workers: a crash is recorded and the other files still run
-#   kernels   <= 60 s   warm-up: every kernel case once on 8 xdist workers, untimed, so that Triton's
-#                       JIT (which alone outran a 120 s step there) fills its disk cache in parallel;
+#   kernels   <= 60 s   warm-up: every Triton case once on 8 xdist workers, untimed, so that Triton's
+#                       JIT (which alone outran a 120 s step there) fills its disk cache in parallel
+#                       (the other providers have nothing to compile: eager, and CUDA built ahead);
 #             then timed, one process per provider so that one running out of time loses no other's
 #             rows: eager and the copy bandwidth (<= 30 s), cuda (<= 40 s), triton (<= 60 s)
 #   train     <= 45 s   training at batch 4096: eager and whole-step CUDA graphs
@@ -114,8 +115,8 @@ bench() {  # bench NAME CAP FILE [pytest args...]
 if want kernels; then
   if python -c "import xdist" 2>/dev/null; then
     limit=$(cap "$(step_cap warm 60)")
-    step "benchmarks: warm-up, every kernel case once on 8 workers, untimed (<= $limit s)"
-    timeout -s INT "$limit" python -m pytest benchmarks/test_bench_gpu.py -m "not provider_compiled" -n 8 -q -p no:cacheprovider \
+    step "benchmarks: warm-up, every Triton case once on 8 workers, untimed (<= $limit s)"
+    timeout -s INT "$limit" python -m pytest benchmarks/test_bench_gpu.py -m provider_triton -n 8 -q -p no:cacheprovider \
       --benchmark-disable >> "$out/bench.log" 2>&1
     echo "warm-up exit $?" | tee -a "$out/bench.log"
   fi
