@@ -36,7 +36,7 @@ class Run:
              split: str | os.PathLike | None = None) -> "Run":
         """``path`` is a run directory (its ``best.pt`` is loaded) or a checkpoint file; the split
         is ``split.npz`` beside it unless ``split`` names another."""
-        from .train import load_model
+        from .checkpoints import load_model
 
         path = Path(path)
         ckpt_path = path / "best.pt" if path.is_dir() else path

@@ -7,223 +7,33 @@ come from a generator seeded with ``(seed, epoch)`` alone.  A run resumed from i
 checkpoint (written atomically at the end of every epoch) therefore repeats the interrupted
 epoch exactly and ends with the same metrics as an uninterrupted run.
 
-    python -m neumf_fast.train --model neumf --dataset synthetic      (same as `neumf-fast train`)
+The run's configuration is ``config.TrainConfig``, its checkpoints ``checkpoints``, its files
+``run_files`` and its threads and processes ``parallel``; the names users import from here
+(``TrainConfig``, ``fit``, ``load_model``, ...) are re-exported.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import models
+from .checkpoints import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_model, model_config
+from .config import TrainConfig, config_differences, resumed_config
 from .data import NegativeSampler, Split, leave_one_out, load_dataset
 from .evaluate import UserInput, evaluate_candidates, evaluate_full, popularity_scores
-from .malloc import configure_malloc  # noqa: F401  (neumf-fast train calls it; re-exported)
+from .malloc import configure_malloc
+from .parallel import SMALL_BATCH, configure_threads, core_share, world
+from .run_files import RunExistsError, fresh_run_dir, holds_run, plot_curves, save_atomic, write_json
 from .train_step import PRECISIONS, TrainStep
 
-CHECKPOINT_FORMAT = 1
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a run.  Defaults are the paper's setup (He et al. 2017, §4)."""
-
-    model: str = "neumf"  # gmf | mlp | neumf | seq
-    dataset: str = "synthetic"
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float | None = None  # None: 0.001 at batch 256, scaled by sqrt(batch / 256)
-    factors: int = 8
-    layers: tuple[int, ...] = models.PAPER_LAYERS
-    neg: int = 4
-    optimizer: str | None = None  # adam | sgd; None: adam, or sgd with pretraining (as the paper)
-    backend: str = "auto"
-    device: str = "cpu"
-    seed: int = 0
-    split_seed: int = 0  # the evaluation candidates
-    eval_negatives: int = 99
-    k: int = 10
-    history_len: int = 20  # seq: how many of the latest training items form the user
-    pretrain: tuple[str, str] | None = None  # GMF and MLP checkpoints for NeuMF
-    alpha: float = 0.5
-    threshold: float | None = None  # keep ratings >= threshold as positives
-    cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (train_step.py); CUDA only
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler; CUDA only)
-
-    def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        # Adam's effective step barely grows with batch size; square-root scaling keeps larger
-        # batches stable while still converging in about the paper's number of epochs
-        return 0.001 * math.sqrt(self.batch_size / 256)
-
-    def optimizer_name(self) -> str:
-        return self.optimizer or ("sgd" if self.pretrain else "adam")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["layers"] = tuple(d["layers"])
-        if d.get("pretrain") is not None:
-            d["pretrain"] = tuple(d["pretrain"])
-        return cls(**d)
-
-
-def build_model(config: TrainConfig, num_users: int, num_items: int) -> torch.nn.Module:
-    """The model ``config`` describes, initialised from ``config.seed`` (the caller's global
-    RNG state is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return _build_model(config, num_users, num_items)
-
-
-def _build_model(config: TrainConfig, num_users: int, num_items: int) -> torch.nn.Module:
-    if config.model == "gmf":
-        return models.GMF(num_users, num_items, config.factors, backend=config.backend)
-    if config.model == "mlp":
-        return models.MLP(num_users, num_items, config.layers, backend=config.backend)
-    if config.model == "neumf":
-        if config.pretrain:
-            gmf, mlp = (load_model(p, backend=config.backend)[0] for p in config.pretrain)
-            if not isinstance(gmf, models.GMF) or not isinstance(mlp, models.MLP):
-                raise ValueError(f"--pretrain takes a GMF checkpoint then an MLP checkpoint, got "
-                                 f"{type(gmf).__name__} and {type(mlp).__name__}")
-            return models.NeuMF.from_pretrained(gmf, mlp, config.alpha, backend=config.backend)
-        return models.NeuMF(num_users, num_items, config.factors, config.layers, backend=config.backend)
-    if config.model == "seq":
-        return models.SequenceNeuMF(num_items, config.factors, history_items=num_items, backend=config.backend)
-    raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(models.MODELS)}")
-
-
-# What a resumed run may change: they do not define the run, only how long and where it trains.
-RESUME_FREE = ("epochs", "backend", "device", "cuda_graphs")
-
-
-def _resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-    return dataclasses.replace(saved, **{name: getattr(given, name) for name in RESUME_FREE})
-
-
-def _differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
-    """Fields that define a run and differ (``RESUME_FREE`` may differ; with pretraining the
-    shapes come from the pretrained models)."""
-    free = set(RESUME_FREE) | ({"factors", "layers"} if saved.pretrain else set())
-    return [f"{f.name}: {getattr(saved, f.name)!r} then, {getattr(given, f.name)!r} now"
-            for f in dataclasses.fields(TrainConfig)
-            if f.name not in free and getattr(saved, f.name) != getattr(given, f.name)]
-
-
-def _model_config(config: TrainConfig, model) -> TrainConfig:
-    """The config that rebuilds this model's shapes (pretraining fixes factors and layers)."""
-    if isinstance(model, models.NeuMF):
-        return dataclasses.replace(config, factors=model.factors, layers=tuple(model.layers_spec))
-    return config
-
-
-# ---- run directories and threads ----------------------------------------------------------------
-
-RUN_FILES = ("best.pt", "last.pt", "metrics.json", "split.npz")
-
-
-class RunExistsError(FileExistsError):
-    """The run directory holds a run, and neither resuming nor overwriting was asked for."""
-
-
-def holds_run(out_dir) -> bool:
-    """Whether ``out_dir`` holds (part of) a training run."""
-    return any((Path(out_dir) / name).exists() for name in RUN_FILES)
-
-
-def fresh_run_dir(out_dir) -> Path:
-    """``out_dir`` if it holds no run, else the first of ``out_dir-2``, ``out_dir-3``, ... that doesn't."""
-    out_dir = Path(out_dir)
-    candidate, n = out_dir, 1
-    while holds_run(candidate):
-        n += 1
-        candidate = out_dir.with_name(f"{out_dir.name}-{n}")
-    return candidate
-
-
-# The paper's model is small: at batch 256 its GEMMs are [256 x 64] by [64 x 32], so a second
-# thread gains little (0.93 -> 0.83 ms per step on the 2-core machine) while two processes each
-# running 2 threads on 2 cores fall to 3.4 ms per step (OpenMP threads spin on shared cores).
-# Large batches do use more cores (batch 8192: 5.6 -> 3.7 ms per step with 2 threads).
-SMALL_BATCH = 1024
-
-
-def core_share() -> int:
-    """The cores this process may use, shared among the local ranks of a multi-process run."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-def configure_threads(threads: int | None, batch_size: int) -> int:
-    """Sets torch's intra-op threads for training (and 1 inter-op thread: the model has no
-    independent branches worth running concurrently); returns the number chosen.
-
-    ``None`` (auto): 1 thread for batches up to ``SMALL_BATCH``; otherwise ``core_share()``."""
-    if threads is None:
-        threads = 1 if batch_size <= SMALL_BATCH else core_share()
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or inter-op work already started in this process
-        pass
-    return threads
-
-
-# ---- checkpoints -------------------------------------------------------------------------------
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename: a crash or a
-    full disk mid-write never replaces a good file with a partial one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory; pass the checkpoint inside it, e.g. {Path(path) / 'best.pt'}") from None
-    except Exception:  # torch raises several types for a truncated or foreign file, with advice that does not apply
-        raise ValueError(f"{path}: not a readable neumf_fast checkpoint (truncated, damaged, or another kind of file; "
-                         "checkpoints are the best.pt and last.pt that `neumf-fast train` writes)") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a neumf_fast checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def load_model(path, *, backend: str | None = None, device="cpu"):
-    """(model, config, checkpoint) from a checkpoint; the backend can be changed freely."""
-    ckpt = load_checkpoint(path)
-    config = TrainConfig.from_dict(ckpt["config"])
-    config = dataclasses.replace(config, pretrain=None, backend=backend or config.backend)
-    model = build_model(config, ckpt["num_users"], ckpt["num_items"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), config, ckpt
-
-
-# ---- one epoch ---------------------------------------------------------------------------------
+__all__ = ["SMALL_BATCH", "RunExistsError", "TrainConfig", "build_model", "configure_malloc", "configure_threads",
+           "core_share", "epoch_samples", "fit", "fresh_run_dir", "holds_run", "load_checkpoint", "load_model",
+           "prepare_split", "save_atomic", "test_metrics", "train_epoch", "world"]
 
 
 def epoch_samples(train_user: torch.Tensor, train_item: torch.Tensor, sampler: NegativeSampler, neg: int,
@@ -271,13 +81,6 @@ def train_epoch(model, optimizer, samples, batch_size: int, user_input=None, *, 
         if on_step is not None:
             on_step(s)
     return step.mean_loss(len(user))
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, or (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _optimizer(config: TrainConfig, model, capturable: bool = False) -> torch.optim.Optimizer:
@@ -334,11 +137,11 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
             raise FileNotFoundError(f"--resume: {last_path} does not exist")
         state = load_checkpoint(last_path)
         saved = TrainConfig.from_dict(state["config"])
-        differs = _differences(saved, config)
+        differs = config_differences(saved, config)
         if differs:
             raise ValueError(f"--resume: the run in {out_dir} was started with a different configuration "
                              f"({'; '.join(differs)})")
-        config = _resumed_config(saved, config)
+        config = resumed_config(saved, config)
     if split is None:
         if lead:
             split = prepare_split(config, out_dir, log, reuse=state is not None)
@@ -353,7 +156,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     # resuming loads every weight from last.pt, so the pretrained checkpoints are not needed again
     model = build_model(config if state is None else dataclasses.replace(config, pretrain=None),
                         split.num_users, split.num_items).to(device)
-    config = _model_config(config, model)
+    config = model_config(config, model)
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if config.precision == "fp16" and device.type != "cuda":
@@ -444,7 +247,7 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
         "candidates": evaluate_candidates(None, split, "test", k=config.k, popularity=pop),
         "full": evaluate_full(None, split, "test", k=config.k, popularity=pop, device=device),
     }
-    _write_json(result, out_dir / "metrics.json")
+    write_json(result, out_dir / "metrics.json")
     plot_curves(history, out_dir / "curves.png", config.k)
     if size > 1:
         torch.distributed.barrier()
@@ -457,39 +260,4 @@ def test_metrics(model, split: Split, config: TrainConfig, device="cpu") -> dict
             "full": evaluate_full(model, split, "test", k=config.k, user_input=ui, device=device)}
 
 
-def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
-
-def plot_curves(history: list[dict], path: Path, k: int = 10) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_hr) = plt.subplots(1, 2, figsize=(9, 3.5))
-    trained = [h for h in history if h["loss"] is not None]
-    ax_loss.plot([h["epoch"] for h in trained], [h["loss"] for h in trained], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="training log loss", title="loss")
-    ax_hr.plot(epochs, [h[f"hr@{k}"] for h in history], marker="o", label=f"HR@{k}")
-    ax_hr.plot(epochs, [h[f"ndcg@{k}"] for h in history], marker="s", label=f"NDCG@{k}")
-    ax_hr.set(xlabel="epoch", title="validation")
-    ax_hr.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def main(argv=None) -> None:
-    from .cli import main as cli_main
-
-    cli_main(["train", *(argv if argv is not None else __import__("sys").argv[1:])])
-
-
-if __name__ == "__main__":
-    main()
