@@ -153,6 +153,27 @@ def test_every_block_is_run_or_marked(page):
             f'<!-- skip: next "needs a GPU" -->, not {match.group(0)}')
 
 
+SKIP = re.compile(r'<!-- skip: next "(?P<reason>[^"]+)" -->\n(?P<next>[^\n]*)')
+
+
+def marked_blocks():
+    for page in DOCS:
+        text = page.read_text()
+        for match in SKIP.finditer(text):
+            yield pytest.param(page, match, id=f"{_id(page)}:{text.count(chr(10), 0, match.start()) + 2}")
+
+
+@pytest.mark.parametrize(("page", "match"), list(marked_blocks()))
+def test_a_marked_block_is_reported_with_its_reason(page, match):
+    """Each block that is not run shows up as a skip with its reason (``pytest -rs``), and the
+    mark sits right above the block it is about."""
+    language = match.group("next").removeprefix("```")
+    assert match.group("next").startswith("```") and language in RUN, (
+        f"{_id(page)}: a skip mark must stand right above a python or bash block, not {match.group('next')!r}")
+    line = page.read_text().count("\n", 0, match.start()) + 2
+    pytest.skip(f"{_id(page)}:{line} not run: {match.group('reason')}")
+
+
 def test_the_block_check_sees_an_unmarked_block(tmp_path):
     """The check above is not vacuous: an unknown language fails it, and an unmarked shell block
     is run (so a command that cannot run here fails)."""
