@@ -42,9 +42,15 @@ def run(tmp_path_factory):
 
 def _models(num_users=13, num_items=37):
     torch.manual_seed(0)
-    return {"gmf": models.GMF(num_users, num_items, 3), "mlp": models.MLP(num_users, num_items, (10, 6, 3)),
+    made = {"gmf": models.GMF(num_users, num_items, 3), "mlp": models.MLP(num_users, num_items, (10, 6, 3)),
             "neumf": models.NeuMF(num_users, num_items, 3, (10, 6, 3)),
             "seq": models.SequenceNeuMF(num_items, 4, history_items=num_items)}
+    with torch.no_grad():  # the paper's init zeroes every bias: give them values, so a dropped bias shows
+        for model in made.values():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(std=0.3)
+    return made
 
 
 @pytest.mark.parametrize("name", ["gmf", "mlp", "neumf", "seq"])
@@ -160,6 +166,23 @@ def test_cli_all_users_in_every_format(run, tmp_path, suffix, capsys):
     assert got["rank"].tolist() == want["rank"].tolist()
     np.testing.assert_allclose(got.score, want.score, rtol=1e-6)
     assert "rows)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_block_writer_appends_blocks(tmp_path, suffix):
+    from neumf_fast.cli.outputs import BlockWriter
+
+    frames = [pd.DataFrame({"user": [u, u], "rank": [1, 2], "item": [10 + u, 20 + u], "score": [0.5, 0.25]})
+              for u in range(3)]
+    writer = BlockWriter(tmp_path / f"out{suffix}")
+    for frame in frames:
+        writer.write(frame)
+    writer.close()
+    got = _read(tmp_path / f"out{suffix}")
+    pd.testing.assert_frame_equal(got, pd.concat(frames, ignore_index=True), check_dtype=False)
+    empty = BlockWriter(tmp_path / f"empty{suffix}")
+    empty.close()
+    assert len(_read(tmp_path / f"empty{suffix}")) == 0 if suffix != ".jsonl" else (tmp_path / "empty.jsonl").read_text() == ""
 
 
 def run_dir_of(run):
