@@ -5,10 +5,11 @@
 #                      bash dev.sh train --paper: the paper's full setting (batch 256, 20 epochs)
 #   bash dev.sh test   run the test suite (what .ci/run runs)
 #   bash dev.sh demo   the fused op alone on the design's shapes (parity and speed)
-#   bash dev.sh bench [op|train|scale|throughput]  run the CPU benchmarks and write benchmarks/results/
+#   bash dev.sh bench [op|train|scale|throughput|serve]  run the CPU benchmarks and write benchmarks/results/
 #                      (throughput: training samples/s, ML-1M-sized at batch 256/8192 against the
 #                      plain loop, one after the other and interleaved, and ML-20M-shaped at scale,
-#                      fp32 and bf16, in one run)
+#                      fp32 and bf16, in one run; serve: all-user top-10, exported-program latency and
+#                      peak memory of recommend, benchmarks/test_bench_serve.py, about 5 minutes)
 # Extra arguments go to the command (neumf-fast train, pytest, the demo).
 # Set-up steps that have nothing to do (same requirements, same sources) are skipped.
 set -euo pipefail
@@ -67,7 +68,7 @@ case "$cmd" in
   bench)
     which="${1:-all}"
     [ $# -gt 0 ] && shift
-    for suite in op train scale throughput; do
+    for suite in op train scale throughput serve; do
       [ "$which" = "$suite" ] || { [ "$which" = all ] && [ "$suite" != throughput ]; } || continue
       file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%dT%H%M%S)"
       if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%dT%H%M%S)"; fi
@@ -76,11 +77,18 @@ case "$cmd" in
         file="benchmarks/test_bench_train.py::test_epoch benchmarks/test_bench_train.py::test_epoch_paired benchmarks/test_bench_scale.py::test_epoch_throughput"
         stamp="throughput-cpu-$(date -u +%Y-%m-%dT%H%M%S)"
       fi
+      if [ "$suite" = serve ]; then
+        stamp="serve-cpu-$(date -u +%Y-%m-%dT%H%M%S)"
+        python -m pytest benchmarks/test_bench_serve.py -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
+        python benchmarks/serve_report.py "benchmarks/results/$stamp.json" --command "bash dev.sh bench serve" > "benchmarks/results/$stamp.md"
+        cat "benchmarks/results/$stamp.md"
+        continue
+      fi
       # shellcheck disable=SC2086  # $file may name two test selections
       python -m pytest $file -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
       python benchmarks/report.py "benchmarks/results/$stamp.json" --command "bash dev.sh bench $suite" > "benchmarks/results/$stamp.md"
       cat "benchmarks/results/$stamp.md"
     done
     ;;
-  *) echo "usage: bash dev.sh {train|test|demo|bench [op|train|scale|throughput]} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash dev.sh {train|test|demo|bench [op|train|scale|throughput|serve]} [args...]" >&2; exit 2 ;;
 esac

@@ -3,7 +3,7 @@
 - ``evaluate_candidates``: HR/NDCG/MRR@K and AUC of the held-out item among its fixed
   candidates (the held-out item and 99 sampled negatives in the paper).
 - ``evaluate_full``: the same metrics over a ranking of every item, with the user's training
-  items (and the other held-out item) excluded.
+  items (and the other held-out item) excluded, scored by ``scoring.CatalogueScorer``.
 - ``popularity_scores``: the popularity baseline, scored through the same code.
 
 The model side is any ``neumf_fast.models`` module: ``model.score(user, items)`` computes the
@@ -22,6 +22,7 @@ from torch import Tensor
 from . import metrics
 from .data import NegativeSampler, Split
 from .models import SequenceNeuMF
+from .scoring import CatalogueScorer
 
 
 class UserInput:
@@ -118,12 +119,13 @@ def evaluate_full(model, split: Split, which: str = "test", *, k: int = 10, user
     held_t, other_t = torch.from_numpy(held).to(device), torch.from_numpy(other).to(device)
     ranks, counts = [], []
     with _eval_mode(model):
+        scorer = CatalogueScorer(model, all_items) if popularity is None else None
         for sl in _chunks(len(users), batch_users):
             u = users[sl].to(device)
             if popularity is not None:
                 scores = popularity.to(device)[None, :].expand(len(u), -1)
             else:
-                scores = _scores(model, user_input, u, all_items)
+                scores = scorer.scores(user_input(u) if user_input else u)
             exclude = train.positive_mask(u)
             o = other_t[u]
             has_other = o >= 0

@@ -5,6 +5,7 @@ dataset's original user and item ids.
     run = neumf_fast.load_run("runs/neumf")              # the directory, or a checkpoint in it
     run.recommend(user=42, k=10)                          # [(original item id, score), ...]
     run.score(users=[42, 7], items=[1193, 661])           # [2, 2] scores
+    run.recommend_many([42, 7], k=10)                    # a DataFrame: user, rank, item, score
     run.test_metrics()                                    # HR@10/NDCG@10 as `neumf-fast evaluate`
 
 The model's own ids are contiguous indices; ``run.user_index`` / ``run.item_index`` map original
@@ -20,6 +21,9 @@ import numpy as np
 import torch
 
 from .data import NegativeSampler, Split
+from .scoring import CatalogueScorer
+
+RECOMMENDATION_COLUMNS = ("user", "rank", "item", "score")
 
 
 class Run:
@@ -29,6 +33,7 @@ class Run:
         self.model, self.config, self.checkpoint, self.split = model, config, checkpoint, split
         self.device = torch.device(device)
         self._seen = None
+        self.checkpoint_path: Path | None = None  # where Run.load read the model from
         self._user_input_fn = None  # built once: for SequenceNeuMF it gathers every user's history
 
     @classmethod
@@ -48,7 +53,9 @@ class Run:
         if loaded.fingerprint != ckpt["data_fingerprint"]:
             raise ValueError(f"{ckpt_path} was trained on different data than {split_path}")
         model.eval()
-        return cls(model, config, ckpt, loaded, device)
+        run = cls(model, config, ckpt, loaded, device)
+        run.checkpoint_path = ckpt_path
+        return run
 
     # ---- ids ------------------------------------------------------------------------------------
 
@@ -75,6 +82,25 @@ class Run:
         if missing.any():
             raise KeyError(f"unknown {what} id {wanted[missing][0].item()!r}")
         return torch.from_numpy(pos_c.astype(np.int64))
+
+    def find_users(self, ids, *, skip_unknown: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(model indices, the original ids found, the ids not in the data) of many user ids.
+        Unknown ids raise a ``KeyError`` naming them, unless ``skip_unknown``."""
+        table = self.split.user_ids
+        wanted = np.atleast_1d(np.asarray(ids))
+        if wanted.size == 0:
+            raise ValueError("no user ids given")
+        try:
+            wanted = wanted.astype(table.dtype)
+        except ValueError:
+            raise KeyError(f"user ids {ids!r} are not of the dataset's id type") from None
+        pos = np.minimum(np.searchsorted(table, wanted), len(table) - 1)
+        missing = table[pos] != wanted
+        if missing.any() and not skip_unknown:
+            bad = wanted[missing]
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise KeyError(f"{len(bad)} unknown user ids: {', '.join(repr(v.item()) for v in bad[:5])}{more}")
+        return torch.from_numpy(pos[~missing].astype(np.int64)), wanted[~missing], wanted[missing]
 
     def user_index(self, ids) -> torch.Tensor:
         """Model indices ``[N]`` of original user ids (one id or a sequence); ``KeyError`` for unknown ids."""
@@ -117,6 +143,53 @@ class Run:
         available = int(torch.isfinite(scores).sum()) if exclude_seen else len(scores)
         top = scores.topk(min(k, available))
         return [(self.split.item_ids[i].item(), s) for i, s in zip(top.indices.tolist(), top.values.tolist())]
+
+    def scorer(self, precision: str = "fp32", **blocks) -> CatalogueScorer:
+        """The whole-catalogue scorer of this run's model (``neumf_fast.scoring``)."""
+        return CatalogueScorer(self.model, torch.arange(self.split.num_items, device=self.device),
+                               precision=precision, **blocks)
+
+    @torch.no_grad()
+    def iter_recommendations(self, users=None, k: int = 10, *, exclude_seen: bool = True, precision: str = "fp32",
+                             skip_unknown: bool = False, user_block: int | None = None, progress: bool = False):
+        """Yields the top ``k`` of users block by block, as DataFrames of ``RECOMMENDATION_COLUMNS``
+        (original ids, rank from 1, logit), so memory is bounded by the block, not by users × items.
+        ``users``: original ids, or ``None`` for every user; ``skip_unknown`` leaves out ids
+        not in the data (``find_users`` says which) instead of raising."""
+        import pandas as pd
+
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if users is None:
+            index, ids = torch.arange(self.split.num_users), self.split.user_ids
+        else:
+            index, ids, _ = self.find_users(users, skip_unknown=skip_unknown)
+        scorer = self.scorer(precision, user_block=user_block)
+        if exclude_seen and self._seen is None:
+            self._seen = NegativeSampler(*self.split.all_positives(), self.split.num_items, self.split.num_users)
+        blocks = range(0, len(index), scorer.user_block)
+        if progress:
+            from tqdm import tqdm
+
+            blocks = tqdm(blocks, desc="recommend", unit="block", total=len(blocks))
+        for start in blocks:
+            u = index[start:start + scorer.user_block]
+            seen = self._seen.positive_mask(u).to(self.device) if exclude_seen else None
+            values, items = scorer.top_k(self._user_input(u), k, (lambda sl: seen[:, sl]) if exclude_seen else None)
+            values, items = values.float().cpu().numpy(), items.cpu().numpy()
+            keep = np.isfinite(values)  # a user with fewer than k unseen items
+            rows = np.broadcast_to(np.arange(len(u))[:, None], values.shape)[keep]
+            frame = pd.DataFrame({"user": ids[start:start + len(u)][rows], "rank": np.nonzero(keep)[1] + 1,
+                                  "item": self.split.item_ids[items[keep]], "score": values[keep]})
+            yield frame
+
+    def recommend_many(self, users=None, k: int = 10, **kw):
+        """The top ``k`` of many users (original ids; ``None``: all) as one DataFrame with columns
+        ``user, rank, item, score``; the keywords are ``iter_recommendations``'s."""
+        import pandas as pd
+
+        frames = list(self.iter_recommendations(users, k, **kw))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECOMMENDATION_COLUMNS))
 
     def test_metrics(self) -> dict:
         """Test HR/NDCG/MRR@K and AUC over the fixed candidates and over the full ranking."""

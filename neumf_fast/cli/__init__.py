@@ -3,6 +3,8 @@
     neumf-fast train --model neumf --dataset synthetic --out runs/neumf
     neumf-fast evaluate runs/neumf/best.pt
     neumf-fast recommend runs/neumf/best.pt --user 42 --k 10
+    neumf-fast recommend runs/neumf --all --k 10 --out top10.parquet
+    neumf-fast export runs/neumf --out model.pt2
     neumf-fast data download ml-1m
     neumf-fast data info ml-100k
 
@@ -19,11 +21,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import data_cmd, flags, run_cmds, train_cmd
+from . import data_cmd, export_cmd, flags, run_cmds, train_cmd
 
 # every subcommand: what runs it, called as fn(args, argv)
 COMMANDS = {"train": train_cmd.run, "evaluate": run_cmds.evaluate, "recommend": run_cmds.recommend,
-            "data": data_cmd.run}
+            "export": export_cmd.run, "data": data_cmd.run}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     add = lambda name, **kw: sub.add_parser(name, parents=[common], formatter_class=flags.Formatter, **kw)
     train_cmd.add_parser(add)
     run_cmds.add_parsers(add)
+    export_cmd.add_parser(add)
     data_cmd.add_parser(add, common)
     return top
 

@@ -1,8 +1,14 @@
-"""``neumf-fast evaluate`` and ``neumf-fast recommend``: commands on a trained run, by original ids."""
+"""``neumf-fast evaluate`` and ``neumf-fast recommend``: commands on a trained run, by original ids.
+
+    neumf-fast recommend runs/neumf --user 42 --k 10                # one user, printed
+    neumf-fast recommend runs/neumf --all --k 10 --out top10.parquet # every user, streamed to a file
+    neumf-fast recommend runs/neumf --users ids.txt --out top10.csv --skip-unknown
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from . import flags
@@ -24,10 +30,21 @@ def add_parsers(add) -> None:
     flags.add_device_flags(e)
     _split_flag(e)
 
-    r = add("recommend", help="top-K unseen items for a user, by original ids")
+    r = add("recommend", help="top-K unseen items for one user, many, or all, by original ids")
     _run_flags(r)
-    r.add_argument("--user", required=True, help="the user's original id")
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="one user's original id (printed)")
+    who.add_argument("--users", type=Path, help="a file of original user ids, one a line (needs --out)")
+    who.add_argument("--all", action="store_true", help="every user of the run (needs --out)")
     r.add_argument("--k", type=flags.positive, default=10, help="how many items")
+    r.add_argument("--out", type=Path, help="with --users/--all: the output, .csv, .jsonl or .parquet "
+                   "(rows: user, rank, item, score)")
+    r.add_argument("--keep-seen", action="store_true", help="do not leave out the items each user interacted with")
+    r.add_argument("--skip-unknown", action="store_true", help="skip user ids not in the run's data (count on stderr)")
+    r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="dtype of the tower after its first layer (bf16 can reorder near-ties)")
+    r.add_argument("--threads", type=flags.threads, default=None, help="torch threads (auto: as train picks them)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
     flags.add_device_flags(r)
     _split_flag(r)
 
@@ -49,6 +66,8 @@ def evaluate(args, argv=None) -> None:
 
 
 def recommend(args, argv=None) -> None:
+    if args.user is None:
+        return recommend_many(args)
     run = load_run(args)
     try:
         top = run.recommend(args.user, args.k)
@@ -58,3 +77,47 @@ def recommend(args, argv=None) -> None:
     print(f"top {len(top)} for user {args.user} (of {run.split.num_items} items, {seen} seen):")
     for rank, (item, score) in enumerate(top, start=1):
         print(f"{rank:3d}. item {item}  score {score:.4f}")
+
+
+def _read_user_ids(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise UsageError(f"--users {path}: {e.strerror}") from None
+    ids = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not ids:
+        raise UsageError(f"--users {path}: no user ids in it (one id a line)")
+    return ids
+
+
+def recommend_many(args) -> None:
+    from ..parallel import configure_threads
+    from .outputs import BlockWriter, output_format
+
+    if args.out is None:
+        raise UsageError("--users and --all write a file: add --out FILE (.csv, .jsonl or .parquet)")
+    output_format(args.out)
+    users = None if args.all else _read_user_ids(args.users)
+    run = load_run(args)
+    if users is not None:
+        try:
+            _, users, unknown = run.find_users(users, skip_unknown=args.skip_unknown)
+        except KeyError as e:
+            raise UsageError(f"--users {args.users}: {e.args[0]} in this run's data (--skip-unknown skips them)") from None
+        if len(unknown):
+            print(f"neumf-fast: skipped {len(unknown)} unknown user ids", file=sys.stderr)
+        if not len(users):
+            raise UsageError(f"--users {args.users}: none of its ids is a user of this run")
+    scorer = run.scorer(args.precision)
+    configure_threads(args.threads, scorer.user_block * scorer.item_block)
+    writer = BlockWriter(args.out)
+    try:
+        for frame in run.iter_recommendations(users, args.k, exclude_seen=not args.keep_seen, precision=args.precision,
+                                              progress=not args.no_progress and sys.stderr.isatty()):
+            writer.write(frame)
+    except BaseException:
+        writer.tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    count = run.split.num_users if users is None else len(users)
+    print(f"top {args.k} of {count} users written to {args.out} ({writer.rows} rows)", file=sys.stderr)

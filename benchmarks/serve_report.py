@@ -1,0 +1,60 @@
+"""Markdown of a serving benchmark JSON (``benchmarks/test_bench_serve.py``): medians per case
+with the ratio of each case's baseline to every provider, and the memory rows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(path: str, command: str) -> None:
+    data = json.load(open(path))
+    mi = data["machine_info"]
+    print(f"# Serving benchmark: {path.rsplit('/', 1)[-1]}\n")
+    print(f"- date: {data['datetime']}")
+    print(f"- machine: {mi.get('cpu', {}).get('brand_raw', '?')}, {mi.get('cpu', {}).get('count', '?')} logical CPUs "
+          f"(a shared VM: other jobs may have been running), ATen CPU capability {mi.get('cpu_capability')}")
+    print(f"- versions: python {mi.get('python_version')}, torch {mi.get('torch')}")
+    print(f"- command: `{command}`; times are medians of the timed rounds\n")
+    cases: dict[str, list] = {}
+    for b in data["benchmarks"]:
+        cases.setdefault(b["extra_info"]["case"], []).append(b)
+    for case, rows in cases.items():
+        if case == "peak-rss":
+            print("## peak RSS of `neumf-fast recommend` (subprocess)\n")
+            print("| users x items | interactions | users scored | peak RSS (MiB) | python+torch+neumf_fast import (MiB) "
+                  "| model (MiB) | above import and model (MiB) | wall (s) |")
+            print("|---|---|---|---|---|---|---|---|")
+            for b in rows:
+                e = b["extra_info"]
+                mib = lambda v: f"{v / 2**20:,.0f}"
+                print(f"| {e['shape']} | {e['interactions']:,} | {e['users']} | {mib(e['peak_rss'])} | {mib(e['import_rss'])} "
+                      f"| {mib(e['model_bytes'])} | {mib(e['above_model'])} | {b['stats']['median']:.1f} |")
+            print()
+            continue
+        base = next((b for b in rows if b["extra_info"].get("baseline")), rows[0])
+        scale = lambda b: b["extra_info"].get("scale", 1.0)
+        base_t = base["stats"]["median"] * scale(base)
+        print(f"## {case} ({rows[0]['extra_info']['shape']}, threads {rows[0]['extra_info']['threads']})\n")
+        print(f"| provider | time (ms) | {base['extra_info']['provider']} / provider | notes |")
+        print("|---|---|---|---|")
+        for b in rows:
+            e, t = b["extra_info"], b["stats"]["median"] * scale(b)
+            notes = []
+            if "scaled_from" in e:
+                notes.append(f"timed on {e['scaled_from']}, scaled x{e['scale']:.2f}")
+            if "top10_overlap_with_fp32" in e:
+                notes.append(f"top-10 overlap with fp32 {e['top10_overlap_with_fp32']:.4f}, same item at each rank "
+                             f"{e['same_item_at_rank']:.4f}")
+            if "max_abs_error_vs_score" in e:
+                notes.append(f"max abs error vs score {e['max_abs_error_vs_score']:.2e}")
+            print(f"| {e['provider']} | {t * 1e3:,.3f} | {base_t / t:.2f}x | {'; '.join(notes)} |")
+        print()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("json")
+    p.add_argument("--command", default="bash dev.sh bench serve")
+    a = p.parse_args()
+    main(a.json, a.command)
