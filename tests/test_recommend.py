@@ -213,33 +213,3 @@ def test_cli_bad_batch_flags_are_one_line(run, tmp_path, monkeypatch, argv, mess
     with pytest.raises(SystemExit) as e:
         cli_main(["recommend", str(run_dir_of(run))] + argv)
     assert message in str(e.value.code)
-
-
-def test_the_serving_page_runs(run, tmp_path, monkeypatch, capsys):
-    """docs/serving.md's blocks, in order, against this run (put where the page says runs/neumf);
-    a block marked ``<!-- not run: ... -->`` is skipped (none is, today)."""
-    import re
-    import shlex
-    from pathlib import Path
-
-    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
-    blocks = re.findall(r"(<!-- not run:[^>]*-->\n)?```(bash|python)\n(.*?)```", page, re.S)
-    assert len(blocks) >= 4
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "users.txt").write_text(f"# two users and one unknown\n{run.user_ids[0]}\n{run.user_ids[1]}\n-5\n")
-    run_dir = str(run_dir_of(run))
-    ran = 0
-    for marker, lang, code in blocks:
-        if marker:
-            continue
-        code = code.replace("runs/neumf", run_dir)
-        if lang == "bash":
-            for line in code.splitlines():
-                assert line.startswith("neumf-fast "), line
-                cli_main(shlex.split(line)[1:] + (["--no-progress"] if " recommend " in line and "--user " not in line else []))
-        else:
-            exec(compile(code, "docs/serving.md", "exec"), {})
-        ran += 1
-    assert ran == len(blocks)
-    assert (tmp_path / "top10.parquet").exists() and (tmp_path / "top10.csv").exists()
-    assert len(pd.read_parquet(tmp_path / "top10.parquet")) == run.split.num_users * 10
