@@ -4,11 +4,13 @@ equal to eager."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import neumf_fast
-from neumf_fast.ops import _library
+from neumf_fast.ops import _id_check, _library
 from conftest import KERNELS, assert_close, make_case, run
 
 needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
@@ -155,6 +157,19 @@ def test_autocast_casts_the_rows_a_call_reads_not_the_tables(backend, project):
         eps = torch.finfo(torch.bfloat16).eps * max(1.0, truth[name].abs().max().item())
         assert err <= 2 * err_cast + eps, (name, err, err_cast)
 
+    good_user = case.user.clone()
     case.user[3, 1] = 500
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(IndexError, match="user id 500 is out of range"):
-        neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+    message = "user id 500 is out of range for a table with 500 rows"
+    # the gather checks ids without a host sync: deferred, the next call raises; sync, this one
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        try:
+            neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+            with pytest.raises(IndexError, match=message):
+                neumf_fast.neumf_input(good_user, case.item, backend=backend, **case.kwargs)
+            neumf_fast.neumf_input(good_user, case.item, backend=backend, **case.kwargs)  # reset: works again
+            os.environ["NEUMF_FAST_CHECK_IDS"] = "sync"
+            with pytest.raises(IndexError, match=message):
+                neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+        finally:
+            os.environ.pop("NEUMF_FAST_CHECK_IDS", None)
+            _id_check.reset()
