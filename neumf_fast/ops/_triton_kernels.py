@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 _NO_SPEC = ["B", "pad"]
-INT64_MAX = 9223372036854775807
+INT64_MAX = tl.constexpr(9223372036854775807)
 
 
 @triton.jit
@@ -210,45 +210,56 @@ def _row_scale(ids_ptr, mask_ptr, rows64, row_ok, L, pad, rows_in_table, stride_
         scale = 1.0 / tl.maximum(count, 1.0)
     return scale
 @triton.jit
-def _side_backward(d_mf, d_mlp, w_ptr, dproj_ptr, dsrc_ptr, ids_ptr, mask_ptr, rows64, row_ok, scale,
-                   L, D, H_MF, H_MLP, pad, rows_in_table, stride_i0, stride_i1,
+def _grad_cols(d_gmf, mf_other, d_mlp_in, rows64, row_ok, c, H_MF, H, W, mlp_col0):
+    """Columns ``c`` of one side's [d_mf | d_mlp] (fp32 [BLOCK_B, len(c)]), read from memory:
+    d_mf = d_gmf ⊙ the other side's saved MF half, d_mlp = the side's half of d_mlp_in.
+    Read per tile, not held: a [BLOCK_B, H] operand of an fp32 dot over all of H spills."""
+    is_mf = c < H_MF
+    is_mlp = (c >= H_MF) & (c < H)
+    r = rows64[:, None]
+    m_mf = row_ok[:, None] & is_mf[None, :]
+    g = tl.load(d_gmf + r * H_MF + c[None, :], mask=m_mf, other=0.0).to(tl.float32)
+    g = g * tl.load(mf_other + r * H_MF + c[None, :], mask=m_mf, other=0.0)
+    m = tl.load(d_mlp_in + r * W + mlp_col0 + (c - H_MF)[None, :], mask=row_ok[:, None] & is_mlp[None, :],
+                other=0.0).to(tl.float32)
+    return g + m  # the masks are disjoint
+
+
+@triton.jit
+def _side_backward(d_gmf, mf_other, d_mlp_in, mlp_col0, W, w_ptr, dproj_ptr, dsrc_ptr, ids_ptr, mask_ptr,
+                   rows64, row_ok, scale, L, D, H_MF, H_MLP, pad, rows_in_table, stride_i0, stride_i1,
                    IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PAD: tl.constexpr, PROJ: tl.constexpr,
                    SAVE_DPROJ: tl.constexpr, WANT_SRC: tl.constexpr, ATOMIC: tl.constexpr, PRECISION: tl.constexpr,
-                   BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_MF: tl.constexpr, BLOCK_MLP: tl.constexpr):
+                   BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
     """Stores d_proj (for the weight pass) and the source gradient of one side.
 
-    Source gradient: dense ``[B, L, D]`` written directly; for ids, either atomically added into
-    the table gradient (``ATOMIC``) or written as scaled ``d_pooled [B, D]`` for the
-    deterministic segment reduction.
+    d_pooled[:, k-tile] = Σ over H tiles of [d_mf | d_mlp][:, h-tile] · W[h-tile, k-tile]: both
+    reductions tiled, so nothing [BLOCK_B, H]-sized stays in registers.  Source gradient: dense
+    ``[B, L, D]`` written directly; for ids, either atomically added into the table gradient
+    (``ATOMIC``) or written as scaled ``d_pooled [B, D]`` for the deterministic segment reduction.
     """
-    h_mf = tl.arange(0, BLOCK_MF)
-    h_mlp = tl.arange(0, BLOCK_MLP)
-    mf_ok = h_mf < H_MF
-    mlp_ok = h_mlp < H_MLP
     H = H_MF + H_MLP
     if SAVE_DPROJ:
-        tl.store(dproj_ptr + rows64[:, None] * H + h_mf[None, :], d_mf, mask=row_ok[:, None] & mf_ok[None, :])
-        tl.store(dproj_ptr + rows64[:, None] * H + H_MF + h_mlp[None, :], d_mlp, mask=row_ok[:, None] & mlp_ok[None, :])
+        for h0 in range(0, H, BLOCK_H):
+            c = h0 + tl.arange(0, BLOCK_H)
+            t = _grad_cols(d_gmf, mf_other, d_mlp_in, rows64, row_ok, c, H_MF, H, W, mlp_col0)
+            tl.store(dproj_ptr + rows64[:, None] * H + c[None, :], t, mask=row_ok[:, None] & (c < H)[None, :])
     if WANT_SRC:
-        if PROJ:
-            for k0 in range(0, D, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                col_ok = cols < D
-                w_mf = tl.load(w_ptr + h_mf[:, None] * D + cols[None, :], mask=mf_ok[:, None] & col_ok[None, :], other=0.0)
-                w_mlp = tl.load(w_ptr + (H_MF + h_mlp[:, None]) * D + cols[None, :],
-                                mask=mlp_ok[:, None] & col_ok[None, :], other=0.0)
-                dp = tl.dot(d_mf.to(w_mf.dtype), w_mf, input_precision=PRECISION)
-                dp += tl.dot(d_mlp.to(w_mlp.dtype), w_mlp, input_precision=PRECISION)
-                _scatter_tile(dp * scale[:, None], cols, col_ok, dsrc_ptr, ids_ptr, mask_ptr, rows64, row_ok,
-                              L, D, pad, rows_in_table, stride_i0, stride_i1, IDS, HAS_MASK, HAS_PAD, ATOMIC,
-                          BLOCK_B)
-        else:
-            _scatter_tile(d_mf * scale[:, None], h_mf, mf_ok, dsrc_ptr, ids_ptr, mask_ptr, rows64, row_ok,
-                          L, D, pad, rows_in_table, stride_i0, stride_i1, IDS, HAS_MASK, HAS_PAD, ATOMIC,
-                          BLOCK_B)
-            _scatter_tile(d_mlp * scale[:, None], H_MF + h_mlp, mlp_ok, dsrc_ptr, ids_ptr, mask_ptr, rows64,
-                          row_ok, L, D, pad, rows_in_table, stride_i0, stride_i1, IDS, HAS_MASK, HAS_PAD, ATOMIC,
-                          BLOCK_B)
+        for k0 in range(0, D, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            col_ok = cols < D
+            if PROJ:
+                dp = tl.zeros([BLOCK_B, BLOCK_K], dtype=tl.float32)
+                for h0 in range(0, H, BLOCK_H):
+                    c = h0 + tl.arange(0, BLOCK_H)
+                    t = _grad_cols(d_gmf, mf_other, d_mlp_in, rows64, row_ok, c, H_MF, H, W, mlp_col0)
+                    w = tl.load(w_ptr + c[:, None] * D + cols[None, :], mask=(c < H)[:, None] & col_ok[None, :],
+                                other=0.0)
+                    dp += tl.dot(t.to(w.dtype), w, input_precision=PRECISION)
+            else:  # no projection: the pooled vector is [mf | mlp] itself (D = H)
+                dp = _grad_cols(d_gmf, mf_other, d_mlp_in, rows64, row_ok, cols, H_MF, H, W, mlp_col0)
+            _scatter_tile(dp * scale[:, None], cols, col_ok, dsrc_ptr, ids_ptr, mask_ptr, rows64, row_ok,
+                          L, D, pad, rows_in_table, stride_i0, stride_i1, IDS, HAS_MASK, HAS_PAD, ATOMIC, BLOCK_B)
 
 
 @triton.jit
@@ -288,35 +299,23 @@ def fused_backward_rows_kernel(
     MEAN: tl.constexpr, USER_PROJ: tl.constexpr, ITEM_PROJ: tl.constexpr,
     SAVE_DPROJ_U: tl.constexpr, SAVE_DPROJ_I: tl.constexpr, WANT_USER: tl.constexpr, WANT_ITEM: tl.constexpr,
     ATOMIC: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_MF: tl.constexpr, BLOCK_MLP_U: tl.constexpr, BLOCK_MLP_I: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     rows64 = rows.to(tl.int64)
-    h_mf = tl.arange(0, BLOCK_MF)
-    h_u = tl.arange(0, BLOCK_MLP_U)
-    h_i = tl.arange(0, BLOCK_MLP_I)
-    mf_mask = row_ok[:, None] & (h_mf < H_MF)[None, :]
     W = H_MLP_U + H_MLP_I
-    g = tl.load(d_gmf + rows64[:, None] * H_MF + h_mf[None, :], mask=mf_mask, other=0.0).to(tl.float32)
-    mfu = tl.load(mf_user + rows64[:, None] * H_MF + h_mf[None, :], mask=mf_mask, other=0.0)
-    mfi = tl.load(mf_item + rows64[:, None] * H_MF + h_mf[None, :], mask=mf_mask, other=0.0)
-    d_mlp_u = tl.load(d_mlp_in + rows64[:, None] * W + h_u[None, :], mask=row_ok[:, None] & (h_u < H_MLP_U)[None, :],
-                      other=0.0).to(tl.float32)
-    d_mlp_i = tl.load(d_mlp_in + rows64[:, None] * W + H_MLP_U + h_i[None, :],
-                      mask=row_ok[:, None] & (h_i < H_MLP_I)[None, :], other=0.0).to(tl.float32)
     scale = _row_scale(user, user_mask, rows64, row_ok, L, pad, ROWS_U, sui0, sui1,
                        USER_IDS, HAS_MASK, HAS_PAD, MEAN, BLOCK_B)
     ones = tl.full([BLOCK_B], 1.0, dtype=tl.float32)
-    _side_backward(g * mfi, d_mlp_u, user_w, dproj_user, dsrc_user, user, user_mask, rows64, row_ok, scale,
-                   L, D, H_MF, H_MLP_U, pad, ROWS_U, sui0, sui1,
+    _side_backward(d_gmf, mf_item, d_mlp_in, 0, W, user_w, dproj_user, dsrc_user, user, user_mask, rows64, row_ok,
+                   scale, L, D, H_MF, H_MLP_U, pad, ROWS_U, sui0, sui1,
                    USER_IDS, HAS_MASK, HAS_PAD, USER_PROJ, SAVE_DPROJ_U, WANT_USER, ATOMIC, PRECISION,
-                   BLOCK_B, BLOCK_K, BLOCK_MF, BLOCK_MLP_U)
-    _side_backward(g * mfu, d_mlp_i, item_w, dproj_item, dsrc_item, item, user_mask, rows64, row_ok, ones,
-                   1, DI, H_MF, H_MLP_I, pad, ROWS_I, sii0, 0,
+                   BLOCK_B, BLOCK_K, BLOCK_H)
+    _side_backward(d_gmf, mf_user, d_mlp_in, H_MLP_U, W, item_w, dproj_item, dsrc_item, item, user_mask, rows64,
+                   row_ok, ones, 1, DI, H_MF, H_MLP_I, pad, ROWS_I, sii0, 0,
                    ITEM_IDS, False, False, ITEM_PROJ, SAVE_DPROJ_I, WANT_ITEM, ATOMIC, PRECISION,
-                   BLOCK_B, BLOCK_K, BLOCK_MF, BLOCK_MLP_I)
+                   BLOCK_B, BLOCK_K, BLOCK_H)
 
 
 @triton.jit

@@ -56,30 +56,35 @@ def _floor_pow2(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_config(dim: int, block_mf: int, block_mlp: int, proj: bool, seq_len_1: bool) -> tuple:
-    """(BLOCK_B, BLOCK_K, num_warps, NUM_STAGES) of the forward, from the widths alone (not the
-    batch size: a ragged batch reuses the kernel).  BLOCK_K keeps the two weight tiles of a D
-    step at <= 8192 values; BLOCK_B keeps the fp32 values a row holds live (the user side's MF
-    half while the item side runs, the side's MF and MLP accumulators, one pooled tile) at <= 48
-    registers a thread, which leaves room for addresses and the pipelined loads: no spills at
-    any shipped shape (tests/test_gpu_offline.py checks the SASS)."""
-    width = block_mf + block_mlp
-    num_warps = 4 if width <= 128 else 8
-    block_k = max(16, min(64, _block(dim), _floor_pow2(8192 // width))) if proj else 16
-    live = 2 * block_mf + block_mlp + (block_k if proj else 0)
-    block_b = max(16, min(64, _floor_pow2(48 * 32 * num_warps // live)))
-    return block_b, block_k, num_warps, 1 if seq_len_1 else 2
+def _forward_config(dim: int, block_mf: int, block_mlp: int, proj: bool, seq_len_1: bool, fp32: bool) -> tuple:
+    """(BLOCK_B, BLOCK_K, num_warps, NUM_STAGES) of the forward, from the widths and dtype alone
+    (not the batch size: a ragged batch reuses the kernel).  BLOCK_K keeps the two weight tiles
+    of a D step at <= 8192 values (4096 in fp32, whose IEEE dots hold both operands in
+    registers); BLOCK_B keeps the fp32 values a row holds live (the user side's MF half while
+    the item side runs, the side's MF and MLP accumulators, one pooled tile) at <= 48 registers
+    a thread (32 in fp32).  That leaves room for addresses and the pipelined loads: no spills at
+    any shipped shape on sm_80 or sm_90 (tests/test_gpu_offline.py checks the SASS)."""
+    return _config(dim, block_mf, block_mlp, proj, fp32, 2 * block_mf + block_mlp) + (1 if seq_len_1 else 2,)
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_config(dim: int, block_mf: int, block_mlp: int, proj: bool) -> tuple:
-    """(BLOCK_B, BLOCK_K, num_warps) of the backward rows kernel: the same budget, for
-    d_gmf, both MF halves, the MLP gradient and one d_pooled tile per row."""
+def _backward_config(dim: int, width: int, proj: bool, fp32: bool) -> tuple:
+    """(BLOCK_B, BLOCK_K, BLOCK_H, num_warps) of the backward rows kernel, which tiles both the
+    D and the H = H_mf + H_mlp reductions and reads [d_mf | d_mlp] per tile: a [BLOCK_B,
+    BLOCK_H] operand, a [BLOCK_H, BLOCK_K] weight tile and a [BLOCK_B, BLOCK_K] accumulator.
+    With no projection D = H and one tile is both.  BLOCK_B x BLOCK_K x BLOCK_H = 32 x 32 x 16
+    (16 x 32 x 16 in fp32, whose IEEE dots hold their operands in registers) at 4 warps is the
+    largest that spills nowhere on sm_80 or sm_90 (64-wide tiles or 8 warps spill: measured with
+    tests/triton_aot.py); the kernel is bound by its gathers and scatters, not the dots."""
+    return 16 if fp32 else 32, max(16, min(32, _block(dim if proj else width))), 16, 4
+
+
+def _config(dim, block_mf, block_mlp, proj, fp32, live):
     width = block_mf + block_mlp
     num_warps = 4 if width <= 128 else 8
-    block_k = max(16, min(64, _block(dim), _floor_pow2(8192 // width))) if proj else 16
-    live = 3 * block_mf + 2 * block_mlp + (block_k if proj else 0)
-    block_b = max(16, min(64, _floor_pow2(48 * 32 * num_warps // live)))
+    block_k = max(16, min(64, _block(dim), _floor_pow2((4096 if fp32 else 8192) // width))) if proj else 16
+    live += block_k if proj else 0
+    block_b = max(16, min(64, _floor_pow2((32 if fp32 else 48) * 32 * num_warps // live)))
     return block_b, block_k, num_warps
 
 
@@ -185,7 +190,8 @@ if TRITON_ERROR is None:
             wrap_triton(_forward_autotuned)[grid](*args, **meta)
         else:
             block_b, block_k, warps, stages = _forward_config(max(d.user_dim, d.item_dim), block_mf,
-                                                              max(block_u, block_i), proj, d.seq_len == 1)
+                                                              max(block_u, block_i), proj, d.seq_len == 1,
+                                                              d.dtype == torch.float32)
             kernel = wrap_triton(K.fused_forward_kernel) if torch.compiler.is_compiling() else K.fused_forward_kernel
             kernel[(triton.cdiv(B, block_b),)](*args, **meta, BLOCK_B=block_b, BLOCK_K=block_k, NUM_STAGES=stages,
                                                num_warps=warps)
@@ -238,9 +244,9 @@ if TRITON_ERROR is None:
         rows_u = user_table.shape[0] if d.user_ids else 0
         rows_i = item_table.shape[0] if d.item_ids else 0
         if B > 0:
-            block_mf, block_u, block_i = _block(h_mf), _block(h_mlp_u), _block(h_mlp_i)
-            block_b, block_k, warps = _backward_config(max(d.user_dim, d.item_dim), block_mf, max(block_u, block_i),
-                                                       user_weight is not None or item_weight is not None)
+            block_b, block_k, block_h, warps = _backward_config(
+                max(d.user_dim, d.item_dim), max(d.user_proj, d.item_proj),
+                user_weight is not None or item_weight is not None, d.dtype == torch.float32)
             su, sui, si, sii = _strides(d, user, user_table, item, item_table)
             mask = user_mask.contiguous() if user_mask is not None else dummy
             cont = lambda t: t.contiguous() if t is not None else dummy
@@ -255,8 +261,7 @@ if TRITON_ERROR is None:
                 HAS_PAD=padding_idx is not None, MEAN=mode == "mean", USER_PROJ=user_weight is not None,
                 ITEM_PROJ=item_weight is not None, SAVE_DPROJ_U=want_uw or want_ub, SAVE_DPROJ_I=want_iw or want_ib,
                 WANT_USER=want_u, WANT_ITEM=want_i, ATOMIC=not deterministic, PRECISION=_precision(),
-                BLOCK_MF=block_mf, BLOCK_MLP_U=block_u, BLOCK_MLP_I=block_i,
-                BLOCK_B=block_b, BLOCK_K=block_k, num_warps=warps,
+                BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_H=block_h, num_warps=warps,
             )
         if want_u and d.user_ids and deterministic:
             grad_u = _segment_sum(dsrc_u, user, padding_idx, rows_u, L, d.dtype)
