@@ -245,24 +245,7 @@ def test_compile_fullgraph_keeps_the_kernel(user_ids):
     torch.testing.assert_close(mlp_in, eager["mlp_in"], atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the kernels are compiled and run by the tests above")
-def test_kernels_compile_for_sm80_and_sm90():
-    """The interpreter checks the math, not that the kernels compile for a GPU; this compiles
-    every kernel variant ahead of time for sm_90 (fp32 and bf16) and sm_80 (fp32) with Triton's
-    own compiler and ptxas (tests/triton_aot.py, ~1 min), in a subprocess without
-    TRITON_INTERPRET."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("triton_aot.py"))], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert "0 failures" in done.stdout
-
+# Compiling for real GPUs (sm_80, sm_90) and reading the SASS: tests/test_gpu_offline.py.
 
 
 def test_backward_inside_autocast_keeps_float32_gradients():

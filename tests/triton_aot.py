@@ -167,11 +167,51 @@ def sass_counts(text: str) -> dict:
                 ATOM=count(lambda o: o.startswith(("ATOM.", "ATOMG"))))
 
 
+def jit_key(name, args, kwargs, arch=90) -> str:
+    """The key under which Triton's JIT caches the kernel of this launch (its binder's
+    specialization and options), for sm_<arch>: a new key is a new compile."""
+    fn = getattr(K, name)
+    binder = create_function_from_signature(fn.signature, fn.params, make_backend(GPUTarget("cuda", arch, 32)))
+    _bound, specialization, options = binder(*args, **kwargs)
+    return f"{name} {specialization} {options}"
+
+
+def neumf_training_run_keys() -> set:
+    """The kernels a NeuMF fp32 training run on ML-20M-sized tables compiles: train.py's own
+    epoch loop (batches sliced out of the shuffled samples, a ragged last batch of 37) with
+    backward and Adam, then scoring under no_grad, through ``models.NeuMF(backend="triton")``;
+    the kernels are recorders (CPU tensors, no GPU), keyed as the JIT keys its cache."""
+    from neumf_fast import models, train
+
+    from neumf_fast.ops import dispatch
+
+    # CPU tensors stand in for CUDA ones; nothing is launched
+    dispatch.BACKENDS["triton"]._reasons = lambda dims: []
+    model = models.NeuMF(ML20M_USERS, ML20M_ITEMS, backend="triton")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n = 3 * 256 + 37
+    g = torch.Generator().manual_seed(0)
+    samples = (torch.randint(0, ML20M_USERS, (n,), generator=g), torch.randint(0, ML20M_ITEMS, (n,), generator=g),
+               torch.randint(0, 2, (n,), generator=g).float())
+    with recorded_launches() as launches:
+        train.train_epoch(model, optimizer, samples, 256, desc="count")
+        with torch.no_grad():
+            model(torch.zeros(100, dtype=torch.int64), torch.arange(100))
+    return {jit_key(name, args, kwargs) for name, args, kwargs in launches}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--count-neumf", action="store_true", help="print the NeuMF training run's kernel keys")
     parser.add_argument("--arch", type=int, action="append", help="default: 90 and 80")
     parser.add_argument("--only", default="", help="only the cases whose name contains this")
     opts = parser.parse_args()
+    if opts.count_neumf:
+        keys = neumf_training_run_keys()
+        for key in sorted(keys):
+            print("KEY", key[:400])
+        print(f"VARIANTS {len(keys)}")
+        return 0
     failures, seen, neumf_seconds = 0, {}, 0.0
     for arch in opts.arch or (90, 80):
         for case, args, save, deterministic in cases():

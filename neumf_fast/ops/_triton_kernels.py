@@ -45,6 +45,9 @@ import triton
 import triton.language as tl
 
 _NO_SPEC = ["B", "pad"]
+# ids and masks are read one [BLOCK_B] column at a time: their alignment buys nothing, and a batch
+# sliced out of a larger tensor at an odd offset must not compile a second kernel
+_NO_ALIGN = ["user", "user_mask", "item"]
 INT64_MAX = tl.constexpr(9223372036854775807)
 
 
@@ -154,7 +157,7 @@ def _side_forward(src, ids_ptr, mask_ptr, w_ptr, b_ptr, pooled_ptr, mf_ptr, mlp_
     return mf
 
 
-@triton.jit(do_not_specialize=_NO_SPEC)
+@triton.jit(do_not_specialize=_NO_SPEC, do_not_specialize_on_alignment=_NO_ALIGN)
 def fused_forward_kernel(
     user, user_mask, user_src, item, item_src, user_w, user_b, item_w, item_b,
     gmf_out, mlp_out, pooled_user, pooled_item, mf_user, mf_item, errors,
@@ -290,7 +293,7 @@ def _scatter_tile(dp, cols, col_ok, dsrc_ptr, ids_ptr, mask_ptr, rows64, row_ok,
                      mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.jit(do_not_specialize=_NO_SPEC)
+@triton.jit(do_not_specialize=_NO_SPEC, do_not_specialize_on_alignment=_NO_ALIGN)
 def fused_backward_rows_kernel(
     d_gmf, d_mlp_in, mf_user, mf_item, user, user_mask, item, user_w, item_w,
     dproj_user, dproj_item, dsrc_user, dsrc_item,
