@@ -135,3 +135,12 @@ def test_a_neumf_training_run_compiles_three_kernels():
     assert run.returncode == 0, out[-6000:]
     variants = int(re.search(r"VARIANTS (\d+)", out).group(1))
     assert variants <= 3, out[-6000:]
+    assert re.search(r"NOT_WARMED 0\b", out), "neumf_fast.warmup missed a kernel of the run:\n" + out[-6000:]
+
+
+def test_warmup_leaves_gradients_and_mode_as_they_were():
+    model = neumf_fast.NeuMF(30, 20, backend="torch")
+    model.eval()
+    neumf_fast.warmup(model, (torch.tensor([1, 2, 3]), torch.tensor([0, 4, 5])))
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())

@@ -176,11 +176,12 @@ def jit_key(name, args, kwargs, arch=90) -> str:
     return f"{name} {specialization} {options}"
 
 
-def neumf_training_run_keys() -> set:
+def neumf_training_run_keys() -> tuple[set, set]:
     """The kernels a NeuMF fp32 training run on ML-20M-sized tables compiles: train.py's own
     epoch loop (batches sliced out of the shuffled samples, a ragged last batch of 37) with
     backward and Adam, then scoring under no_grad, through ``models.NeuMF(backend="triton")``;
-    the kernels are recorders (CPU tensors, no GPU), keyed as the JIT keys its cache."""
+    the kernels are recorders (CPU tensors, no GPU), keyed as the JIT keys its cache.  Also the
+    keys ``neumf_fast.warmup`` compiled on an 8-row batch before the run."""
     from neumf_fast import models, train
 
     from neumf_fast.ops import dispatch
@@ -193,11 +194,16 @@ def neumf_training_run_keys() -> set:
     g = torch.Generator().manual_seed(0)
     samples = (torch.randint(0, ML20M_USERS, (n,), generator=g), torch.randint(0, ML20M_ITEMS, (n,), generator=g),
                torch.randint(0, 2, (n,), generator=g).float())
+    import neumf_fast
+
+    with recorded_launches() as warm:
+        neumf_fast.warmup(model, (samples[0][:8], samples[1][:8]))
     with recorded_launches() as launches:
         train.train_epoch(model, optimizer, samples, 256, desc="count")
         with torch.no_grad():
             model(torch.zeros(100, dtype=torch.int64), torch.arange(100))
-    return {jit_key(name, args, kwargs) for name, args, kwargs in launches}
+    keys = lambda ls: {jit_key(name, args, kwargs) for name, args, kwargs in ls}
+    return keys(launches), keys(warm)
 
 
 def main() -> int:
@@ -207,10 +213,11 @@ def main() -> int:
     parser.add_argument("--only", default="", help="only the cases whose name contains this")
     opts = parser.parse_args()
     if opts.count_neumf:
-        keys = neumf_training_run_keys()
+        keys, warm = neumf_training_run_keys()
         for key in sorted(keys):
             print("KEY", key[:400])
         print(f"VARIANTS {len(keys)}")
+        print(f"NOT_WARMED {len(keys - warm)}")  # kernels the run compiled that warmup() had not
         return 0
     failures, seen, neumf_seconds = 0, {}, 0.0
     for arch in opts.arch or (90, 80):

@@ -133,7 +133,36 @@ def _gathered_rows(ids: Tensor, table: Tensor, padding_idx: int | None, name: st
     return rows, ~drop
 
 
+def warmup(model: torch.nn.Module, batch) -> None:
+    """Compiles, once, the kernels a training run of ``model`` needs, before the first step: one
+    forward that saves for backward, its backward, and one inference forward (``no_grad``).
+    ``batch`` is what the model is called with: a tensor, a tuple of positional arguments or a
+    dict of keywords.  Gradients and the model's train/eval mode are left as they were.
+
+    The Triton kernels take the batch size out of their specialisation, so one warm-up covers
+    every batch of the run, a ragged last one included (tests/test_gpu_offline.py counts them);
+    the C++ kernels need nothing compiled and the call costs one small step.
+    """
+    call = (lambda: model(**batch)) if isinstance(batch, dict) else (
+        (lambda: model(*batch)) if isinstance(batch, (tuple, list)) else (lambda: model(batch)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
+    was_training = model.training
+    try:
+        model.train()
+        out = call()
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        out.float().sum().backward()
+        model.eval()
+        with torch.no_grad():
+            call()
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
+        model.train(was_training)
+
+
 __all__ = [
     "BACKENDS", "ENV_VAR", "PREFERENCE", "BackendUnavailable", "FusedDims",
-    "available_backends", "check_inputs", "neumf_input", "run_fused", "select_backend",
+    "available_backends", "check_inputs", "neumf_input", "run_fused", "select_backend", "warmup",
 ]
