@@ -48,7 +48,7 @@ CHUNK = 32  # the deterministic table gradient's run length per program (segment
 
 def _block(n: int) -> int:
     # tl.dot needs every dimension >= 16
-    return max(16, triton.next_power_of_2(max(1, n)))
+    return max(16, 1 << (max(1, n) - 1).bit_length())  # plain ints: triton's helpers cost µs a call
 
 
 def _floor_pow2(n: int) -> int:
@@ -136,7 +136,9 @@ if TRITON_ERROR is None:
             key=["D", "DI", "H_MF", "H_MLP_U", "H_MLP_I", "L"], cache_results=True)(K.fused_forward_kernel)
     from torch.library import triton_op, wrap_triton
 
-    @triton_op("neumf_fast::triton_fused_input", mutates_args={})
+    def _cdiv(a: int, b: int) -> int:
+        return -(-a // b)
+
     def triton_fused_input(
         user: Tensor, user_mask: Optional[Tensor], user_table: Optional[Tensor], padding_idx: Optional[int],
         item: Tensor, item_table: Optional[Tensor], user_weight: Optional[Tensor], user_bias: Optional[Tensor],
@@ -154,10 +156,11 @@ if TRITON_ERROR is None:
         f32 = dict(device=dev, dtype=torch.float32)
         gmf = torch.empty((B, h_mf), device=dev, dtype=d.dtype)
         mlp_in = torch.empty((B, h_mlp_u + h_mlp_i), device=dev, dtype=d.dtype)
-        pooled_user = torch.empty((B, d.user_dim) if save and user_weight is not None else (0,), **f32)
-        pooled_item = torch.empty((B, d.item_dim) if save and item_weight is not None else (0,), **f32)
-        mf_user = torch.empty((B, h_mf) if save else (0,), **f32)
-        mf_item = torch.empty((B, h_mf) if save else (0,), **f32)
+        unsaved = lambda: torch.empty((0,), **f32)  # a fresh one each: an op's outputs may not alias
+        pooled_user = torch.empty((B, d.user_dim), **f32) if save and user_weight is not None else unsaved()
+        pooled_item = torch.empty((B, d.item_dim), **f32) if save and item_weight is not None else unsaved()
+        mf_user = torch.empty((B, h_mf), **f32) if save else unsaved()
+        mf_item = torch.empty((B, h_mf), **f32) if save else unsaved()
         if B == 0:
             return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
         ids = d.user_ids or d.item_ids
@@ -193,13 +196,12 @@ if TRITON_ERROR is None:
                                                               max(block_u, block_i), proj, d.seq_len == 1,
                                                               d.dtype == torch.float32)
             kernel = wrap_triton(K.fused_forward_kernel) if torch.compiler.is_compiling() else K.fused_forward_kernel
-            kernel[(triton.cdiv(B, block_b),)](*args, **meta, BLOCK_B=block_b, BLOCK_K=block_k, NUM_STAGES=stages,
+            kernel[(_cdiv(B, block_b),)](*args, **meta, BLOCK_B=block_b, BLOCK_K=block_k, NUM_STAGES=stages,
                                                num_warps=warps)
         if check is not None and ids:
             _id_check.after_launch(dev, check)
         return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
 
-    @triton_op("neumf_fast::triton_fused_input_backward", mutates_args={})
     def triton_fused_input_backward(
         grad_gmf: Tensor, grad_mlp_in: Tensor, user: Tensor, user_mask: Optional[Tensor],
         user_table: Optional[Tensor], padding_idx: Optional[int], item: Tensor, item_table: Optional[Tensor],
@@ -252,7 +254,7 @@ if TRITON_ERROR is None:
             cont = lambda t: t.contiguous() if t is not None else dummy
             kernel = (wrap_triton(K.fused_backward_rows_kernel) if torch.compiler.is_compiling()
                       else K.fused_backward_rows_kernel)
-            kernel[(triton.cdiv(B, block_b),)](
+            kernel[(_cdiv(B, block_b),)](
                 grad_gmf.contiguous(), grad_mlp_in.contiguous(), mf_user, mf_item, user, mask, item,
                 cont(user_weight), cont(item_weight), dproj_u, dproj_i, dsrc_u, dsrc_i,
                 B, L, d.user_dim, d.item_dim, h_mf, h_mlp_u, h_mlp_i,
@@ -334,12 +336,18 @@ if TRITON_ERROR is None:
 
     from ._library import AutogradGlue, make_eager_function, use_eager_function
 
-    _GLUE = AutogradGlue(lambda *a: torch.ops.neumf_fast.triton_fused_input_backward(*a),
+    # The launchers are the ops' implementations; eager calls run them directly, below the
+    # dispatcher (its autograd and dynamo wrappers cost ~60 µs a call), torch.compile the ops.
+    _forward, _backward = triton_fused_input, triton_fused_input_backward
+    triton_fused_input = triton_op("neumf_fast::triton_fused_input", mutates_args={})(_forward)
+    triton_fused_input_backward = triton_op("neumf_fast::triton_fused_input_backward", mutates_args={})(_backward)
+    _GLUE = AutogradGlue(lambda *a: (torch.ops.neumf_fast.triton_fused_input_backward(*a)
+                                     if torch.compiler.is_compiling() else _backward(*a)),
                          extra=lambda: (torch.are_deterministic_algorithms_enabled(),))
     torch.library.register_autograd("neumf_fast::triton_fused_input", _GLUE.backward,
                                     setup_context=_GLUE.setup_context)
     _EagerTritonFusedInput = make_eager_function(
-        "_EagerTritonFusedInput", lambda *a: torch.ops.neumf_fast.triton_fused_input(*a, True),
+        "_EagerTritonFusedInput", lambda *a: _forward(*a, True),
         _GLUE.save, _GLUE.backward)
 
 
@@ -372,7 +380,10 @@ def run_triton(user, user_mask, user_table, padding_idx, item, item_table,
     if use_eager_function(args):
         return _EagerTritonFusedInput.apply(*args)
     save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
-    gmf, mlp_in, *_saved = torch.ops.neumf_fast.triton_fused_input(*args, save)
+    if torch.compiler.is_compiling():
+        gmf, mlp_in, *_saved = torch.ops.neumf_fast.triton_fused_input(*args, save)
+    else:
+        gmf, mlp_in, *_saved = _forward(*args, save)
     return gmf, mlp_in
 
 
