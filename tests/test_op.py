@@ -173,3 +173,19 @@ def test_autocast_casts_the_rows_a_call_reads_not_the_tables(backend, project):
         finally:
             os.environ.pop("NEUMF_FAST_CHECK_IDS", None)
             _id_check.reset()
+
+
+def test_autocast_gather_in_sync_mode_before_any_deferred_call(monkeypatch):
+    """``NEUMF_FAST_CHECK_IDS=sync`` from the start (no error buffer made yet): the gather raises
+    at the call, and a good call after it works."""
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "sync")
+    monkeypatch.setattr(_id_check, "_STATES", {})
+    monkeypatch.setattr(_id_check, "_PENDING", {})
+    case = make_case(batch=7, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     num_user_rows=500, num_item_rows=400, padding_idx=0)
+    good = case.user.clone()
+    case.user[0, 0] = 500
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(IndexError, match="user id 500 is out of range for a table with 500 rows"):
+            neumf_fast.neumf_input(case.user, case.item, backend="torch", **case.kwargs)
+        neumf_fast.neumf_input(good, case.item, backend="torch", **case.kwargs)

@@ -66,9 +66,10 @@ def run_fused(args: tuple, backend: str = "auto") -> tuple[Tensor, Tensor]:
         _id_check.raise_pending(wait=True)  # a bad id an earlier call recorded (see _id_check)
     if torch.is_autocast_enabled(device_type):
         args, gathered = _autocast_inputs(args, device_type)
-        if gathered:  # ids read by the gather: their record is read back after the launch
+        # ids checked by the gather without a sync: their record is read back after the launch
+        if gathered and not capturing(user) and _id_check.mode() == "deferred":
             out = _dispatch(args, backend, device_type)
-            _id_check.after_launch(user.device, _id_check.mode())
+            _id_check.after_launch(user.device, "deferred")
             return out
     return _dispatch(args, backend, device_type)
 

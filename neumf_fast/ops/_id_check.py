@@ -71,6 +71,7 @@ def error_buffer(device: torch.device) -> Tensor:
 def after_launch(device: torch.device, check_mode: str) -> None:
     """Schedules the read-back of ``device``'s error buffer (``deferred``) or reads it now and
     raises (``sync``).  Call after the kernels that may have recorded a bad id."""
+    error_buffer(device)
     state = _STATES[device]
     if check_mode == "sync":
         state.host.copy_(state.errors)  # blocking: the call's own kernels finish first
