@@ -9,12 +9,14 @@ crashed the process, or a kernel fault that poisoned the CUDA context, fails the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import neumf_fast
 from neumf_fast import ops
-from neumf_fast.ops import _library, dispatch
+from neumf_fast.ops import _id_check, _library, dispatch
 from neumf_fast.ops.dispatch import unavailable_reasons
 from conftest import make_case
 
@@ -137,16 +139,41 @@ def test_a_chosen_kernel_checks_later_calls_itself(target, monkeypatch):
         call(case, target)
 
 
+@pytest.mark.parametrize("check", ["deferred", "sync"])
 @pytest.mark.parametrize("side,bad_id", [("user", 50), ("user", -2), ("user", 10**12), ("item", 40), ("item", -1)])
-def test_ids_out_of_range(target, side, bad_id):
+def test_ids_out_of_range(target, side, bad_id, check, monkeypatch):
+    """``NEUMF_FAST_CHECK_IDS=sync``, and the CPU backends always: the IndexError at the call.
+    ``deferred`` on a GPU backend: no host sync at the call, the IndexError no later than the
+    next call (Triton: exactly there), and the call after that works."""
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", check)
     case = make_case(batch=4, seq_len=3, user_ids=True, item_ids=True, num_user_rows=50, num_item_rows=40,
+                     padding_idx=0).on(target[1])
+    good = make_case(batch=4, seq_len=3, user_ids=True, item_ids=True, num_user_rows=50, num_item_rows=40,
                      padding_idx=0).on(target[1])
     if side == "user":
         case.user[2, 1] = bad_id
     else:
         case.item[3] = bad_id
-    with pytest.raises(IndexError, match=f"{side}.*id {bad_id} is out of range for a table with"):
-        call(case, target)
+    rows = 50 if side == "user" else 40
+    match = f"{side}.*id {bad_id} is out of range for a table with {rows} rows"  # the reference says "user ids: id"
+    try:
+        deferred = check == "deferred" and target[0] in ("triton", "cuda")
+        if not deferred:
+            with pytest.raises(IndexError, match=match):
+                call(case, target)
+        else:
+            try:
+                call(case, target)
+            except IndexError as e:  # the CUDA kernels may report at once; Triton must not
+                assert target[0] == "cuda" and re.search(match, str(e)), str(e)
+            else:
+                with pytest.raises(IndexError, match=match):
+                    call(good, target)
+        gmf, mlp_in = call(good, target)  # the process goes on, with nothing left to report
+        want = neumf_fast.reference.neumf_input(good.user, good.item, **good.kwargs)
+        torch.testing.assert_close(gmf, want[0], atol=2e-5, rtol=2e-5)
+    finally:
+        _id_check.reset()
 
 
 def test_negative_padding_id_is_not_out_of_range(target):

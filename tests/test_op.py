@@ -4,11 +4,13 @@ equal to eager."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import neumf_fast
-from neumf_fast.ops import _library
+from neumf_fast.ops import _id_check, _library
 from conftest import KERNELS, assert_close, make_case, run
 
 needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
@@ -155,6 +157,35 @@ def test_autocast_casts_the_rows_a_call_reads_not_the_tables(backend, project):
         eps = torch.finfo(torch.bfloat16).eps * max(1.0, truth[name].abs().max().item())
         assert err <= 2 * err_cast + eps, (name, err, err_cast)
 
+    good_user = case.user.clone()
     case.user[3, 1] = 500
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(IndexError, match="user id 500 is out of range"):
-        neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+    message = "user id 500 is out of range for a table with 500 rows"
+    # the gather checks ids without a host sync: deferred, the next call raises; sync, this one
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        try:
+            neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+            with pytest.raises(IndexError, match=message):
+                neumf_fast.neumf_input(good_user, case.item, backend=backend, **case.kwargs)
+            neumf_fast.neumf_input(good_user, case.item, backend=backend, **case.kwargs)  # reset: works again
+            os.environ["NEUMF_FAST_CHECK_IDS"] = "sync"
+            with pytest.raises(IndexError, match=message):
+                neumf_fast.neumf_input(case.user, case.item, backend=backend, **case.kwargs)
+        finally:
+            os.environ.pop("NEUMF_FAST_CHECK_IDS", None)
+            _id_check.reset()
+
+
+def test_autocast_gather_in_sync_mode_before_any_deferred_call(monkeypatch):
+    """``NEUMF_FAST_CHECK_IDS=sync`` from the start (no error buffer made yet): the gather raises
+    at the call, and a good call after it works."""
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "sync")
+    monkeypatch.setattr(_id_check, "_STATES", {})
+    monkeypatch.setattr(_id_check, "_PENDING", {})
+    case = make_case(batch=7, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     num_user_rows=500, num_item_rows=400, padding_idx=0)
+    good = case.user.clone()
+    case.user[0, 0] = 500
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(IndexError, match="user id 500 is out of range for a table with 500 rows"):
+            neumf_fast.neumf_input(case.user, case.item, backend="torch", **case.kwargs)
+        neumf_fast.neumf_input(good, case.item, backend="torch", **case.kwargs)

@@ -18,7 +18,7 @@ import torch
 import neumf_fast
 from conftest import (SIZE_CASES, assert_backward_ignores_autocast, assert_close, assert_flash_attention_rule,
                       make_case, run, sized_case)
-from neumf_fast.ops import BackendUnavailable, check_inputs, select_backend
+from neumf_fast.ops import BackendUnavailable, _id_check, check_inputs, select_backend
 from neumf_fast.ops.dispatch import BACKENDS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,12 +126,100 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.neumf_fast.triton_fused_input.default, args, test_utils=utils)
 
 
-def test_ids_out_of_range_and_unsupported_dtype():
-    case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
-                     num_user_rows=10).on(DEVICE)
-    case.user[1, 0] = 10
-    with pytest.raises(IndexError, match="user id 10 is out of range for a table with 10 rows"):
+@pytest.fixture
+def clean_id_check():
+    yield
+    _id_check.reset()  # a failed test must not leave a recorded bad id for the next one
+
+
+def _bad_id_case(side):
+    """A case with one bad id (user 10 of 10 rows at [1, 0], or item -3 of 7 rows), and the
+    reference's view of what the kernels compute for it: the bad position read as padding (user)
+    or as an all-zero row (item)."""
+    case = make_case(batch=3, seq_len=2, user_dim=5, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
+                     num_user_rows=10, num_item_rows=7, padding_idx=0, mode="mean", requires_grad=False).on(DEVICE)
+    expected = make_case(batch=3, seq_len=2, user_dim=5, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
+                         num_user_rows=10, num_item_rows=7, padding_idx=0, mode="mean", requires_grad=False).on(DEVICE)
+    if side == "user":
+        case.user[1, 0] = 10
+        expected.user[1, 0] = 0  # the padding id
+        return case, expected, "user id 10 is out of range for a table with 10 rows"
+    case.item[2] = -3
+    table = expected.kwargs["item_table"]
+    expected.kwargs["item_table"] = torch.cat([table, torch.zeros_like(table[:1])])
+    expected.item[2] = table.shape[0]
+    return case, expected, "item id -3 is out of range for a table with 7 rows"
+
+
+@pytest.mark.parametrize("check", ["deferred", "sync"])
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_bad_ids_raise_in_each_check_mode(check, side, monkeypatch, clean_id_check):
+    """``sync``: the IndexError at the call.  ``deferred``: the call returns what the reference
+    computes with the bad position dropped (nothing read out of bounds), the next call raises,
+    and the call after that is right again (the error buffer was reset)."""
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", check)
+    case, expected, message = _bad_id_case(side)
+    good = make_case(batch=4, seq_len=2, user_dim=5, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
+                     num_user_rows=10, num_item_rows=7, requires_grad=False).on(DEVICE)
+    bad_call = lambda: neumf_fast.neumf_input(case.user, case.item, backend="triton", **case.kwargs)
+    good_call = lambda: neumf_fast.neumf_input(good.user, good.item, backend="triton", **good.kwargs)
+    if check == "sync":
+        with pytest.raises(IndexError, match=message):
+            bad_call()
+    else:
+        got = bad_call()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        want = neumf_fast.reference.neumf_input(expected.user, expected.item, **expected.kwargs)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, atol=2e-5, rtol=2e-5)
+        with pytest.raises(IndexError, match=message):
+            good_call()
+    for a, e in zip(good_call(), neumf_fast.reference.neumf_input(good.user, good.item, **good.kwargs)):
+        torch.testing.assert_close(a, e, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "sorted"])
+def test_backward_of_a_bad_id_scatters_nothing_out_of_range(deterministic, monkeypatch, clean_id_check):
+    """The table gradient of a call with a bad id is the reference's with that position dropped,
+    in both table-gradient modes; the error comes from the backward (CPU: the copy has landed)
+    or the next forward, and only once."""
+    case, expected, message = _bad_id_case("user")
+    for c in (case, expected):
+        c.kwargs["user_table"].requires_grad_()
+        c.kwargs["item_table"].requires_grad_()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend="triton", **case.kwargs)
+        raised = 0
+        try:
+            (gmf.sum() + 2 * mlp_in.sum()).backward()
+        except IndexError as e:
+            assert message in str(e)
+            raised += 1
+            # the backward stopped before computing: run the kernels again, now without the report
+            gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend="triton", **case.kwargs)
+            _id_check.reset()
+            (gmf.sum() + 2 * mlp_in.sum()).backward()
+        _id_check.reset()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert raised == (0 if DEVICE == "cuda" else 1)
+    ref_gmf, ref_mlp = neumf_fast.reference.neumf_input(expected.user, expected.item, **expected.kwargs)
+    (ref_gmf.sum() + 2 * ref_mlp.sum()).backward()
+    for name in ("user_table", "item_table"):
+        torch.testing.assert_close(case.kwargs[name].grad, expected.kwargs[name].grad, atol=2e-5, rtol=2e-5)
+
+
+def test_check_mode_must_be_known(monkeypatch):
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "fatal")
+    case = make_case(batch=2, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=True).on(DEVICE)
+    with pytest.raises(ValueError, match=r"NEUMF_FAST_CHECK_IDS must be one of \('deferred', 'sync'\), got 'fatal'"):
         neumf_fast.neumf_input(case.user, case.item, backend="triton", **case.kwargs)
+
+
+def test_unsupported_dtype():
     wide = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, dtype=torch.float64).on(DEVICE)
     with pytest.raises(BackendUnavailable, match="not float64"):
         neumf_fast.neumf_input(wide.user, wide.item, backend="triton", **wide.kwargs)
@@ -157,24 +245,7 @@ def test_compile_fullgraph_keeps_the_kernel(user_ids):
     torch.testing.assert_close(mlp_in, eager["mlp_in"], atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the kernels are compiled and run by the tests above")
-def test_kernels_compile_for_sm80_and_sm90():
-    """The interpreter checks the math, not that the kernels compile for a GPU; this compiles
-    every kernel variant ahead of time for sm_90 (fp32 and bf16) and sm_80 (fp32) with Triton's
-    own compiler and ptxas (tests/triton_aot.py, ~1 min), in a subprocess without
-    TRITON_INTERPRET."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("triton_aot.py"))], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert "0 failures" in done.stdout
-
+# Compiling for real GPUs (sm_80, sm_90) and reading the SASS: tests/test_gpu_offline.py.
 
 
 def test_backward_inside_autocast_keeps_float32_gradients():

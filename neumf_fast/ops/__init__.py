@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import FusedDims, check_id_range, check_inputs
+from . import _id_check
+from ._checks import FusedDims, capturing, check_id_range, check_inputs
 from .dispatch import (BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, available_backends, select_backend,
                        selected_before)
 
@@ -61,8 +62,19 @@ def run_fused(args: tuple, backend: str = "auto") -> tuple[Tensor, Tensor]:
     the call, and packing and unpacking thirteen keywords is part of it."""
     user = args[0]
     device_type = user.device.type
+    if _id_check._PENDING and not torch.compiler.is_compiling():
+        _id_check.raise_pending(wait=True)  # a bad id an earlier call recorded (see _id_check)
     if torch.is_autocast_enabled(device_type):
-        args = _autocast_inputs(args, device_type)
+        args, gathered = _autocast_inputs(args, device_type)
+        # ids checked by the gather without a sync: their record is read back after the launch
+        if gathered and not capturing(user) and _id_check.mode() == "deferred":
+            out = _dispatch(args, backend, device_type)
+            _id_check.after_launch(user.device, "deferred")
+            return out
+    return _dispatch(args, backend, device_type)
+
+
+def _dispatch(args: tuple, backend: str, device_type: str) -> tuple[Tensor, Tensor]:
     if not torch.compiler.is_compiling():
         # A kernel's op validates the call itself, with check_inputs' errors: once a call of
         # this kind has chosen it, checking here too would cost as much again (at serving batch
@@ -73,23 +85,25 @@ def run_fused(args: tuple, backend: str = "auto") -> tuple[Tensor, Tensor]:
     return select_backend(check_inputs(*args), backend).run(*args)
 
 
-def _autocast_inputs(args: tuple, device_type: str) -> tuple:
+def _autocast_inputs(args: tuple, device_type: str) -> tuple[tuple, bool]:
     """Under autocast, the kernels' low-precision path: every float input goes to the autocast
-    dtype (a differentiable cast, so fp32 parameters get fp32 gradients)."""
+    dtype (a differentiable cast, so fp32 parameters get fp32 gradients).  Also returns whether
+    an id side was gathered here (its ids were checked here, see ``_gathered_rows``)."""
     (user, user_mask, user_table, padding_idx, item, item_table,
      user_weight, user_bias, item_weight, item_bias, h_mf, mode) = args
     low = torch.get_autocast_dtype(device_type)
+    gathered = False
     if not torch.compiler.is_compiling():
         # A call that reads fewer rows than a table holds casts the rows it reads, not the
         # table: casting the table costs its size every step, forward and backward.
         if user_mask is None and _gather_first(user, user_table, low, 2):
             (user, user_mask), user_table = _gathered_rows(user, user_table, padding_idx, "user"), None
-            padding_idx = None
+            padding_idx, gathered = None, True
         if _gather_first(item, item_table, low, 1):
-            (item, _), item_table = _gathered_rows(item, item_table, None, "item"), None
+            (item, _), item_table, gathered = _gathered_rows(item, item_table, None, "item"), None, True
     cast = lambda t: t.to(low) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != low else t
     return (cast(user), user_mask, cast(user_table), padding_idx, cast(item), cast(item_table),
-            cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias), h_mf, mode)
+            cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias), h_mf, mode), gathered
 
 
 def _gather_first(ids: Tensor, table: Tensor | None, low: torch.dtype, rank: int) -> bool:
@@ -102,15 +116,54 @@ def _gather_first(ids: Tensor, table: Tensor | None, low: torch.dtype, rank: int
 
 
 def _gathered_rows(ids: Tensor, table: Tensor, padding_idx: int | None, name: str) -> tuple[Tensor, Tensor | None]:
-    """(``table[ids]`` in the table's dtype, the mask of non-padding positions or None): the
-    dense input that pools exactly what the id input would, with the same IndexError."""
+    """(``table[ids]`` in the table's dtype, the mask of the positions to pool, or None): the
+    dense input that pools exactly what the id input would.  A bad id is clamped to row 0 and
+    masked out (a bad item's row is zeroed) on the device, and recorded for ``_id_check`` with
+    aten ops: no host sync (``NEUMF_FAST_CHECK_IDS=sync`` or a CUDA graph capture: the
+    synchronous check / device assert of ``check_id_range``)."""
     keep = ids != padding_idx if padding_idx is not None else None
-    check_id_range(ids, keep, table.shape[0], name)
-    safe = ids.masked_fill(~keep, 0) if keep is not None else ids  # a padding id may lie outside the table
-    return torch.nn.functional.embedding(safe, table), keep
+    if capturing(ids) or _id_check.mode() == "sync":
+        check_id_range(ids, keep, table.shape[0], name)
+        safe = ids.masked_fill(~keep, 0) if keep is not None else ids  # a padding id may lie outside the table
+        return torch.nn.functional.embedding(safe, table), keep
+    bad = _id_check.record_bad_ids(ids, keep, table.shape[0], name)
+    drop = bad if keep is None else bad | ~keep
+    rows = torch.nn.functional.embedding(ids.masked_fill(drop, 0), table)
+    if ids.dim() == 1:  # the item side: no mask to carry, so its bad rows are zeroed
+        return rows.masked_fill(bad[:, None], 0), None
+    return rows, ~drop
+
+
+def warmup(model: torch.nn.Module, batch) -> None:
+    """Compiles, once, the kernels a training run of ``model`` needs, before the first step: one
+    forward that saves for backward, its backward, and one inference forward (``no_grad``).
+    ``batch`` is what the model is called with: a tensor, a tuple of positional arguments or a
+    dict of keywords.  Gradients and the model's train/eval mode are left as they were.
+
+    The Triton kernels take the batch size out of their specialisation, so one warm-up covers
+    every batch of the run, a ragged last one included (tests/test_gpu_offline.py counts them);
+    the C++ kernels need nothing compiled and the call costs one small step.
+    """
+    call = (lambda: model(**batch)) if isinstance(batch, dict) else (
+        (lambda: model(*batch)) if isinstance(batch, (tuple, list)) else (lambda: model(batch)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
+    was_training = model.training
+    try:
+        model.train()
+        out = call()
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        out.float().sum().backward()
+        model.eval()
+        with torch.no_grad():
+            call()
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
+        model.train(was_training)
 
 
 __all__ = [
     "BACKENDS", "ENV_VAR", "PREFERENCE", "BackendUnavailable", "FusedDims",
-    "available_backends", "check_inputs", "neumf_input", "run_fused", "select_backend",
+    "available_backends", "check_inputs", "neumf_input", "run_fused", "select_backend", "warmup",
 ]

@@ -36,8 +36,8 @@ class BackendUnavailable(RuntimeError):
 class Backend:
     """One implementation of the op: a name, a reason check and a call.  ``checks_inputs``:
     ``run`` validates a call before it reads anything, raising what ``check_inputs`` raises, so
-    a caller need not check first.  The C++ ops do (csrc/ops.cpp).  The reference does not, and
-    Triton's launcher reads the ids for its range check before its op validates them."""
+    a caller need not check first.  The C++ ops do (csrc/ops.cpp), and so does Triton's launcher
+    (triton_backend); the reference does not."""
 
     def __init__(self, name: str, reasons: Callable[[FusedDims], list[str]], run: Callable,
                  auto: Callable[[FusedDims], bool] = lambda dims: True, checks_inputs: bool = False):
@@ -98,7 +98,8 @@ def _run_triton(*args):
 
 BACKENDS: dict[str, Backend] = {
     # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
-    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda"),
+    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda",
+                      checks_inputs=True),
     "cuda": Backend("cuda", _cuda_reasons, _library.fused_input, checks_inputs=True),
     "cpu": Backend("cpu", _cpu_reasons, _library.fused_input, checks_inputs=True),
     "torch": Backend("torch", _torch_reasons, _run_reference),

@@ -2,23 +2,33 @@
 ``torch.library.triton_op`` (so ``torch.compile(fullgraph=True)`` keeps the kernels), and autograd.
 
 Layers, as in Liger-Kernel: ``_triton_kernels`` (the ``@triton.jit`` kernels) → the launchers
-here (validate, pick block sizes, allocate) registered as ops → autograd → ``neumf_input`` and
-the modules.  On the CPU the kernels run only under ``TRITON_INTERPRET=1`` (tests).
+here (validate once, pick block sizes by a rule, allocate only outputs and saves) registered as
+ops → autograd → ``neumf_input`` and the modules.  On the CPU the kernels run only under
+``TRITON_INTERPRET=1`` (tests).
 
-Table gradients: ``tl.atomic_add`` scatter by default; with
+Compiling: one config per shape, from ``_forward_config`` / ``_backward_config`` (a rule on the
+widths, as Liger-Kernel's ``calculate_settings``), so a new shape compiles each kernel once and
+times nothing.  ``NEUMF_FAST_TRITON_AUTOTUNE=1`` searches a few configs around the rule instead
+(``triton.autotune`` with ``cache_results``).  ``warmup`` compiles what a training run needs.
+
+Ids: checked in the kernels (``_id_check``): no host sync in the eager path.
+
+Table gradients: ``tl.atomic_add(sem="relaxed")`` scatter by default; with
 ``torch.use_deterministic_algorithms(True)`` a sort-based segment reduction that adds each row's
 contributions in a fixed order instead.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ._checks import check_id_range, check_inputs
+from . import _id_check
+from ._checks import capturing, check_inputs
 
 try:
     import triton
@@ -31,11 +41,51 @@ except Exception as e:  # ImportError, or a Triton that cannot initialise on thi
     TRITON_ERROR = f"Triton is not available ({type(e).__name__}: {e})"
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE_ENV = "NEUMF_FAST_TRITON_AUTOTUNE"
+AUTOTUNE = os.environ.get(AUTOTUNE_ENV, "0") == "1" and not INTERPRET
+CHUNK = 32  # the deterministic table gradient's run length per program (segment_sum_kernel)
 
 
 def _block(n: int) -> int:
     # tl.dot needs every dimension >= 16
-    return max(16, triton.next_power_of_2(max(1, n)))
+    return max(16, 1 << (max(1, n) - 1).bit_length())  # plain ints: triton's helpers cost µs a call
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_config(dim: int, block_mf: int, block_mlp: int, proj: bool, seq_len_1: bool, fp32: bool) -> tuple:
+    """(BLOCK_B, BLOCK_K, num_warps, NUM_STAGES) of the forward, from the widths and dtype alone
+    (not the batch size: a ragged batch reuses the kernel).  BLOCK_K keeps the two weight tiles
+    of a D step at <= 8192 values (4096 in fp32, whose IEEE dots hold both operands in
+    registers); BLOCK_B keeps the fp32 values a row holds live (the user side's MF half while
+    the item side runs, the side's MF and MLP accumulators, one pooled tile) at <= 48 registers
+    a thread (32 in fp32).  That leaves room for addresses and the pipelined loads: no spills at
+    any shipped shape on sm_80 or sm_90 (tests/test_gpu_offline.py checks the SASS)."""
+    return _config(dim, block_mf, block_mlp, proj, fp32, 2 * block_mf + block_mlp) + (1 if seq_len_1 else 2,)
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_config(dim: int, width: int, proj: bool, fp32: bool) -> tuple:
+    """(BLOCK_B, BLOCK_K, BLOCK_H, num_warps) of the backward rows kernel, which tiles both the
+    D and the H = H_mf + H_mlp reductions and reads [d_mf | d_mlp] per tile: a [BLOCK_B,
+    BLOCK_H] operand, a [BLOCK_H, BLOCK_K] weight tile and a [BLOCK_B, BLOCK_K] accumulator.
+    With no projection D = H and one tile is both.  BLOCK_B x BLOCK_K x BLOCK_H = 32 x 32 x 16
+    (16 x 32 x 16 in fp32, whose IEEE dots hold their operands in registers) at 4 warps is the
+    largest that spills nowhere on sm_80 or sm_90 (64-wide tiles or 8 warps spill: measured with
+    tests/triton_aot.py); the kernel is bound by its gathers and scatters, not the dots."""
+    return 16 if fp32 else 32, max(16, min(32, _block(dim if proj else width))), 16, 4
+
+
+def _config(dim, block_mf, block_mlp, proj, fp32, live):
+    width = block_mf + block_mlp
+    num_warps = 4 if width <= 128 else 8
+    block_k = max(16, min(64, _block(dim), _floor_pow2((4096 if fp32 else 8192) // width))) if proj else 16
+    live += block_k if proj else 0
+    block_b = max(16, min(64, _floor_pow2((32 if fp32 else 48) * 32 * num_warps // live)))
+    return block_b, block_k, num_warps
 
 
 def _precision() -> str:
@@ -43,8 +93,14 @@ def _precision() -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+_DUMMIES: dict = {}
+
+
 def _dummy(device) -> Tensor:
-    return torch.empty(1, device=device, dtype=torch.float32)
+    t = _DUMMIES.get(device)
+    if t is None:
+        t = _DUMMIES[device] = torch.empty(1, device=device, dtype=torch.float32)
+    return t
 
 
 def _strides(dims, user, user_table, item, item_table):
@@ -64,13 +120,25 @@ def _strides(dims, user, user_table, item, item_table):
     return su, sui, si, sii
 
 
+def _check_mode(user: Tensor):
+    """The id-check mode of an eager call; None under torch.compile or a CUDA graph capture,
+    where nothing can be read back (a device-side assert instead)."""
+    if torch.compiler.is_compiling() or capturing(user):
+        return None
+    return _id_check.mode()
+
+
 if TRITON_ERROR is None:
-    _forward_kernel = triton.autotune(
-        configs=K.FORWARD_CONFIGS, key=["D", "DI", "H_MF", "H_MLP_U", "H_MLP_I", "L", "B_CLASS"])(
-        K.fused_forward_kernel)
+    if AUTOTUNE:
+        _forward_autotuned = triton.autotune(
+            configs=[triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w) for bb, bk, w in
+                     ((16, 32, 4), (32, 32, 4), (32, 64, 4), (64, 32, 8), (64, 64, 8))],
+            key=["D", "DI", "H_MF", "H_MLP_U", "H_MLP_I", "L"], cache_results=True)(K.fused_forward_kernel)
     from torch.library import triton_op, wrap_triton
 
-    @triton_op("neumf_fast::triton_fused_input", mutates_args={})
+    def _cdiv(a: int, b: int) -> int:
+        return -(-a // b)
+
     def triton_fused_input(
         user: Tensor, user_mask: Optional[Tensor], user_table: Optional[Tensor], padding_idx: Optional[int],
         item: Tensor, item_table: Optional[Tensor], user_weight: Optional[Tensor], user_bias: Optional[Tensor],
@@ -80,38 +148,60 @@ if TRITON_ERROR is None:
         tensors saved for backward when ``save`` (pooled only with a projection), else empty."""
         d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                          user_weight, user_bias, item_weight, item_bias, h_mf, mode)
+        check = _check_mode(user)
+        if check is not None:
+            _id_check.raise_pending(wait=True)  # a bad id of the previous call
         dev, B = d.device, d.batch
         h_mlp_u, h_mlp_i = d.user_proj - h_mf, d.item_proj - h_mf
         f32 = dict(device=dev, dtype=torch.float32)
         gmf = torch.empty((B, h_mf), device=dev, dtype=d.dtype)
         mlp_in = torch.empty((B, h_mlp_u + h_mlp_i), device=dev, dtype=d.dtype)
-        pooled_user = torch.empty((B, d.user_dim) if save and user_weight is not None else (0,), **f32)
-        pooled_item = torch.empty((B, d.item_dim) if save and item_weight is not None else (0,), **f32)
-        mf_user = torch.empty((B, h_mf) if save else (0,), **f32)
-        mf_item = torch.empty((B, h_mf) if save else (0,), **f32)
+        unsaved = lambda: torch.empty((0,), **f32)  # a fresh one each: an op's outputs may not alias
+        pooled_user = torch.empty((B, d.user_dim), **f32) if save and user_weight is not None else unsaved()
+        pooled_item = torch.empty((B, d.item_dim), **f32) if save and item_weight is not None else unsaved()
+        mf_user = torch.empty((B, h_mf), **f32) if save else unsaved()
+        mf_item = torch.empty((B, h_mf), **f32) if save else unsaved()
         if B == 0:
             return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
-        _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table)
+        ids = d.user_ids or d.item_ids
+        if check is None and ids:
+            _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table)
+        errors = (_id_check.error_buffer(dev) if check is not None or not torch.compiler.is_compiling()
+                  else torch.zeros(6, dtype=torch.int64, device=dev))
         dummy = _dummy(dev)
         su, sui, si, sii = _strides(d, user, user_table, item, item_table)
-        mask = user_mask.contiguous() if user_mask is not None else dummy
+        block_mf, block_u, block_i = _block(h_mf), _block(h_mlp_u), _block(h_mlp_i)
         cont = lambda t: t.contiguous() if t is not None else dummy
-        grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]),)
-        wrap_triton(_forward_kernel)[grid](
-            user, mask, user_table if d.user_ids else user, item, item_table if d.item_ids else item,
-            cont(user_weight), cont(user_bias), cont(item_weight), cont(item_bias),
-            gmf, mlp_in, pooled_user if pooled_user.numel() else dummy, pooled_item if pooled_item.numel() else dummy,
-            mf_user if save else dummy, mf_item if save else dummy,
-            B, d.seq_len, d.user_dim, d.item_dim, h_mf, h_mlp_u, h_mlp_i, padding_idx if padding_idx is not None else -1,
-            su[0], su[1], su[2], sui[0], sui[1], si[0], si[1], si[2], sii, 0 if B <= 512 else 1,
-            USER_IDS=d.user_ids, ITEM_IDS=d.item_ids, HAS_MASK=user_mask is not None, HAS_PAD=padding_idx is not None,
-            MEAN=mode == "mean", USER_PROJ=user_weight is not None, ITEM_PROJ=item_weight is not None,
-            USER_BIAS=user_bias is not None, ITEM_BIAS=item_bias is not None, SAVE=save, PRECISION=_precision(),
-            BLOCK_MF=_block(h_mf), BLOCK_MLP_U=_block(h_mlp_u), BLOCK_MLP_I=_block(h_mlp_i),
-        )
+        args = (user, user_mask.contiguous() if user_mask is not None else dummy,
+                user_table if d.user_ids else user, item, item_table if d.item_ids else item,
+                cont(user_weight), cont(user_bias), cont(item_weight), cont(item_bias),
+                gmf, mlp_in, pooled_user if pooled_user.numel() else dummy, pooled_item if pooled_item.numel() else dummy,
+                mf_user if save else dummy, mf_item if save else dummy, errors,
+                B, d.seq_len, d.user_dim, d.item_dim, h_mf, h_mlp_u, h_mlp_i,
+                padding_idx if padding_idx is not None else -1,
+                user_table.shape[0] if d.user_ids else 0, item_table.shape[0] if d.item_ids else 0,
+                su[0], su[1], su[2], sui[0], sui[1], si[0], si[1], si[2], sii)
+        meta = dict(USER_IDS=d.user_ids, ITEM_IDS=d.item_ids, HAS_MASK=user_mask is not None,
+                    HAS_PAD=padding_idx is not None, MEAN=mode == "mean", USER_PROJ=user_weight is not None,
+                    ITEM_PROJ=item_weight is not None, USER_BIAS=user_bias is not None,
+                    ITEM_BIAS=item_bias is not None, SAVE=save, PRECISION=_precision(),
+                    BLOCK_MF=block_mf, BLOCK_MLP_U=block_u, BLOCK_MLP_I=block_i)
+        proj = user_weight is not None or item_weight is not None
+        if AUTOTUNE:
+            meta["NUM_STAGES"] = 2 if d.seq_len > 1 else 1
+            grid = lambda m: (triton.cdiv(B, m["BLOCK_B"]),)
+            wrap_triton(_forward_autotuned)[grid](*args, **meta)
+        else:
+            block_b, block_k, warps, stages = _forward_config(max(d.user_dim, d.item_dim), block_mf,
+                                                              max(block_u, block_i), proj, d.seq_len == 1,
+                                                              d.dtype == torch.float32)
+            kernel = wrap_triton(K.fused_forward_kernel) if torch.compiler.is_compiling() else K.fused_forward_kernel
+            kernel[(_cdiv(B, block_b),)](*args, **meta, BLOCK_B=block_b, BLOCK_K=block_k, NUM_STAGES=stages,
+                                               num_warps=warps)
+        if check is not None and ids:
+            _id_check.after_launch(dev, check)
         return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
 
-    @triton_op("neumf_fast::triton_fused_input_backward", mutates_args={})
     def triton_fused_input_backward(
         grad_gmf: Tensor, grad_mlp_in: Tensor, user: Tensor, user_mask: Optional[Tensor],
         user_table: Optional[Tensor], padding_idx: Optional[int], item: Tensor, item_table: Optional[Tensor],
@@ -125,6 +215,8 @@ if TRITON_ERROR is None:
                          user_weight, user_bias, item_weight, item_bias, h_mf, mode)
         _check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf_user, mf_item,
                                user_weight is not None, item_weight is not None)
+        if _check_mode(user) is not None:
+            _id_check.raise_pending(wait=False)  # only if the forward's copy has landed: no wait
         dev, B, L = d.device, d.batch, d.seq_len
         h_mlp_u, h_mlp_i = d.user_proj - h_mf, d.item_proj - h_mf
         want_u, want_i, want_uw, want_ub, want_iw, want_ib = output_mask
@@ -151,27 +243,32 @@ if TRITON_ERROR is None:
         dsrc_i, grad_i = source_buffers(want_i, d.item_ids, item_table, (B, d.item_dim), B, d.item_dim)
         dproj_u = torch.empty((B, d.user_proj), **f32) if want_uw or want_ub else dummy
         dproj_i = torch.empty((B, d.item_proj), **f32) if want_iw or want_ib else dummy
+        rows_u = user_table.shape[0] if d.user_ids else 0
+        rows_i = item_table.shape[0] if d.item_ids else 0
         if B > 0:
-            block_b = 16 if INTERPRET else 32
+            block_b, block_k, block_h, warps = _backward_config(
+                max(d.user_dim, d.item_dim), max(d.user_proj, d.item_proj),
+                user_weight is not None or item_weight is not None, d.dtype == torch.float32)
             su, sui, si, sii = _strides(d, user, user_table, item, item_table)
             mask = user_mask.contiguous() if user_mask is not None else dummy
             cont = lambda t: t.contiguous() if t is not None else dummy
-            wrap_triton(K.fused_backward_rows_kernel)[(triton.cdiv(B, block_b),)](
+            kernel = (wrap_triton(K.fused_backward_rows_kernel) if torch.compiler.is_compiling()
+                      else K.fused_backward_rows_kernel)
+            kernel[(_cdiv(B, block_b),)](
                 grad_gmf.contiguous(), grad_mlp_in.contiguous(), mf_user, mf_item, user, mask, item,
                 cont(user_weight), cont(item_weight), dproj_u, dproj_i, dsrc_u, dsrc_i,
                 B, L, d.user_dim, d.item_dim, h_mf, h_mlp_u, h_mlp_i,
-                padding_idx if padding_idx is not None else -1, sui[0], sui[1], sii,
+                padding_idx if padding_idx is not None else -1, rows_u, rows_i, sui[0], sui[1], sii,
                 USER_IDS=d.user_ids, ITEM_IDS=d.item_ids, HAS_MASK=user_mask is not None,
                 HAS_PAD=padding_idx is not None, MEAN=mode == "mean", USER_PROJ=user_weight is not None,
                 ITEM_PROJ=item_weight is not None, SAVE_DPROJ_U=want_uw or want_ub, SAVE_DPROJ_I=want_iw or want_ib,
                 WANT_USER=want_u, WANT_ITEM=want_i, ATOMIC=not deterministic, PRECISION=_precision(),
-                BLOCK_MF=_block(h_mf), BLOCK_MLP_U=_block(h_mlp_u), BLOCK_MLP_I=_block(h_mlp_i),
-                BLOCK_B=block_b, BLOCK_K=16 if INTERPRET else 64,
+                BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_H=block_h, num_warps=warps,
             )
         if want_u and d.user_ids and deterministic:
-            grad_u = _segment_sum(dsrc_u, user, padding_idx, user_table.shape[0], L, d.dtype)
+            grad_u = _segment_sum(dsrc_u, user, padding_idx, rows_u, L, d.dtype)
         if want_i and d.item_ids and deterministic:
-            grad_i = _segment_sum(dsrc_i, item[:, None], None, item_table.shape[0], 1, d.dtype)
+            grad_i = _segment_sum(dsrc_i, item[:, None], None, rows_i, 1, d.dtype)
         if grad_u is not None and d.user_ids and grad_u.dtype != d.dtype:
             grad_u = grad_u.to(d.dtype)
         if grad_i is not None and d.item_ids and grad_i.dtype != d.dtype:
@@ -197,25 +294,38 @@ if TRITON_ERROR is None:
         return dw, db
 
     def _segment_sum(d_pooled, ids, padding_idx, rows, L, dtype):
-        """Deterministic table gradient: positions sorted (stably) by id; the first position of
-        each run of equal ids sums the run in that order.  Static shapes throughout."""
+        """Deterministic table gradient: positions sorted (stably) by id; each run of equal ids
+        is summed in that order, runs longer than ``CHUNK`` in chunks that a second pass adds in
+        order.  Static shapes throughout (no host sync)."""
         dev = d_pooled.device
         flat = ids.reshape(-1).to(torch.int64)
+        skip = (flat < 0) | (flat >= rows)  # out of range (reported by the forward) or padding: sorts last
         if padding_idx is not None:
-            flat = torch.where(flat == padding_idx, torch.full_like(flat, rows), flat)  # padding sorts last
+            skip |= flat == padding_idx
+        flat = torch.where(skip, torch.full_like(flat, rows), flat)
         sorted_ids, order = torch.sort(flat, stable=True)
         ends = torch.searchsorted(sorted_ids, sorted_ids, right=True)
         starts = torch.searchsorted(sorted_ids, sorted_ids, right=False)
         out = torch.zeros((rows, d_pooled.shape[1]), device=dev, dtype=dtype)
-        if flat.numel():
+        n = flat.numel()
+        if n:
+            # the chunks of runs longer than CHUNK, numbered in sorted order: at most 2n / CHUNK
+            positions = torch.arange(n, device=dev)
+            cut = ((positions - starts) % CHUNK == 0) & (ends - starts > CHUNK)
+            chunk_index = torch.cumsum(cut, 0) - 1
+            partial = torch.empty((2 * n // CHUNK + 1, d_pooled.shape[1]), device=dev, dtype=torch.float32)
             bd = 16 if INTERPRET else 128
-            wrap_triton(K.segment_sum_kernel)[(flat.numel(), triton.cdiv(d_pooled.shape[1], bd))](
-                d_pooled, order, starts, ends, sorted_ids, out, rows, L, d_pooled.shape[1], BLOCK_D=bd)
+            grid = (n, triton.cdiv(d_pooled.shape[1], bd))
+            launch = (lambda k: wrap_triton(k)) if torch.compiler.is_compiling() else (lambda k: k)
+            launch(K.segment_sum_kernel)[grid](d_pooled, order, starts, ends, sorted_ids, chunk_index, partial, out,
+                                               rows, L, d_pooled.shape[1], BLOCK_D=bd, CHUNK=CHUNK)
+            launch(K.chunk_sum_kernel)[grid](partial, starts, ends, sorted_ids, chunk_index, out, rows,
+                                             d_pooled.shape[1], BLOCK_D=bd, CHUNK=CHUNK)
         return out
 
     def _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table):
-        # traceable (torch.compile) and asynchronous on the GPU; eager callers get an IndexError
-        # earlier, from the host-side check in ``run_triton``
+        # traceable (torch.compile) and capturable (CUDA graphs): a device-side assert; the
+        # kernels mask bad ids either way, so none is read before it fires
         if d.user_ids:
             keep = user != padding_idx if padding_idx is not None else torch.ones_like(user, dtype=torch.bool)
             bad = keep & ((user < 0) | (user >= user_table.shape[0]))
@@ -226,12 +336,18 @@ if TRITON_ERROR is None:
 
     from ._library import AutogradGlue, make_eager_function, use_eager_function
 
-    _GLUE = AutogradGlue(lambda *a: torch.ops.neumf_fast.triton_fused_input_backward(*a),
+    # The launchers are the ops' implementations; eager calls run them directly, below the
+    # dispatcher (its autograd and dynamo wrappers cost ~60 µs a call), torch.compile the ops.
+    _forward, _backward = triton_fused_input, triton_fused_input_backward
+    triton_fused_input = triton_op("neumf_fast::triton_fused_input", mutates_args={})(_forward)
+    triton_fused_input_backward = triton_op("neumf_fast::triton_fused_input_backward", mutates_args={})(_backward)
+    _GLUE = AutogradGlue(lambda *a: (torch.ops.neumf_fast.triton_fused_input_backward(*a)
+                                     if torch.compiler.is_compiling() else _backward(*a)),
                          extra=lambda: (torch.are_deterministic_algorithms_enabled(),))
     torch.library.register_autograd("neumf_fast::triton_fused_input", _GLUE.backward,
                                     setup_context=_GLUE.setup_context)
     _EagerTritonFusedInput = make_eager_function(
-        "_EagerTritonFusedInput", lambda *a: torch.ops.neumf_fast.triton_fused_input(*a, True),
+        "_EagerTritonFusedInput", lambda *a: _forward(*a, True),
         _GLUE.save, _GLUE.backward)
 
 
@@ -261,15 +377,13 @@ def run_triton(user, user_mask, user_table, padding_idx, item, item_table,
     """``(gmf, mlp_in)`` from the Triton kernels; saves for backward only when autograd needs it."""
     args = (user, user_mask, user_table, padding_idx, item, item_table,
             user_weight, user_bias, item_weight, item_bias, h_mf, mode)
-    if not torch.compiler.is_compiling():  # an exact IndexError for eager callers (one host sync)
-        if user_table is not None:
-            check_id_range(user, user != padding_idx if padding_idx is not None else None, user_table.shape[0], "user")
-        if item_table is not None:
-            check_id_range(item, None, item_table.shape[0], "item")
     if use_eager_function(args):
         return _EagerTritonFusedInput.apply(*args)
     save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
-    gmf, mlp_in, *_saved = torch.ops.neumf_fast.triton_fused_input(*args, save)
+    if torch.compiler.is_compiling():
+        gmf, mlp_in, *_saved = torch.ops.neumf_fast.triton_fused_input(*args, save)
+    else:
+        gmf, mlp_in, *_saved = _forward(*args, save)
     return gmf, mlp_in
 
 
