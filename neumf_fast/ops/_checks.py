@@ -166,3 +166,24 @@ def check_id_range(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> No
 def capturing(t: Tensor) -> bool:
     """Whether ``t``'s device is capturing a CUDA graph on the current stream."""
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf_user, mf_item,
+                           user_proj: bool, item_proj: bool) -> None:
+    """The backward kernel reads these by raw pointer: a forward run with ``save=False`` (empty
+    saved tensors) or gradients of the wrong shape would read past their ends, so refuse them."""
+    expected = [("grad_gmf", grad_gmf, d.dtype, (d.batch, d.h_mf)),
+                ("grad_mlp_in", grad_mlp_in, d.dtype, (d.batch, d.h_mlp)),
+                ("mf_user", mf_user, torch.float32, (d.batch, d.h_mf)),
+                ("mf_item", mf_item, torch.float32, (d.batch, d.h_mf))]
+    if user_proj:
+        expected.append(("pooled_user", pooled_user, torch.float32, (d.batch, d.user_dim)))
+    if item_proj:
+        expected.append(("pooled_item", pooled_item, torch.float32, (d.batch, d.item_dim)))
+    for name, t, dtype, shape in expected:
+        saved = name.startswith(("mf_", "pooled_"))
+        if t.dtype != dtype or tuple(t.shape) != shape:
+            raise RuntimeError(f"neumf_fast: {'saved ' if saved else ''}{name} must be {dtype} {list(shape)}, got "
+                               f"{t.dtype} {list(t.shape)}" + (" (was the forward run with save=False?)" if saved else ""))
+        if t.device != d.device:
+            raise RuntimeError(f"neumf_fast: {name} is on {t.device} but the inputs are on {d.device}")

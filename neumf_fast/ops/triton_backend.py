@@ -20,7 +20,6 @@ contributions in a fixed order instead.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional
 
@@ -28,7 +27,8 @@ import torch
 from torch import Tensor
 
 from . import _id_check
-from ._checks import capturing, check_inputs
+from ._checks import capturing, check_backward_inputs, check_inputs
+from ._triton_configs import _backward_config, _block, _forward_config, _precision
 
 try:
     import triton
@@ -44,53 +44,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE_ENV = "NEUMF_FAST_TRITON_AUTOTUNE"
 AUTOTUNE = os.environ.get(AUTOTUNE_ENV, "0") == "1" and not INTERPRET
 CHUNK = 32  # the deterministic table gradient's run length per program (segment_sum_kernel)
-
-
-def _block(n: int) -> int:
-    # tl.dot needs every dimension >= 16
-    return max(16, 1 << (max(1, n) - 1).bit_length())  # plain ints: triton's helpers cost µs a call
-
-
-def _floor_pow2(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_config(dim: int, block_mf: int, block_mlp: int, proj: bool, seq_len_1: bool, fp32: bool) -> tuple:
-    """(BLOCK_B, BLOCK_K, num_warps, NUM_STAGES) of the forward, from the widths and dtype alone
-    (not the batch size: a ragged batch reuses the kernel).  BLOCK_K keeps the two weight tiles
-    of a D step at <= 8192 values (4096 in fp32, whose IEEE dots hold both operands in
-    registers); BLOCK_B keeps the fp32 values a row holds live (the user side's MF half while
-    the item side runs, the side's MF and MLP accumulators, one pooled tile) at <= 48 registers
-    a thread (32 in fp32).  That leaves room for addresses and the pipelined loads: no spills at
-    any shipped shape on sm_80 or sm_90 (tests/test_gpu_offline.py checks the SASS)."""
-    return _config(dim, block_mf, block_mlp, proj, fp32, 2 * block_mf + block_mlp) + (1 if seq_len_1 else 2,)
-
-
-@functools.lru_cache(maxsize=None)
-def _backward_config(dim: int, width: int, proj: bool, fp32: bool) -> tuple:
-    """(BLOCK_B, BLOCK_K, BLOCK_H, num_warps) of the backward rows kernel, which tiles both the
-    D and the H = H_mf + H_mlp reductions and reads [d_mf | d_mlp] per tile: a [BLOCK_B,
-    BLOCK_H] operand, a [BLOCK_H, BLOCK_K] weight tile and a [BLOCK_B, BLOCK_K] accumulator.
-    With no projection D = H and one tile is both.  BLOCK_B x BLOCK_K x BLOCK_H = 32 x 32 x 16
-    (16 x 32 x 16 in fp32, whose IEEE dots hold their operands in registers) at 4 warps is the
-    largest that spills nowhere on sm_80 or sm_90 (64-wide tiles or 8 warps spill: measured with
-    tests/triton_aot.py); the kernel is bound by its gathers and scatters, not the dots."""
-    return 16 if fp32 else 32, max(16, min(32, _block(dim if proj else width))), 16, 4
-
-
-def _config(dim, block_mf, block_mlp, proj, fp32, live):
-    width = block_mf + block_mlp
-    num_warps = 4 if width <= 128 else 8
-    block_k = max(16, min(64, _block(dim), _floor_pow2((4096 if fp32 else 8192) // width))) if proj else 16
-    live += block_k if proj else 0
-    block_b = max(16, min(64, _floor_pow2((32 if fp32 else 48) * 32 * num_warps // live)))
-    return block_b, block_k, num_warps
-
-
-def _precision() -> str:
-    """fp32 dots in IEEE precision unless the user opted in to TF32, as for torch.matmul."""
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 _DUMMIES: dict = {}
@@ -213,7 +166,7 @@ if TRITON_ERROR is None:
         item_bias); an entry not asked for in ``output_mask`` is an empty tensor."""
         d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                          user_weight, user_bias, item_weight, item_bias, h_mf, mode)
-        _check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf_user, mf_item,
+        check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf_user, mf_item,
                                user_weight is not None, item_weight is not None)
         if _check_mode(user) is not None:
             _id_check.raise_pending(wait=False)  # only if the forward's copy has landed: no wait
@@ -349,27 +302,6 @@ if TRITON_ERROR is None:
     _EagerTritonFusedInput = make_eager_function(
         "_EagerTritonFusedInput", lambda *a: _forward(*a, True),
         _GLUE.save, _GLUE.backward)
-
-
-def _check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf_user, mf_item,
-                           user_proj: bool, item_proj: bool) -> None:
-    """The backward kernel reads these by raw pointer: a forward run with ``save=False`` (empty
-    saved tensors) or gradients of the wrong shape would read past their ends, so refuse them."""
-    expected = [("grad_gmf", grad_gmf, d.dtype, (d.batch, d.h_mf)),
-                ("grad_mlp_in", grad_mlp_in, d.dtype, (d.batch, d.h_mlp)),
-                ("mf_user", mf_user, torch.float32, (d.batch, d.h_mf)),
-                ("mf_item", mf_item, torch.float32, (d.batch, d.h_mf))]
-    if user_proj:
-        expected.append(("pooled_user", pooled_user, torch.float32, (d.batch, d.user_dim)))
-    if item_proj:
-        expected.append(("pooled_item", pooled_item, torch.float32, (d.batch, d.item_dim)))
-    for name, t, dtype, shape in expected:
-        saved = name.startswith(("mf_", "pooled_"))
-        if t.dtype != dtype or tuple(t.shape) != shape:
-            raise RuntimeError(f"neumf_fast: {'saved ' if saved else ''}{name} must be {dtype} {list(shape)}, got "
-                               f"{t.dtype} {list(t.shape)}" + (" (was the forward run with save=False?)" if saved else ""))
-        if t.device != d.device:
-            raise RuntimeError(f"neumf_fast: {name} is on {t.device} but the inputs are on {d.device}")
 
 
 def run_triton(user, user_mask, user_table, padding_idx, item, item_table,
