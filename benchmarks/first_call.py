@@ -2,9 +2,12 @@
 and before a training run's first steps are done.  ``test_bench_gpu.py::test_first_call`` runs
 this in a subprocess with empty Triton and Inductor caches, so a JIT compiles for real.
 
-    TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/first_call.py eager cuda triton
+    TRITON_CACHE_DIR=$(mktemp -d) TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) \
+        python benchmarks/first_call.py eager cuda triton [--rows FILE]
 
-For each provider, in the order given, it prints one JSON line as soon as it is measured:
+For each provider, in the order given, it prints one JSON line as soon as it is measured (and
+with ``--rows`` appends it to FILE as a benchmark row, ``test_bench_gpu.py``'s JSONL shape, for
+``report.py --gpu-table``), so a run stopped at its deadline keeps what it finished:
 
 - ``forward``: the design's first stage (B=4096 L=10 D=H=128, fp32, under ``no_grad``): the
   first call, and the median of the next 5 (the steady state; their difference is the compile
@@ -21,6 +24,7 @@ training.  The CUDA context and cuBLAS are started before anything is timed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -74,18 +78,30 @@ def training(provider: str) -> dict:
     return dict(first_s=_seconds(run), steady_s=_seconds(run))
 
 
-def main(providers: list[str]) -> None:
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("providers", nargs="*", default=["eager", "cuda", "triton"])
+    parser.add_argument("--rows", help="append each measurement to this JSONL file as a benchmark row")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("first_call.py: no CUDA device")
     warm = torch.nn.Linear(8, 8).cuda()  # CUDA context, cuBLAS, the caching allocator: not ours to count
     warm(torch.ones(2, 8, device="cuda")).sum().backward()
     torch.cuda.synchronize()
-    for provider in providers:
+    for provider in args.providers:
         for what, fn in (("forward", forward), ("training", training)):
             try:
                 row = fn(provider)
             except Exception as e:  # a backend that cannot run here: say why, go on with the next
                 row = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
             print(json.dumps(dict(provider=provider, what=what, **row)), flush=True)
+            if args.rows:
+                info = dict(provider=provider, direction="first call", dtype="float32", shape=f"first call: {what}",
+                            device=torch.cuda.get_device_name(), **row)
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(dict(name=f"first_call[{provider}-{what}]", extra_info=info,
+                                            stats=dict(median=row.get("first_s")))) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["eager", "cuda", "triton"])
+    main(sys.argv[1:])

@@ -1,7 +1,7 @@
 """The GPU check's one table, from the rows of one run (``gpu_table``).
 
-Rows are pytest-benchmark's (``extra_info`` + ``stats``) from ``test_bench_gpu.py`` (the op, the
-copy bandwidth, the first calls), ``test_bench_train.py`` (epochs at batch 4096, eager and in a
+Rows are pytest-benchmark's (``extra_info`` + ``stats``) from ``test_bench_gpu.py`` (the op and
+the copy bandwidth), ``first_call.py`` (the first calls), ``test_bench_train.py`` (epochs at batch 4096, eager and in a
 CUDA graph) and ``test_bench_scale.py`` (epochs at ML-20M scale, batch 2^20).
 
 Every cell the grid expects and the run did not produce reads "not measured": a provider that
@@ -66,11 +66,8 @@ def gpu_table(benchmarks: list[dict], auto_backend: str | None = None) -> str:
         provider, direction = e.get("provider"), e.get("direction")
         if provider == "copy" and median:
             copy_rate = e["bytes"] / median
-        elif direction == "first call" and "first_calls" not in e:  # one JSONL row per measurement
+        elif direction == "first call":  # first_call.py's rows
             first[(e.get("shape", ""), provider)] = e
-        elif direction == "first call":  # a pytest-benchmark JSON row carries them all
-            for row in e["first_calls"]:
-                first[(f"first call: {row['what']}", provider)] = row
         elif str(direction).startswith("train epoch") and "samples_per_s" in e:
             epochs.setdefault((e["shape"], e["dtype"]), {})[provider] = e["samples_per_s"]
         elif e.get("shape") in GPU_SHAPES and provider in COLUMNS and median:

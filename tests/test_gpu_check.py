@@ -37,7 +37,7 @@ ROWS = [_row("copy", 1e-3, shape="1 GiB", dtype="uint8", direction="copy", bytes
         _row("eager", 2e-3, dtype="bfloat16", direction="forward+backward", bytes=2_000_000_000),
         _row("compiled", 5e-3, dtype="bfloat16", direction="forward+backward", bytes=2_000_000_000,
              compile_mode="default"),
-        # first calls, as test_bench_gpu.py's JSONL rows
+        # first calls, as first_call.py writes them
         _row("triton", 9.0, shape="first call: forward", direction="first call", first_s=4.25, steady_s=40e-6),
         _row("cuda", 0.5, shape="first call: forward", direction="first call", first_s=0.01, steady_s=30e-6),
         _row("triton", 9.0, shape="first call: training", direction="first call", error="RuntimeError: boom"),
@@ -108,6 +108,7 @@ def test_the_table_s_grid_is_the_benchmark_s():
     import test_bench_gpu
 
     assert list(gpu_table.GPU_SHAPES) == list(test_bench_gpu.SHAPES)
+    assert sorted(test_bench_gpu.RUN_ORDER) == sorted(test_bench_gpu.SHAPES)
     assert list(gpu_table.DTYPES) == list(test_bench_gpu.DTYPES)
 
 
