@@ -4,6 +4,8 @@
     plain = PlainFirstHalf(dim, hidden)                      # the design's four nn.Linear on user.sum(1)
     plain = PlainFirstHalf(dim, hidden, num_rows=100_000)    # ids: nn.EmbeddingBag + nn.Embedding + the same
     fused = fused_twin(plain, backend="cpu")                 # neumf_fast.FusedUserItem, same weights
+    plain = PlainNeuMFInput(138_493, 26_744, 64, 128)        # NeuMF's first stage: two nn.Embedding, sliced
+    fused = neumf_input_twin(plain, backend="cuda")          # the same tables through neumf_input
 """
 
 from __future__ import annotations
@@ -48,3 +50,36 @@ def fused_twin(plain: PlainFirstHalf, backend: str) -> neumf_fast.FusedUserItem:
                                      backend=backend, device=p.device, dtype=p.dtype)
     fused.load_state_dict(plain.state_dict())
     return fused
+
+
+class PlainNeuMFInput(nn.Module):
+    """NeuMF's first stage as a user writes it (the paper's model; ML-20M's training shape in the
+    GPU benchmark): one ``nn.Embedding`` per side whose first ``factors`` columns are the GMF
+    embedding and the rest the MLP's, the GMF product and the MLP input.  No projection: this is
+    the op's call in ``neumf_fast.NeuMF`` (``user`` is ``[B, 1]`` ids, as there)."""
+
+    def __init__(self, num_users: int, num_items: int, factors: int, mlp_half: int):
+        super().__init__()
+        self.factors = factors
+        self.user_embedding = nn.Embedding(num_users, factors + mlp_half)
+        self.item_embedding = nn.Embedding(num_items, factors + mlp_half)
+
+    def forward(self, user, item, user_mask=None):
+        u, i, f = self.user_embedding(user[:, 0]), self.item_embedding(item), self.factors
+        return u[:, :f] * i[:, :f], torch.cat([u[:, f:], i[:, f:]], dim=-1)
+
+
+class _NeuMFInputTwin(nn.Module):
+    def __init__(self, plain: PlainNeuMFInput, backend: str):
+        super().__init__()
+        self.factors, self.backend = plain.factors, backend
+        self.user_embedding, self.item_embedding = plain.user_embedding, plain.item_embedding
+
+    def forward(self, user, item, user_mask=None):
+        return neumf_fast.neumf_input(user, item, h_mf=self.factors, user_table=self.user_embedding.weight,
+                                      item_table=self.item_embedding.weight, backend=self.backend)
+
+
+def neumf_input_twin(plain: PlainNeuMFInput, backend: str) -> nn.Module:
+    """``neumf_input`` on ``plain``'s own tables (shared, not copied: they are the big tensors)."""
+    return _NeuMFInputTwin(plain, backend)

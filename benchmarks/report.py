@@ -1,11 +1,21 @@
 """Turn a pytest-benchmark JSON of the fused-op benchmarks into a markdown table with the
-ratios of every provider to the eager reference (medians from the same run)."""
+ratios of every provider to the eager reference (medians from the same run).
+
+``--gpu-table`` prints instead the GPU check's one table (``gpu_table``): every shape, dtype and
+direction of ``test_bench_gpu.py`` with the user's eager code, ``torch.compile`` of it, Triton
+and CUDA, their ratios to eager and their share of the copy bandwidth; then the first calls
+and the training epochs.  Its inputs may be pytest-benchmark JSON files or the JSONL rows that
+``test_bench_gpu.py`` appends as it goes (``NEUMF_FAST_BENCH_ROWS``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
+
+from gpu_table import gpu_table
 
 
 def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
@@ -96,9 +106,31 @@ def main(paths: list[str], command: str = "bash dev.sh bench op") -> None:
             print(f"| {key[0]} | {key[1]} | {key[2]} | {cells} |")
 
 
+def read_rows(paths: list[str]) -> list[dict]:
+    """Every benchmark row in ``paths`` (pytest-benchmark JSON, or JSONL rows); a file that is
+    empty or unreadable (a step stopped before it wrote) is left out."""
+    rows = []
+    for path in paths:
+        try:
+            text = Path(path).read_text()
+            if path.endswith(".jsonl"):
+                rows += [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                rows += json.loads(text)["benchmarks"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return rows
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+", help="pytest-benchmark JSON files of one session, merged")
     parser.add_argument("--command", default="bash dev.sh bench op", help="the command that produced them")
+    parser.add_argument("--gpu-table", action="store_true", help="the GPU check's one table (JSON or JSONL inputs)")
+    parser.add_argument("--auto-backend", default=None,
+                        help="with --gpu-table: the backend neumf_fast's training runs took (backend='auto')")
     args = parser.parse_args()
-    main(args.json, args.command)
+    if args.gpu_table:
+        print(gpu_table(read_rows(args.json), auto_backend=args.auto_backend))
+    else:
+        main(args.json, args.command)

@@ -83,6 +83,8 @@ def main() -> int:
                         help="comma-separated files run with pytest-xdist workers")
     parser.add_argument("--workers", type=int, default=4, help="xdist workers for those files")
     parser.add_argument("--log", required=True, help="file for the whole output of every test file")
+    parser.add_argument("--show-failures", type=int, default=25,
+                        help="failing tests named in the table's output (the log has them all)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -108,10 +110,10 @@ def main() -> int:
           f"{len(bad)} of {len(results)} files not ok" + (" (xdist: no)" if not have_xdist else ""))
     # the failing tests' names, so the summary says what to look at (the log has the rest)
     failing = [line for r in results for line in r["output"].splitlines() if line.startswith(("FAILED ", "ERROR "))]
-    for line in failing[:25]:
+    for line in failing[:args.show_failures]:
         print(f"  {line[:200]}")
-    if len(failing) > 25:
-        print(f"  ... and {len(failing) - 25} more in {args.log}")
+    if len(failing) > args.show_failures:
+        print(f"  ... and {len(failing) - args.show_failures} more in {args.log}")
     return 1 if bad else 0
 
 

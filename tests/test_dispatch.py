@@ -92,7 +92,7 @@ def test_the_auto_table_is_read_by_gpu_name_class_and_dtype(tmp_path):
     table._names[0] = "Fake GPU"  # what torch.cuda.get_device_name(0) would say
     assert table.choice(_cuda_dims(16, ids=False)) == "cuda"
     assert table.choice(_cuda_dims(4096, ids=True, dtype=torch.bfloat16)) == "triton"
-    assert table.choice(_cuda_dims(4096, ids=False)) is None  # not measured: PREFERENCE decides
+    assert table.choice(_cuda_dims(4096, ids=False)) is None  # not measured: the preference decides
     table._names[0] = "Another GPU"
     assert table.choice(_cuda_dims(16, ids=False)) is None
     assert table.choice(dims_of(make_case())) is None  # CPU tensors: nothing to choose between
@@ -129,22 +129,48 @@ def test_a_selection_is_checked_once_then_cached(monkeypatch, fresh_selection):
         select_backend(dims, "cpu")
 
 
-def test_choose_auto_picks_the_fastest_kernel_per_class(tmp_path):
+def _choose_auto():
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("choose_auto", Path(__file__).parent.parent / "benchmarks/choose_auto.py")
     choose_auto = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(choose_auto)
-    row = lambda provider, direction, batch, ids, median, dtype="float32": {
-        "extra_info": dict(provider=provider, direction=direction, batch=batch, ids=ids, dtype=dtype),
-        "stats": {"median": median}}
+    return choose_auto
+
+
+def _row(provider, direction, batch, ids, median, dtype="float32", shape=None):
+    return {"extra_info": dict(provider=provider, direction=direction, batch=batch, ids=ids, dtype=dtype,
+                               shape=shape or f"B{batch}{'_ids' if ids else ''}"),
+            "stats": {"median": median}}
+
+
+def test_choose_auto_compares_kernels_shape_by_shape():
+    """The dense class holds the design shape and B=65536: Triton is 1.1x faster at the small
+    one, CUDA 2.5x at the large one, so CUDA takes the class (geometric means 1.05 against
+    1.58).  Taking the lowest time of any row, as before, crowned Triton for its small shape."""
+    rows = [_row("triton", "forward+backward", 4096, False, 0.10), _row("cuda", "forward+backward", 4096, False, 0.11),
+            _row("triton", "forward+backward", 65536, False, 5.0), _row("cuda", "forward+backward", 65536, False, 2.0)]
+    why = []
+    assert _choose_auto().choose(rows, why) == {"dense float32": "cuda"}
+    assert "cuda 1.05" in why[0] and "triton 1.58" in why[0]
+    # a shape where one kernel did not finish is left out of the comparison, not counted as a win
+    rows.append(_row("triton", "forward+backward", 8192, False, 0.01))
+    assert _choose_auto().choose(rows) == {"dense float32": "cuda"}
+
+
+def test_choose_auto_picks_the_fastest_kernel_per_class(tmp_path):
+    choose_auto = _choose_auto()
+    row = _row
     rows = [row("triton", "forward", 16, False, 3.0), row("cuda", "forward", 16, False, 2.0),
             row("triton", "forward+backward", 16, False, 1.0),  # serving is chosen on the forward
             row("eager", "forward", 16, False, 0.5),  # a baseline is not a backend
             row("triton", "forward+backward", 65536, True, 5.0), row("cuda", "forward+backward", 65536, True, 6.0),
-            row("triton", "forward", 65536, True, 9.0)]
-    assert choose_auto.choose(rows) == {"serving float32": "cuda", "ids float32": "triton"}
+            row("triton", "forward", 65536, True, 9.0),
+            row("triton", "forward+backward", 65536, False, 1.0, "bfloat16")]  # only one kernel timed: no entry
+    why = []
+    assert choose_auto.choose(rows, why) == {"serving float32": "cuda", "ids float32": "triton"}
+    assert any(line.startswith("dense bfloat16: no entry, only triton") for line in why)
     assert [dispatch.shape_class(_cuda_dims(b, ids)) for b, ids in [(16, False), (256, True), (257, False), (4096, True)]] \
         == ["serving", "serving", "dense", "ids"]
     # gpu_check.sh times each kernel in its own process: the files are read as one run, and an
@@ -163,6 +189,77 @@ def test_choose_auto_picks_the_fastest_kernel_per_class(tmp_path):
     other.write_text(json.dumps({"machine_info": {"cuda_device": "Other GPU"}, "benchmarks": rows}))
     with pytest.raises(SystemExit, match="one GPU"):
         choose_auto.main([str(runs[0]), str(other), "--out", str(out)])
+    # the rows test_bench_gpu.py appends as each benchmark ends (JSONL) read as one run too
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps({**r, "extra_info": {**r["extra_info"], "device": "Row GPU"}}) + "\n"
+                                 for r in rows))
+    choose_auto.main([str(rows_file), "--out", str(out)])
+    assert dispatch.AutoTable(out).table["Row GPU"] == {"serving float32": "cuda", "ids float32": "triton"}
+
+
+# ---- "auto" where nothing is measured: the CUDA kernels for eager calls, Triton under torch.compile ----
+
+
+@pytest.fixture
+def both_gpu_kernels_can_run(monkeypatch, fresh_selection):
+    """CUDA dims on a machine with no GPU: both GPU backends say they can run, and the auto
+    table has no measurement (a GPU run may have filled the shipped one)."""
+    for name in ("cuda", "triton"):
+        monkeypatch.setattr(dispatch.BACKENDS[name], "_reasons", lambda dims: [])
+    monkeypatch.setattr(dispatch.AUTO_TABLE, "choice", lambda dims: None)
+
+
+@pytest.mark.parametrize("batch,ids", [(16, False), (4096, False), (65536, True)], ids=["serving", "dense", "ids"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_auto_takes_the_cuda_kernels_for_eager_calls_where_nothing_is_measured(both_gpu_kernels_can_run, batch, ids,
+                                                                               dtype):
+    """Built ahead of time, the CUDA kernels run a new shape at its first call; Triton would
+    compile it there first.  (The old order took Triton.)"""
+    assert select_backend(_cuda_dims(batch, ids, dtype)).name == "cuda"
+
+
+def test_auto_takes_triton_under_torch_compile_where_nothing_is_measured(both_gpu_kernels_can_run):
+    """While torch.compile traces a call, Triton's kernels compile with Inductor's and launch
+    from its wrapper, so the reasons for the CUDA kernels in eager mode do not hold.  The
+    selection is made in a real trace (dynamo, fullgraph) and cached apart from the eager one."""
+    dims = _cuda_dims(4096, ids=True)
+    seen = []
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def traced(x):
+        seen.append(select_backend(dims).name)
+        return x + 1
+
+    assert select_backend(dims).name == "cuda"  # an eager selection first: it must not leak into the trace
+    traced(torch.ones(2))
+    assert seen == ["triton"]
+    assert select_backend(dims).name == "cuda"  # nor the traced one into eager calls
+
+
+def test_auto_falls_back_along_each_order(monkeypatch, both_gpu_kernels_can_run):
+    dims = _cuda_dims(4096, ids=False)
+    monkeypatch.setattr(dispatch.BACKENDS["cuda"], "_reasons", lambda d: ["the CUDA kernels are not built (test)"])
+    assert select_backend(dims).name == "triton"
+    monkeypatch.setattr(dispatch, "_selected", {})
+    monkeypatch.setattr(dispatch.BACKENDS["cuda"], "_reasons", lambda d: [])
+    monkeypatch.setattr(dispatch.BACKENDS["triton"], "_reasons", lambda d: ["Triton is not installed (test)"])
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert select_backend(dims).name == "cuda"
+
+
+@pytest.mark.parametrize("compiling", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("measured", ["cuda", "triton"])
+def test_a_measurement_outranks_both_orders(monkeypatch, both_gpu_kernels_can_run, compiling, measured):
+    monkeypatch.setattr(dispatch.AUTO_TABLE, "choice", lambda d: measured)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    assert select_backend(_cuda_dims(65536, ids=True)).name == measured
+
+
+def test_available_backends_lists_auto_s_order(both_gpu_kernels_can_run):
+    dims = _cuda_dims(4096, ids=False)
+    assert neumf_fast.available_backends(dims) == ["cuda", "triton", "torch"]
+    assert neumf_fast.available_backends(dims, compiled=True) == ["triton", "cuda", "torch"]
+    assert dispatch.available_backends(dims)[0] == select_backend(dims).name
 
 
 @pytest.mark.parametrize("env", [None, "torch"])

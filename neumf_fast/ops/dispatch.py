@@ -2,14 +2,29 @@
 
 Each backend can say why it cannot run a given call (``not_supported_reasons``).  ``"auto"``
 takes the backend that the GPU benchmark measured fastest for this GPU, shape class and dtype
-(``auto_table.json``, see ``AutoTable``); without a measurement for them, the first backend in
-``PREFERENCE`` with no reasons.  An explicitly requested backend that cannot run raises, listing
-its reasons.  ``NEUMF_FAST_BACKEND`` in the environment forces a backend for the whole process,
-overriding the ``backend=`` argument.
+(``auto_table.json``, see ``AutoTable``); without a measurement for them, the first backend
+that can run in ``PREFERENCE`` (eager calls) or ``COMPILED_PREFERENCE`` (while
+``torch.compile`` traces the call).  An explicitly requested backend that cannot run raises,
+listing its reasons.  ``NEUMF_FAST_BACKEND`` in the environment forces a backend for the whole
+process, overriding the ``backend=`` argument.
+
+Why the two orders differ where nothing is measured, on CUDA tensors:
+
+- *Eager calls take the CUDA C++ kernels.*  They are compiled when the package is built, so the
+  first call of a new shape runs at once and every call launches from C++.  Triton compiles
+  each new kernel variant on its first call (seconds each, in the caller's thread) and launches
+  through Python.  No GPU measurement shows Triton's kernels faster: the last one (1addeb7) had
+  its forward slower than eager PyTorch.
+- *Under torch.compile, Triton first.*  Neither of those costs holds there: the compile is
+  already being paid, and Inductor compiles a ``triton_op``'s kernels with its own (in its
+  parallel workers, kept in its caches across processes) and launches them from its generated
+  wrapper, with none of the op's Python launcher; the CUDA op stays an opaque call that
+  Inductor cannot look into.  What is left between them is kernel time, which only a
+  measurement settles, and a measured entry outranks both orders.
 
 Every backend's reasons depend only on the device type, the dtype and how the process was set
-up, so a selection is cached per (request, device, dtype, shape class): a call pays a dict
-lookup, not the reason checks.
+up, so a selection is cached per (request, device, dtype, shape class, compiling): a call pays
+a dict lookup, not the reason checks.
 """
 
 from __future__ import annotations
@@ -97,16 +112,25 @@ def _run_triton(*args):
 
 
 BACKENDS: dict[str, Backend] = {
+    "cuda": Backend("cuda", _cuda_reasons, _library.fused_input, checks_inputs=True),
     # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
     "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda",
                       checks_inputs=True),
-    "cuda": Backend("cuda", _cuda_reasons, _library.fused_input, checks_inputs=True),
     "cpu": Backend("cpu", _cpu_reasons, _library.fused_input, checks_inputs=True),
     "torch": Backend("torch", _torch_reasons, _run_reference),
 }
-# Fastest first: "auto" takes the first that can run, where AUTO_TABLE has no measurement.
-# Triton leads the CUDA C++ kernels there: it was the only one measured on a GPU (at 1addeb7).
-PREFERENCE = ["triton", "cuda", "cpu", "torch"]
+# What "auto" takes where AUTO_TABLE has no measurement: the first of these that can run (see
+# the module's docstring for why the orders differ).  Eager calls: the CUDA kernels first, the
+# backend with no compile at its first call; under torch.compile, Triton first.
+PREFERENCE = ["cuda", "triton", "cpu", "torch"]
+COMPILED_PREFERENCE = ["triton", "cuda", "cpu", "torch"]
+
+
+def preference(compiling: bool) -> list[str]:
+    """The order ``"auto"`` tries where nothing is measured: ``COMPILED_PREFERENCE`` while
+    ``torch.compile`` traces the call, else ``PREFERENCE``."""
+    return COMPILED_PREFERENCE if compiling else PREFERENCE
+
 
 _warned_fallback = False
 
@@ -138,7 +162,9 @@ class AutoTable:
     """What ``"auto"`` takes on a GPU, by measurement: ``{gpu name: {"<shape class> <dtype>":
     backend}}``, written by ``benchmarks/choose_auto.py`` from a ``gpu_check.sh`` run (the fastest
     of the kernels at forward+backward, and at forward for ``serving``).  A GPU, class or dtype
-    it does not list falls back to ``PREFERENCE``."""
+    it does not list falls back to ``PREFERENCE`` (``COMPILED_PREFERENCE`` under torch.compile).
+    A measured entry applies in both modes: at batches above the serving class the kernels'
+    time dominates the launch, and the serving class is measured on the eager forward."""
 
     PATH = Path(__file__).with_name("auto_table.json")
 
@@ -164,19 +190,22 @@ _selected: dict[tuple, Backend] = {}
 def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
     """The backend that will run these inputs, honouring ``NEUMF_FAST_BACKEND``."""
     requested = os.environ.get(ENV_VAR) or backend
-    key = _selection_key(requested, dims.device.type, dims.dtype, dims.batch, dims.user_ids or dims.item_ids)
+    compiling = torch.compiler.is_compiling()
+    key = _selection_key(requested, dims.device.type, dims.dtype, dims.batch, dims.user_ids or dims.item_ids,
+                         compiling)
     chosen = _selected.get(key)
     if chosen is None:
-        chosen = _selected[key] = _select(dims, requested, backend)
+        chosen = _selected[key] = _select(dims, requested, backend, compiling)
     if chosen.name == "torch" and requested == "auto":
         _warn_fallback_once(dims)
     return chosen
 
 
 def selected_before(user, user_table, item, backend: str = "auto", device_type: str | None = None) -> Backend | None:
-    """The backend ``select_backend`` chose for an earlier call of the same kind (request,
+    """The backend ``select_backend`` chose for an earlier eager call of the same kind (request,
     device type, dtype, shape class), read from this call's metadata alone, without validating
-    it; ``None`` if there was none.  A call whose metadata is wrong finds none, or finds a
+    it; ``None`` if there was none.  (Only eager calls take this path: a traced call selects
+    afresh.)  A call whose metadata is wrong finds none, or finds a
     backend whose op reports what is wrong (``Backend.checks_inputs``).  ``device_type``, if the
     caller has it, is ``user.device.type``."""
     if not (isinstance(user, torch.Tensor) and isinstance(item, torch.Tensor)) or user.dim() == 0:
@@ -187,21 +216,23 @@ def selected_before(user, user_table, item, backend: str = "auto", device_type: 
         return None
     return _selected.get(_selection_key(os.environ.get(ENV_VAR) or backend,
                                         user.device.type if device_type is None else device_type, source.dtype,
-                                        user.shape[0], user_ids or item.dtype in INDEX_DTYPES))
+                                        user.shape[0], user_ids or item.dtype in INDEX_DTYPES, False))
 
 
-def _selection_key(requested: str, device_type: str, dtype: torch.dtype, batch: int, ids: bool) -> tuple:
+def _selection_key(requested: str, device_type: str, dtype: torch.dtype, batch: int, ids: bool,
+                   compiling: bool) -> tuple:
     """What a selection depends on: every backend's reasons read only the device type, the
-    dtype and how the process was set up (the extension), and ``AutoTable`` the shape class."""
-    return requested, device_type, dtype, class_of(batch, ids), _library.EXTENSION_ERROR
+    dtype and how the process was set up (the extension), ``AutoTable`` the shape class, and
+    the order without a measurement whether torch.compile is tracing."""
+    return requested, device_type, dtype, class_of(batch, ids), _library.EXTENSION_ERROR, compiling
 
 
-def _select(dims: FusedDims, requested: str, backend: str) -> Backend:
+def _select(dims: FusedDims, requested: str, backend: str, compiling: bool = False) -> Backend:
     if requested == "auto":
         measured = AUTO_TABLE.choice(dims)
         if measured in BACKENDS and not BACKENDS[measured].not_supported_reasons(dims):
             return BACKENDS[measured]
-        for name in PREFERENCE:
+        for name in preference(compiling):
             chosen = BACKENDS[name]
             if chosen.auto(dims) and not chosen.not_supported_reasons(dims):
                 return chosen
@@ -223,15 +254,22 @@ def probe_dims(device="cpu", dtype: torch.dtype = torch.float32) -> FusedDims:
                      item_ids=False, dtype=dtype, device=torch.device(device))
 
 
-def available_backends(device: str | torch.device | FusedDims = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+def available_backends(device: str | torch.device | FusedDims = "cpu", dtype: torch.dtype = torch.float32,
+                       compiled: bool = False) -> list[str]:
     """Names of the backends that can run on ``device`` in ``dtype`` (or run the call that
-    ``FusedDims`` describes), fastest first: ``"auto"`` takes the first of them, except that it
-    never takes Triton for CPU tensors.
+    ``FusedDims`` describes), in the order ``"auto"`` tries them where ``auto_table.json`` has
+    no measurement for this GPU: eager calls (``compiled=False``) take the CUDA kernels before
+    Triton, calls traced by ``torch.compile`` (``compiled=True``) Triton before the CUDA kernels.
+    ``"auto"`` takes the first of them, except that it never takes Triton for CPU tensors.
 
         >>> neumf_fast.available_backends("cpu")
-        ['cpu', 'torch']"""
+        ['cpu', 'torch']
+        >>> neumf_fast.available_backends("cuda")                    # doctest: +SKIP
+        ['cuda', 'triton', 'torch']
+        >>> neumf_fast.available_backends("cuda", compiled=True)     # doctest: +SKIP
+        ['triton', 'cuda', 'torch']"""
     dims = device if isinstance(device, FusedDims) else probe_dims(device, dtype)
-    return [n for n in PREFERENCE if not BACKENDS[n].not_supported_reasons(dims)]
+    return [n for n in preference(compiled) if not BACKENDS[n].not_supported_reasons(dims)]
 
 
 def unavailable_reasons(backend: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
