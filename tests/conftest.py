@@ -220,3 +220,18 @@ def assert_flash_attention_rule(low: Case, backend, backward: bool = True) -> No
         if not err_kernel <= 2 * err_torch + floor:  # a NaN error fails too
             failures.append(f"{describe_diff(name, kernel[name], exact)}; torch {dtype} err {err_torch:.3e}")
     assert not failures, "\n".join(failures)
+
+
+def tiny_run(out, *, num_users: int, num_items: int, num_interactions: int):
+    """A trained run in ``out``: one epoch of a small NeuMF on synthetic events written as a CSV
+    (original ids, a split, a trained-ish model), loaded with ``neumf_fast.load_run``."""
+    from neumf_fast.data import synthetic
+    from neumf_fast.train import TrainConfig, fit
+
+    data = synthetic(0, num_users=num_users, num_items=num_items, num_interactions=num_interactions)
+    csv = out.parent / f"{out.name}-events.csv"
+    csv.write_text("user,item,timestamp\n" + "\n".join(
+        f"{u},{i},{t}" for u, i, t in zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp)) + "\n")
+    fit(TrainConfig(dataset=str(csv), epochs=1, batch_size=512, factors=4, layers=(16, 8, 4), neg=2), out,
+        progress=False, log=False)
+    return neumf_fast.load_run(out)

@@ -9,18 +9,15 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-import neumf_fast
 from neumf_fast import models
 from neumf_fast.cli import main as cli_main
-from neumf_fast.config import TrainConfig
-from neumf_fast.data import synthetic
 from neumf_fast.export import CatalogueScores, _export, export_run
-from neumf_fast.train import fit
+
+from conftest import tiny_run
 
 # fp32: the program sums the same products as score in another order; 1e-6 is the bar
 # (logits of size ~0.1-1, float32 ulp ~6e-8).
@@ -45,14 +42,7 @@ print(json.dumps({"logits": logits.tolist(), "one": one.tolist(), "values": valu
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    data = synthetic(0, num_users=40, num_items=150, num_interactions=1500)
-    csv = out.parent / "events.csv"
-    csv.write_text("user,item,timestamp\n" + "\n".join(
-        f"{u},{i},{t}" for u, i, t in zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp)) + "\n")
-    fit(TrainConfig(dataset=str(csv), epochs=1, batch_size=512, factors=4, layers=(16, 8, 4), neg=2), out,
-        progress=False, log=False)
-    return neumf_fast.load_run(out)
+    return tiny_run(tmp_path_factory.mktemp("run"), num_users=40, num_items=150, num_interactions=1500)
 
 
 def test_exported_programs_score_as_the_run_in_a_fresh_torch_only_process(run, tmp_path):

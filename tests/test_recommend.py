@@ -6,20 +6,17 @@ format round-trips."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import neumf_fast
 from neumf_fast import evaluate, models
 from neumf_fast.cli import main as cli_main
-from neumf_fast.config import TrainConfig
-from neumf_fast.data import synthetic
 from neumf_fast.scoring import CatalogueScorer, block_sizes
-from neumf_fast.train import fit
+
+from conftest import tiny_run
 
 # fp32 tolerance: the scorer sums the same products as model.score in another order (the GMF
 # term as a matmul, the prediction layer split), so logits agree to a few float32 ulps of
@@ -29,15 +26,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    # 1 epoch on the synthetic data at a tiny size: enough for ids, a split and a trained-ish model
-    data = synthetic(0, num_users=90, num_items=307, num_interactions=3000)
-    csv = out.parent / "events.csv"
-    csv.write_text("user,item,timestamp\n" + "\n".join(
-        f"{u},{i},{t}" for u, i, t in zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp)) + "\n")
-    config = TrainConfig(dataset=str(csv), epochs=1, batch_size=512, factors=4, layers=(16, 8, 4), neg=2)
-    fit(config, out, progress=False, log=False)
-    return neumf_fast.load_run(out)
+    return tiny_run(tmp_path_factory.mktemp("run"), num_users=90, num_items=307, num_interactions=3000)
 
 
 def _models(num_users=13, num_items=37):
