@@ -23,6 +23,7 @@ largest output: the reference multiplies in full fp32, the kernel with 10-bit ma
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -170,6 +171,7 @@ def test_reduced_precision_without_tensor_cores(target, dtype, monkeypatch):
     if device == "cuda":
         pytest.skip("the compute capability of a real GPU cannot be changed")
     monkeypatch.setenv("NEUMF_EMU_SM", "75")
+    monkeypatch.setenv("NEUMF_EMU_DEVICE", "1")  # device 0's attributes are cached by its first call
     low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3, dtype=dtype).on(device)
     assert_flash_attention_rule(low, op)
 
@@ -245,19 +247,142 @@ def test_inference_saves_nothing_and_matches(target):
     torch.testing.assert_close(mlp_in, ref_mlp, atol=TOL, rtol=TOL)
 
 
-@pytest.mark.parametrize("side", ["user", "item"])
-def test_ids_out_of_range(target, side):
-    device, op = target
+@pytest.fixture(autouse=True)
+def _clean_id_record():
+    """A bad id a test leaves recorded (deferred mode) must not raise in the next test."""
+    yield
+    neumf_fast.ops._id_check.reset()
+    if torch._C._dispatch_has_kernel("neumf_fast_emu::_reset_id_check"):
+        torch.ops.neumf_fast_emu._reset_id_check()
+
+
+def _bad_id_case(device, side):
     case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
                      num_user_rows=10, num_item_rows=7).on(device)
     if side == "user":
         case.user[1, 0] = 10
-        match = "user id 10 is out of range for a table with 10 rows"
-    else:
-        case.item[2] = -3
-        match = "item id -3 is out of range for a table with 7 rows"
+        return case, "user id 10 is out of range for a table with 10 rows"
+    case.item[2] = -3
+    return case, "item id -3 is out of range for a table with 7 rows"
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_ids_out_of_range_sync_mode_raises_at_the_call(target, side, monkeypatch):
+    device, op = target
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "sync")
+    case, match = _bad_id_case(device, side)
     with pytest.raises(IndexError, match=match):
         op(case.user, case.item, **case.kwargs)
+    good = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
+                     num_user_rows=10, num_item_rows=7).on(device)
+    op(good.user, good.item, **good.kwargs)  # reported and cleared: the next call runs
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_ids_out_of_range_deferred_mode_raises_at_the_next_call(target, side, monkeypatch):
+    """The default mode: the call with the bad id returns (its row pooled as zeros, never read),
+    the next call raises, naming the id and the table, and the one after runs again."""
+    device, op = target
+    monkeypatch.delenv("NEUMF_FAST_CHECK_IDS", raising=False)
+    case, match = _bad_id_case(device, side)
+    with torch.no_grad():
+        gmf, _ = op(case.user, case.item, **case.kwargs)
+    assert torch.isfinite(gmf).all()
+    good = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, user_ids=True, item_ids=True,
+                     num_user_rows=10, num_item_rows=7).on(device)
+    with pytest.raises(IndexError, match=match):
+        op(good.user, good.item, **good.kwargs)
+    op(good.user, good.item, **good.kwargs)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["read-back-landed", "read-back-pending"])
+def test_ids_out_of_range_deferred_mode_raises_in_the_backward(target, landed, monkeypatch):
+    """Training: the step's backward raises when the forward's read-back has landed; while it
+    has not (the GPU still busy), the backward does not wait and the next forward raises."""
+    device, op = target
+    if device == "cuda" and not landed:
+        pytest.skip("only the emulator can hold an event back")
+    monkeypatch.delenv("NEUMF_FAST_CHECK_IDS", raising=False)
+    if not landed:
+        monkeypatch.setenv("NEUMF_EMU_EVENTS_PENDING", "1")
+    case, match = _bad_id_case(device, "user")
+    gmf, mlp_in = op(case.user, case.item, **case.kwargs)
+    loss = gmf.sum() + mlp_in.sum()
+    if landed:
+        with pytest.raises(IndexError, match=match):
+            loss.backward()
+        return
+    loss.backward()
+    with pytest.raises(IndexError, match=match):
+        op(case.user, case.item, **case.kwargs)
+
+
+def test_an_unknown_check_mode_is_a_value_error(target, monkeypatch):
+    device, op = target
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "always")
+    case, _ = _bad_id_case(device, "user")
+    with pytest.raises(ValueError, match=r"NEUMF_FAST_CHECK_IDS must be one of \('deferred', 'sync'\), got 'always'"):
+        op(case.user, case.item, **case.kwargs)
+
+
+@pytest.mark.skipif(ON_GPU, reason="counts the emulated runtime calls")
+def test_host_never_waits_for_the_calls_own_kernels(emulated_library, monkeypatch):
+    """What the CUDA host code asks of the runtime (emulator counters), with ids on both sides:
+    in deferred mode a training step never waits (no stream sync, no event wait: the backward
+    only queries the forward's event) and queries no device attribute after the first call;
+    forward-only calls wait on the previous call's read-back, normally long done, never on their
+    own kernels; sync mode waits once per call.  On 1847267 every call with ids blocked on
+    ``err.cpu()`` and queried the compute capability."""
+    op = _as_op(emulated_library)
+    case = make_case(batch=5, seq_len=3, user_dim=8, h_mf=2, h_mlp=4, user_ids=True, item_ids=True,
+                     project=True)
+    counters = torch.ops.neumf_fast_emu._emu_counters
+    monkeypatch.delenv("NEUMF_FAST_CHECK_IDS", raising=False)
+    op(case.user, case.item, **case.kwargs)[0].sum().backward()  # the device's state is set up here
+    # [stream syncs, event waits, event queries, attribute queries, device-to-host copies]
+    before = counters()
+    for _ in range(3):
+        gmf, mlp_in = op(case.user, case.item, **case.kwargs)
+        (gmf.sum() + mlp_in.sum()).backward()
+    train = [a - b for a, b in zip(counters(), before)]
+    assert train[0] == 0 and train[1] == 0 and train[3] == 0, train
+    assert train[2] == 3 and train[4] == 3, train  # one query per backward, one 32-byte copy per forward
+    before = counters()
+    with torch.no_grad():
+        for _ in range(3):
+            op(case.user, case.item, **case.kwargs)
+    infer = [a - b for a, b in zip(counters(), before)]
+    assert infer[0] == 0 and infer[1] == 2 and infer[3] == 0, infer  # the 2nd and 3rd wait on the 1st and 2nd
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "sync")
+    neumf_fast.ops._id_check.reset()
+    torch.ops.neumf_fast_emu._reset_id_check()
+    before = counters()
+    with torch.no_grad():
+        for _ in range(3):
+            op(case.user, case.item, **case.kwargs)
+    sync = [a - b for a, b in zip(counters(), before)]
+    assert sync[0] == 3 and sync[1] == 0, sync
+
+
+def test_cuda_host_code_has_no_hidden_sync():
+    """The CUDA sources' host code reads nothing back from the device except through
+    id_check.cuh (whose only wait is sync mode's cudaStreamSynchronize): no ``.cpu()``,
+    ``.item()``, ``.tolist()`` or synchronising copy, and no per-call allocation of the id
+    record.  On 1847267 the forward called ``err.cpu()`` after every launch with ids."""
+    syncing = re.compile(r"\.cpu\(\)|\.item(<\w+>)?\(\)|\.tolist\(\)|cudaMemcpy\(|cudaDeviceSynchronize|"
+                         r"cudaStreamSynchronize|cudaEventSynchronize|at::zeros\(\{4\}")
+    found = {}
+    for path in sorted((ROOT / "csrc" / "cuda").glob("*.cu*")):
+        text = re.sub(r"//[^\n]*", "", path.read_text())  # comments may name them
+        hits = [m.group(0) for m in syncing.finditer(text)]
+        if path.name == "id_check.cuh":
+            # the record, made once per device; the forward's wait on the previous call's event and
+            # reset's; sync mode's wait
+            assert sorted(hits) == ["at::zeros({4}", "cudaEventSynchronize", "cudaEventSynchronize",
+                                    "cudaStreamSynchronize"], hits
+        elif hits:
+            found[path.name] = hits
+    assert not found, found
 
 
 def test_backward_refuses_a_forward_that_saved_nothing(target):

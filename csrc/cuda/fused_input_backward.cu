@@ -15,9 +15,11 @@
 // stores) and the table scatter.  The scatter adds with atomics by default; under
 // torch.use_deterministic_algorithms(True) the positions are stably sorted by id and one warp
 // sums each run of equal ids in position order, so every bit of the result is reproducible.
-// Ids were checked by the forward; an id outside the table is skipped here, never written.
+// Ids were checked by the forward; an id outside the table is skipped here, never written, and
+// the forward's record of it is raised here if its read-back has landed (id_check.cuh).
 #include "../ops.h"
 #include "common.cuh"
+#include "id_check.cuh"
 
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -200,6 +202,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
               "user on ", user_in.device(), " and the saved tensors on ", pooled_user_in.device());
   const c10::cuda::CUDAGuard guard(user_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // a bad id of this step's forward, if its read-back has landed (no wait: see id_check.cuh)
+  raise_pending(device_state(user_in), stream, /*wait=*/false);
   const Tensor user = user_in.contiguous(), item = item_in.contiguous();
   const Tensor grad_gmf = grad_gmf_in.contiguous(), grad_mlp = grad_mlp_in_in.contiguous();
   const Tensor pooled_user = pooled_user_in.contiguous(), pooled_item = pooled_item_in.contiguous();

@@ -24,17 +24,18 @@
 // Saved for backward, only when `save` (op-math dtype): pooled_user, pooled_item and the
 // projections proj_user, proj_item (empty for a side with no weight).
 //
-// Ids are checked where they are read: an out-of-range id is never dereferenced, the kernel
-// records it, and the host raises IndexError after the kernel (one 32-byte copy and a stream
-// sync, for id input only).  While a CUDA graph is being captured the host cannot wait, so a
-// one-thread kernel traps instead.
+// Ids are checked where they are read: an out-of-range id is never dereferenced and the kernel
+// records it; the host raises IndexError at the next call (NEUMF_FAST_CHECK_IDS=deferred, the
+// default: no wait for this call's kernels) or at this one (=sync).  While a CUDA graph is being
+// captured the host cannot read anything back, so a one-thread kernel traps instead.  See
+// id_check.cuh.  Nothing is allocated or queried per call beyond the outputs and the saves.
 #include "../ops.h"
 #include "common.cuh"
+#include "id_check.cuh"
 
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -345,7 +346,7 @@ int align128(int64_t bytes) { return static_cast<int>(round_up(bytes, 128)); }
 
 // Launches the fused kernel if its tiles fit in shared memory; false if they do not.
 template <typename scalar_t, bool kMma>
-bool launch_fused(ForwardParams p, cudaStream_t stream) {
+bool launch_fused(ForwardParams p, cudaStream_t stream, int device, int limit) {
   using acc_t = acc_type<scalar_t>;
   using stage_t = stage_type<scalar_t, kMma>;
   constexpr int pad = stage_pad<stage_t, kMma>();
@@ -361,9 +362,6 @@ bool launch_fused(ForwardParams p, cudaStream_t stream) {
   const int64_t bytes_w = dk > 0 ? kTileN * weight_ld<stage_t, kMma>() * static_cast<int64_t>(sizeof(stage_t)) : 0;
   const int64_t bytes_user = kRows * ldo_user * static_cast<int64_t>(sizeof(acc_t));
   const int64_t bytes_item = kRows * ldo_item * static_cast<int64_t>(sizeof(acc_t));
-  int device = 0, limit = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const int64_t total = round_up(bytes_a, 128) + round_up(bytes_w, 128) + round_up(bytes_user, 128) +
                         round_up(bytes_item, 128);
   if (total > limit) return false;
@@ -436,6 +434,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
                                         user_weight_in, user_bias_in, item_weight_in, item_bias_in, h_mf, mode);
   TORCH_CHECK(user_in.is_cuda(), "neumf_fast: the CUDA kernel got user on ", user_in.device());
   const c10::cuda::CUDAGuard guard(user_in.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  DeviceState& state = device_state(user_in);
+  raise_pending(state, stream, /*wait=*/true);  // a bad id of the previous call (id_check.cuh)
   const Tensor user = user_in.contiguous(), item = item_in.contiguous();
   const auto mask = contiguous(mask_in), user_table = contiguous(user_table_in), item_table = contiguous(item_table_in);
   const auto user_weight = contiguous(user_weight_in), user_bias = contiguous(user_bias_in);
@@ -454,12 +455,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
   if (B == 0) return {gmf, mlp_in, pooled_user, pooled_item, proj_user, proj_item};
 
   const bool any_ids = d.user_ids || d.item_ids;
-  // {user found, user id, item found, item id}
-  const Tensor err = any_ids ? at::zeros({4}, user.options().dtype(at::kLong)) : Tensor();
-  int64_t* err_ptr = any_ids ? err.data_ptr<int64_t>() : nullptr;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, user.device().index()));
+  const IdCheckMode check = any_ids ? id_check_mode() : IdCheckMode::kDeferred;
+  // {user found, user id, item found, item id}: the device's persistent record
+  int64_t* err_ptr = any_ids ? state.record->data_ptr<int64_t>() : nullptr;
+  const int device = state.index, major = state.major, limit = state.smem_optin;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_cuda", [&] {
     constexpr int vec = vec_width<scalar_t>();
@@ -474,9 +473,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
     p.h_mf = d.h_mf;
     bool launched = false;
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      if (use_tensor_cores<scalar_t>(major)) launched = launch_fused<scalar_t, true>(p, stream);
+      if (use_tensor_cores<scalar_t>(major)) launched = launch_fused<scalar_t, true>(p, stream, device, limit);
     }
-    if (!launched && !use_tensor_cores<scalar_t>(major)) launched = launch_fused<scalar_t, false>(p, stream);
+    if (!launched && !use_tensor_cores<scalar_t>(major)) launched = launch_fused<scalar_t, false>(p, stream, device, limit);
     if (!launched) {
       // Too wide for shared memory: pool into global memory, cuBLAS for the projection.
       using acc_t = acc_type<scalar_t>;
@@ -498,16 +497,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
   });
 
   if (any_ids) {
-    if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    if (capturing()) {
       trap_on_bad_ids_kernel<<<1, 1, 0, stream>>>(err_ptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      const Tensor found = err.cpu();  // waits for the kernel
-      const int64_t* f = found.data_ptr<int64_t>();
-      TORCH_CHECK_INDEX(f[0] == 0, "neumf_fast: user id ", f[1], " is out of range for a table with ",
-                        d.user_ids ? user_table->size(0) : 0, " rows");
-      TORCH_CHECK_INDEX(f[2] == 0, "neumf_fast: item id ", f[3], " is out of range for a table with ",
-                        d.item_ids ? item_table->size(0) : 0, " rows");
+      after_launch(state, stream, check, d.user_ids ? user_table->size(0) : 0, d.item_ids ? item_table->size(0) : 0);
     }
   }
   return {gmf, mlp_in, pooled_user, pooled_item, proj_user, proj_item};
@@ -517,5 +511,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(neumf_fast, CUDA, m) { m.impl("fused_input", &cuda::fused_input_cuda); }
+
+// Built only with the CUDA kernels, so it lives here rather than in ops.cpp.
+TORCH_LIBRARY_FRAGMENT(neumf_fast, m) {
+  m.def("_reset_id_check() -> ()", [] { cuda::reset_id_checks(); });
+}
 
 }  // namespace neumf_fast

@@ -1,6 +1,9 @@
 """Id range checks without a host sync (``NEUMF_FAST_CHECK_IDS``), for the Triton kernels and
 the Python code every GPU backend runs (the autocast gather in ``ops.run_fused``).
 
+The CUDA C++ kernels follow the same modes, with the same record and messages, in their own
+host code (csrc/cuda/id_check.cuh).
+
 Modes, as fbgemm's ``BoundsCheckMode`` (FATAL, WARNING, IGNORE): a bad id is never read (its
 row contributes zeros, its gradient is dropped) and never passes silently:
 
@@ -131,8 +134,11 @@ def record_bad_ids(ids: Tensor, keep: Tensor | None, rows: int, name: str) -> Te
 
 
 def reset() -> None:
-    """Forgets every recorded bad id and pending read-back (tests; a process that caught an
-    ``IndexError`` elsewhere and wants a clean start)."""
+    """Forgets every recorded bad id and pending read-back, here and in the CUDA kernels' own
+    record (csrc/cuda/id_check.cuh), for the tests or a process that caught an ``IndexError``
+    elsewhere and wants a clean start."""
+    if torch._C._dispatch_has_kernel("neumf_fast::_reset_id_check"):  # built with the CUDA kernels
+        torch.ops.neumf_fast._reset_id_check()
     _PENDING.clear()
     for state in _STATES.values():
         state.errors.zero_()

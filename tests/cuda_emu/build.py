@@ -11,6 +11,7 @@ made on copies in a build directory:
 - ``-Dneumf_fast=neumf_fast_emu`` renames the namespace, so that csrc/ops.cpp declares the same
   schemas as ``torch.ops.neumf_fast_emu`` beside the real extension.
 
+counters.cpp adds the emulator's runtime counters as ``neumf_fast_emu::_emu_counters``.
 Headers under include/ stand in for the CUDA runtime, fp16/bf16, WMMA and c10's CUDA helpers.
 What this cannot check: the hardware itself (timing, memory model, the WMMA register layout,
 occupancy).  tests/test_cuda.py runs the same parity cases on a GPU where there is one.
@@ -48,7 +49,7 @@ def build(build_dir: Path, verbose: bool = False, sanitize: bool = False) -> str
         _write_if_changed(src / name, (ROOT / "csrc" / name).read_text())
     for header in sorted((ROOT / "csrc" / "cuda").glob("*.cuh")):
         _write_if_changed(src / "cuda" / header.name, header.read_text())
-    sources = [str(src / "ops.cpp")]
+    sources = [str(src / "ops.cpp"), str(HERE / "counters.cpp")]
     for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
         text = rewrite(cu.read_text())
         assert "<<<" not in text, f"{cu.name}: a kernel launch the emulator rewrite did not recognise"

@@ -190,6 +190,28 @@ inline int device_major() {
   return (env ? std::atoi(env) : 90) / 10;
 }
 
+// What the host code asked of the runtime, for the tests that count host waits
+// (tests/cuda_emu/counters.cpp exposes them as torch.ops.neumf_fast_emu._emu_counters()).
+struct Counters {
+  std::atomic<long long> stream_syncs{0};       // cudaStreamSynchronize / cudaDeviceSynchronize
+  std::atomic<long long> event_waits{0};        // cudaEventSynchronize
+  std::atomic<long long> event_queries{0};      // cudaEventQuery
+  std::atomic<long long> attribute_queries{0};  // cudaDeviceGetAttribute
+  std::atomic<long long> host_copies{0};        // cudaMemcpyAsync device -> host
+};
+
+inline Counters& counters() {
+  static Counters c;
+  return c;
+}
+
+// The current device: NEUMF_EMU_DEVICE (default 0), so that a test can give a device other
+// attributes (NEUMF_EMU_SM) than the one the host code has already cached.
+inline int current_device() {
+  const char* env = std::getenv("NEUMF_EMU_DEVICE");
+  return env ? std::atoi(env) : 0;
+}
+
 // Dynamic shared memory each kernel was allowed (cudaFuncSetAttribute), default 48 KiB.
 inline std::map<const void*, int>& smem_allowed() {
   static std::map<const void*, int> allowed;
