@@ -7,7 +7,10 @@ fence in any shipped Triton kernel, and no more compiles than a training run nee
   the host (``_local_scalar_dense``, which ``.item()``, ``bool()`` and ``int()`` of a tensor
   dispatch) or copies across devices without ``non_blocking``.  On CPU tensors ``.cpu()``,
   ``.tolist()`` and ``.numpy()`` dispatch nothing, so those are left to code review; the id
-  check's own read of its pinned host copy (``_id_check``) is one of them, by design.
+  check's own read of its pinned host copy (``_id_check``) is one of them, by design.  The
+  CUDA C++ backend's host code is counted by tests/test_cuda.py on the emulator
+  (``test_host_never_waits_for_the_calls_own_kernels``: stream syncs, event waits and attribute
+  queries) and read by ``test_cuda_host_code_has_no_hidden_sync``.
 - Spills and fences: tests/triton_aot.py compiles every kernel the launchers ship for the
   benchmark shapes and ML-20M NeuMF training, for sm_90 and sm_80, and reads the SASS.
 - Compiles: tests/triton_aot.py --count-neumf runs train.py's epoch loop on a NeuMF with the

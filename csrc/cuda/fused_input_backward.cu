@@ -12,9 +12,11 @@
 // saved MF halves.  The GEMMs (d_pooled, d_W) and the column sum d_b run on cuBLAS through ATen
 // (ops.cpp: projection_backward): reductions over the rows that never serialise on atomics.
 // The memory-bound parts are ours: the dense broadcast (one block per batch row, 16-byte
-// stores) and the table scatter.  The scatter adds with atomics by default; under
-// torch.use_deterministic_algorithms(True) the positions are stably sorted by id and one warp
-// sums each run of equal ids in position order, so every bit of the result is reproducible.
+// stores) and the table scatter.  For fp32/fp64 tables the scatter adds with fence-free atomics
+// (one warp per position, float4 vector atomics on sm_90); under
+// torch.use_deterministic_algorithms(True), and for bf16/fp16 tables, the positions are stably
+// sorted by id and summed in a fixed order in two passes (segment_partial_kernel), so every bit
+// of the result is reproducible and a popular id is summed by many warps.
 // Ids were checked by the forward; an id outside the table is skipped here, never written, and
 // the forward's record of it is raised here if its read-back has landed (id_check.cuh).
 #include "../ops.h"
@@ -34,6 +36,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace neumf_fast {
 namespace cuda {
@@ -111,43 +114,142 @@ __global__ void __launch_bounds__(kThreads) broadcast_kernel(const acc_type<scal
   }
 }
 
-// grad_table[ids[b, l], :] += scale[b] * d_pooled[b, :] by atomics: one block per row b, one
-// warp per position (its id read once), lanes over the columns (coalesced atomics).
-template <typename acc_t>
+// dst[0..V) += v[0..V) atomically, with no fence (the result is unused, so it compiles to
+// `red`): one vector atomic where the hardware has one (fp32 on sm_90: float4 atomicAdd, a single
+// red.global.add.v4.f32), else V scalar ones.  The emulator (tests/cuda_emu) takes the vector
+// path, as the sm_90 build does.
+template <typename acc_t, int V>
+__device__ __forceinline__ void atomic_add_vec(acc_t* dst, const acc_t (&v)[V]) {
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(NEUMF_CUDA_EMULATOR)
+  constexpr bool kVector = std::is_same_v<acc_t, float> && V == 4;
+#else
+  constexpr bool kVector = false;
+#endif
+  if constexpr (kVector) {
+    NEUMF_CHECK_ALIGNED(dst, 16);
+    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) atomicAdd(dst + i, v[i]);
+  }
+}
+
+// grad_table[ids[p], :] += scale[b] * d_pooled[b, :] by atomics, for every position p = b * L + l:
+// one warp per position across the whole grid (so the item side, L = 1, keeps every warp busy),
+// its id read once, lanes over the columns V at a time (coalesced, 16-byte where V = 4).
+template <typename acc_t, int V>
 __global__ void __launch_bounds__(kThreads) scatter_atomic_kernel(const SideParams s, int64_t batch,
                                                                   const acc_t* dpooled, const acc_t* scale,
                                                                   acc_t* grad_table) {
-  const int64_t L = s.L, D = s.D;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+  const int64_t L = s.L, D = s.D, positions = batch * L;
+  const int lane = threadIdx.x % 32;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; p < positions;
+       p += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int64_t id = load_id(s.ids, s.ids64, p);
+    if ((s.has_pad && id == s.pad) || id < 0 || id >= s.rows) continue;  // warp-uniform
+    const int64_t b = p / L;
     const acc_t sc = scale != nullptr ? scale[b] : acc_t(1);
-    for (int64_t l = warp; l < L; l += kWarps) {
-      const int64_t id = load_id(s.ids, s.ids64, b * L + l);
-      if ((s.has_pad && id == s.pad) || id < 0 || id >= s.rows) continue;
-      for (int64_t c = lane; c < D; c += 32) atomicAdd(grad_table + id * D + c, sc * dpooled[b * D + c]);
+    const acc_t* src = dpooled + b * D;
+    acc_t* dst = grad_table + id * D;
+    for (int64_t c = static_cast<int64_t>(lane) * V; c < D; c += 32 * V) {
+      acc_t v[V];
+      if constexpr (V > 1) {
+        NEUMF_CHECK_ALIGNED(src + c, sizeof(VecOf<acc_t, V>));
+        const auto x = *reinterpret_cast<const VecOf<acc_t, V>*>(src + c);
+#pragma unroll
+        for (int i = 0; i < V; ++i) v[i] = sc * x.v[i];
+      } else {
+        v[0] = sc * src[c];
+      }
+      atomic_add_vec<acc_t, V>(dst + c, v);
     }
   }
 }
 
 // Deterministic scatter: positions stably sorted by id (invalid and padding positions carry
-// the key `rows` and sort last).  The warp at the first position of each run of equal ids sums
-// the run in position order and writes the row once; rows no position names stay zero.
+// the key `rows` and sort last), cut into chunks of kChunk positions, two passes:
+//   1. one warp per chunk sums each run of equal ids within its chunk in position order.  A run
+//      that lies inside the chunk is written to its row; the run's part at the chunk's start
+//      (continuing from the previous chunk) goes to head[chunk], its part at the end
+//      (continuing into the next) to tail[chunk] (a chunk that is one run: head only);
+//   2. for each run that starts in a chunk and continues past it, one warp adds its tail and
+//      the heads of the chunks it covers, in order, and writes the row.
+// Every sum has a fixed order, so every bit of the result is reproducible, and a popular id is
+// summed kChunk positions per warp in parallel, its chunks combined by one warp: its length
+// divided by kChunk steps, not its length.  Rows no position names stay zero.
+constexpr int64_t kChunk = 128;
+
+struct ChunkRange {
+  int64_t start, end;
+};
+
+__device__ __forceinline__ ChunkRange chunk_range(int64_t k, int64_t positions) {
+  return {k * kChunk, (k + 1) * kChunk < positions ? (k + 1) * kChunk : positions};
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t position_value(const int64_t* order, int64_t j, int64_t L, int64_t D, int64_t c,
+                                                const acc_t* dpooled, const acc_t* scale) {
+  const int64_t b = order[j] / L;
+  return (scale != nullptr ? scale[b] : acc_t(1)) * dpooled[b * D + c];
+}
+
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) segment_sum_kernel(const int64_t* sorted_ids, const int64_t* order,
-                                                               int64_t positions, int64_t L, int64_t rows,
-                                                               int64_t D, const acc_type<scalar_t>* dpooled,
-                                                               const acc_type<scalar_t>* scale, scalar_t* grad_table) {
+__global__ void __launch_bounds__(kThreads) segment_partial_kernel(
+    const int64_t* sorted_ids, const int64_t* order, int64_t positions, int64_t L, int64_t rows, int64_t D,
+    const acc_type<scalar_t>* dpooled, const acc_type<scalar_t>* scale, scalar_t* grad_table,
+    acc_type<scalar_t>* head, acc_type<scalar_t>* tail) {
   using acc_t = acc_type<scalar_t>;
   const int lane = threadIdx.x % 32;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; i < positions;
-       i += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const int64_t key = sorted_ids[i];
-    if (key < 0 || key >= rows || (i > 0 && sorted_ids[i - 1] == key)) continue;
+  const int64_t chunks = (positions + kChunk - 1) / kChunk;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; k < chunks;
+       k += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const ChunkRange r = chunk_range(k, positions);
     for (int64_t c = lane; c < D; c += 32) {
-      acc_t acc(0);
-      for (int64_t j = i; j < positions && sorted_ids[j] == key; ++j) {
-        const int64_t b = order[j] / L;
-        acc += (scale != nullptr ? scale[b] : acc_t(1)) * dpooled[b * D + c];
+      for (int64_t i = r.start; i < r.end;) {
+        const int64_t key = sorted_ids[i];
+        acc_t acc(0);
+        int64_t j = i;
+        for (; j < r.end && sorted_ids[j] == key; ++j) acc += position_value(order, j, L, D, c, dpooled, scale);
+        if (key >= 0 && key < rows) {
+          const bool from_before = i == r.start && r.start > 0 && sorted_ids[r.start - 1] == key;
+          const bool goes_on = j == r.end && r.end < positions && sorted_ids[r.end] == key;
+          if (from_before) {
+            head[k * D + c] = acc;
+          } else if (goes_on) {
+            tail[k * D + c] = acc;
+          } else {
+            grad_table[key * D + c] = static_cast<scalar_t>(acc);
+          }
+        }
+        i = j;
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) segment_combine_kernel(const int64_t* sorted_ids, int64_t positions,
+                                                                   int64_t rows, int64_t D,
+                                                                   const acc_type<scalar_t>* head,
+                                                                   const acc_type<scalar_t>* tail,
+                                                                   scalar_t* grad_table) {
+  using acc_t = acc_type<scalar_t>;
+  const int lane = threadIdx.x % 32;
+  const int64_t chunks = (positions + kChunk - 1) / kChunk;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; k < chunks;
+       k += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const ChunkRange r = chunk_range(k, positions);
+    const int64_t key = sorted_ids[r.end - 1];
+    // the chunk's last run starts in this chunk and continues into the next (warp-uniform)
+    if (key < 0 || key >= rows || r.end >= positions || sorted_ids[r.end] != key) continue;
+    if (r.start > 0 && sorted_ids[r.start - 1] == key) continue;  // it started before: not ours
+    for (int64_t c = lane; c < D; c += 32) {
+      acc_t acc = tail[k * D + c];
+      for (int64_t m = k + 1; m < chunks; ++m) {
+        acc += head[m * D + c];
+        const ChunkRange rm = chunk_range(m, positions);
+        if (rm.end >= positions || sorted_ids[rm.end] != key) break;  // the run ends in chunk m
       }
       grad_table[key * D + c] = static_cast<scalar_t>(acc);
     }
@@ -161,14 +263,24 @@ Tensor table_grad(const SideParams& s, const Tensor& ids, int64_t batch, const T
   using acc_t = acc_type<scalar_t>;
   const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
   const acc_t* scale_ptr = scale.defined() ? scale.data_ptr<acc_t>() : nullptr;
-  if (!at::globalContext().deterministicAlgorithms()) {
+  // Atomics for fp32/fp64 tables.  A bf16/fp16 table takes the sorted sum below even when
+  // nondeterminism is allowed: atomics would need an fp32 table-sized buffer and a cast of it.
+  if (!at::globalContext().deterministicAlgorithms() && dtype == dpooled.scalar_type()) {
     Tensor acc = at::zeros({s.rows, s.D}, dpooled.options());
-    if (batch > 0 && s.D > 0) {
-      scatter_atomic_kernel<acc_t><<<grid_for(batch, 1), kThreads, 0, stream>>>(s, batch, dpooled.data_ptr<acc_t>(),
-                                                                                 scale_ptr, acc.data_ptr<acc_t>());
+    const int64_t positions = batch * s.L;
+    if (positions > 0 && s.D > 0) {
+      const int grid = grid_for(positions, kWarps);
+      // 16-byte rows: the table is a fresh allocation, so D % 4 == 0 and an aligned dpooled align every row
+      if (std::is_same_v<acc_t, float> && s.D % 4 == 0 && reinterpret_cast<uintptr_t>(dpooled.data_ptr()) % 16 == 0) {
+        scatter_atomic_kernel<acc_t, 4><<<grid, kThreads, 0, stream>>>(s, batch, dpooled.data_ptr<acc_t>(), scale_ptr,
+                                                                      acc.data_ptr<acc_t>());
+      } else {
+        scatter_atomic_kernel<acc_t, 1><<<grid, kThreads, 0, stream>>>(s, batch, dpooled.data_ptr<acc_t>(), scale_ptr,
+                                                                      acc.data_ptr<acc_t>());
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    return acc.scalar_type() == dtype ? acc : acc.to(dtype);
+    return acc;
   }
   Tensor out = at::zeros({s.rows, s.D}, dpooled.options().dtype(dtype));
   const int64_t positions = ids.numel();
@@ -178,9 +290,17 @@ Tensor table_grad(const SideParams& s, const Tensor& ids, int64_t batch, const T
   if (s.has_pad) invalid.logical_or_(flat.eq(s.pad));
   flat = at::where(invalid, s.rows, flat);
   const auto [sorted_ids, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  segment_sum_kernel<scalar_t><<<grid_for(positions, kWarps), kThreads, 0, stream>>>(
+  const int64_t chunks = ceil_div(positions, kChunk);
+  // partial sums of the runs that cross a chunk boundary; pass 1 writes every one pass 2 reads
+  const Tensor head = at::empty({chunks, s.D}, dpooled.options()), tail = at::empty({chunks, s.D}, dpooled.options());
+  const int grid = grid_for(chunks, kWarps);
+  segment_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
       sorted_ids.data_ptr<int64_t>(), order.data_ptr<int64_t>(), positions, s.L, s.rows, s.D,
-      dpooled.data_ptr<acc_t>(), scale_ptr, out.data_ptr<scalar_t>());
+      dpooled.data_ptr<acc_t>(), scale_ptr, out.data_ptr<scalar_t>(), head.data_ptr<acc_t>(), tail.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  segment_combine_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(sorted_ids.data_ptr<int64_t>(), positions, s.rows,
+                                                                  s.D, head.data_ptr<acc_t>(), tail.data_ptr<acc_t>(),
+                                                                  out.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

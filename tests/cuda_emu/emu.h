@@ -160,6 +160,26 @@ T atomicAdd(T* address, T value) {
   return old;
 }
 
+// CUDA's vector type and sm_90's vector atomic (per element atomic, as on the GPU).  The device
+// code takes its sm_90 paths under the emulator (NEUMF_CUDA_EMULATOR), counted for the tests.
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+#define NEUMF_CUDA_EMULATOR 1
+namespace emu {
+inline std::atomic<long long>& vector_atomics() {
+  static std::atomic<long long> n{0};
+  return n;
+}
+}  // namespace emu
+
+inline float4 atomicAdd(float4* address, float4 value) {
+  ++emu::vector_atomics();
+  float* f = reinterpret_cast<float*>(address);
+  return {atomicAdd(f, value.x), atomicAdd(f + 1, value.y), atomicAdd(f + 2, value.z), atomicAdd(f + 3, value.w)};
+}
+
 inline unsigned long long atomicExch(unsigned long long* address, unsigned long long value) {
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
