@@ -12,8 +12,12 @@ math of ``neumf_fast.scoring``): a request gathers its rows and runs the rest of
 - ``model.topk.pt2``: ``(users [U], items [C]) -> (logits [U, k], item indices [U, k])``, best
   first, ``C >= k`` (k fixed at export).  Seen items are not excluded: pass only the candidates.
 
-Loading needs only ``torch`` (the graph is plain ATen ops; no custom op of ours).  GMF, MLP and
-NeuMF runs are exported; ``SequenceNeuMF`` (a history as the user) is not yet.
+A ``SequenceNeuMF`` run (a user is the history of items they interacted with) takes the history
+instead of user indices: ``histories [U, L] int64`` of item indices, any L >= 1, padded with
+``history_pad`` from ``model.ids.json`` (the number of items); the history is pooled and
+projected in the program, the item side is precomputed as for the other models.
+
+Loading needs only ``torch`` (the graph is plain ATen ops; no custom op of ours).
 """
 
 from __future__ import annotations
@@ -27,18 +31,53 @@ from torch import Tensor, nn
 from .scoring import CatalogueScorer
 
 
+class HistoryUserSide(nn.Module):
+    """A ``SequenceNeuMF``'s user side from an id history, in plain ATen ops (the math of its
+    ``user_parts``): ``(h_gmf ⊙ mf_user(pool(h)), W1_u mlp_user(pool(h)) + b1)``."""
+
+    def __init__(self, model, w_gmf: Tensor):
+        super().__init__()
+        if model.history_embedding is None:
+            raise ValueError("export supports SequenceNeuMF with id histories (history_items); dense user features "
+                             "are not exported")
+        self.pad, self.mean = model.padding_idx, model.mode == "mean"
+        w1 = model.tower[0].weight
+        for name, value in [("table", model.history_embedding.weight), ("mf_w", model.mf_user.weight),
+                            ("mf_b", model.mf_user.bias), ("mlp_w", model.mlp_user.weight),
+                            ("mlp_b", model.mlp_user.bias), ("first_w", w1[:, :model.dim]),
+                            ("first_b", model.tower[0].bias), ("w_gmf", w_gmf)]:
+            self.register_buffer(name, value.detach().clone().contiguous())
+
+    def forward(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        keep = history != self.pad
+        pooled = self.table[history].masked_fill(~keep[..., None], 0).sum(dim=1)
+        if self.mean:
+            pooled = pooled / keep.sum(dim=1, keepdim=True).clamp_min(1).to(pooled.dtype)
+        mf = torch.nn.functional.linear(pooled, self.mf_w, self.mf_b) * self.w_gmf
+        mlp = torch.nn.functional.linear(pooled, self.mlp_w, self.mlp_b)
+        return mf, torch.nn.functional.linear(mlp, self.first_w, self.first_b)
+
+
 class CatalogueScores(nn.Module):
-    """Logits of users against candidate items from precomputed user and item halves."""
+    """Logits of users against candidate items from precomputed user and item halves (for a
+    ``SequenceNeuMF``, the user half is computed from the history: ``HistoryUserSide``)."""
 
     def __init__(self, model, k: int | None = None):
         super().__init__()
+        from .models import SequenceNeuMF
+
+        empty = torch.zeros(0)
+        self.k = k
+        self.history = None
         with torch.no_grad():
             scorer = CatalogueScorer(model.eval())
-            users = torch.arange(model.user_embedding.num_embeddings, device=model.predict.weight.device)
-            gmf_u, first_u = scorer.user_side(users)
-        self.k = k
-        self.has_gmf, self.has_tower = gmf_u is not None, first_u is not None
-        empty = torch.zeros(0)
+            if isinstance(model, SequenceNeuMF):
+                self.history = HistoryUserSide(model, scorer.w_gmf)
+                gmf_u = first_u = empty
+            else:
+                users = torch.arange(model.user_embedding.num_embeddings, device=model.predict.weight.device)
+                gmf_u, first_u = scorer.user_side(users)
+        self.has_gmf, self.has_tower = scorer.gmf_items is not None, scorer.first_items is not None
         self.register_buffer("gmf_user", gmf_u.detach().contiguous() if self.has_gmf else empty)      # h_gmf ⊙ p_u
         self.register_buffer("gmf_item", scorer.gmf_items.t().contiguous() if self.has_gmf else empty)  # q_i
         self.register_buffer("first_user", first_u.detach().contiguous() if self.has_tower else empty)  # W1_u u + b1
@@ -51,11 +90,17 @@ class CatalogueScores(nn.Module):
         self.register_buffer("bias", scorer.bias.detach().clone().reshape(1))
 
     def forward(self, users: Tensor, items: Tensor):
+        """``users``: user indices ``[U]``, or histories ``[U, L]`` for a ``SequenceNeuMF``."""
+        if self.history is not None:
+            gmf_u, first_u = self.history(users)
+        else:
+            gmf_u = self.gmf_user[users] if self.has_gmf else None
+            first_u = self.first_user[users] if self.has_tower else None
         out = self.bias.expand(users.shape[0], items.shape[0])
         if self.has_gmf:
-            out = out + self.gmf_user[users] @ self.gmf_item[items].t()
+            out = out + gmf_u @ self.gmf_item[items].t()
         if self.has_tower:
-            x = torch.relu(self.first_user[users][:, None, :] + self.first_item[items][None, :, :])
+            x = torch.relu(first_u[:, None, :] + self.first_item[items][None, :, :])
             for layer in self.tower:
                 x = torch.relu(layer(x))
             out = out + x @ self.w_out
@@ -66,11 +111,16 @@ class CatalogueScores(nn.Module):
 
 
 def _export(module: CatalogueScores, min_candidates: int):
-    users, items = torch.arange(min(3, module.first_user.shape[0] or module.gmf_user.shape[0])), torch.arange(
-        max(min_candidates, 4))
+    items = torch.arange(max(min_candidates, 4))
     # max=None: any batch; min_candidates: topk needs at least k columns
     dims = {"users": {0: torch.export.Dim("users", min=1)},
             "items": {0: torch.export.Dim("candidates", min=max(1, min_candidates))}}
+    if module.history is not None:  # example histories: three users, five positions, one all padding
+        users = torch.arange(15).reshape(3, 5) % module.history.pad
+        users[2] = module.history.pad
+        dims["users"][1] = torch.export.Dim("history", min=1)
+    else:
+        users = torch.arange(min(3, module.first_user.shape[0] or module.gmf_user.shape[0]))
     return torch.export.export(module, (users, items), dynamic_shapes=dims)
 
 
@@ -84,9 +134,6 @@ def export_run(run, out: str | Path, *, k: int = 10, aot: bool = False) -> dict[
     """Writes the programs and id maps of ``run`` (a ``neumf_fast.runs.Run``); returns their paths."""
     from .models import SequenceNeuMF
 
-    if isinstance(run.model, SequenceNeuMF):
-        raise ValueError("export supports GMF, MLP and NeuMF runs; a SequenceNeuMF run (histories as users) is not "
-                         "exported yet")
     out = Path(out)
     k = min(k, run.split.num_items)
     model = run.model.float().cpu().eval()
@@ -95,6 +142,8 @@ def export_run(run, out: str | Path, *, k: int = 10, aot: bool = False) -> dict[
     torch.export.save(score_program, paths["score"])
     torch.export.save(_export(CatalogueScores(model, k), k), paths["top_k"])
     ids = {"users": run.user_ids.tolist(), "items": run.item_ids.tolist(), "k": k}
+    if isinstance(model, SequenceNeuMF):  # the programs take histories of item indices, not users
+        ids["history_pad"] = model.padding_idx
     paths["ids"].write_text(json.dumps(ids))
     if aot:
         paths["aoti"] = sibling(out, "aoti.pt2")

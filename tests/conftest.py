@@ -222,9 +222,9 @@ def assert_flash_attention_rule(low: Case, backend, backward: bool = True) -> No
     assert not failures, "\n".join(failures)
 
 
-def tiny_run(out, *, num_users: int, num_items: int, num_interactions: int):
-    """A trained run in ``out``: one epoch of a small NeuMF on synthetic events written as a CSV
-    (original ids, a split, a trained-ish model), loaded with ``neumf_fast.load_run``."""
+def tiny_run(out, *, num_users: int, num_items: int, num_interactions: int, model: str = "neumf"):
+    """A trained run in ``out``: one epoch of a small NeuMF (or ``model``) on synthetic events
+    written as a CSV (original ids, a split, a trained-ish model), loaded with ``neumf_fast.load_run``."""
     from neumf_fast.data import synthetic
     from neumf_fast.train import TrainConfig, fit
 
@@ -232,6 +232,7 @@ def tiny_run(out, *, num_users: int, num_items: int, num_interactions: int):
     csv = out.parent / f"{out.name}-events.csv"
     csv.write_text("user,item,timestamp\n" + "\n".join(
         f"{u},{i},{t}" for u, i, t in zip(data.user_ids[data.user], data.item_ids[data.item], data.timestamp)) + "\n")
-    fit(TrainConfig(dataset=str(csv), epochs=1, batch_size=512, factors=4, layers=(16, 8, 4), neg=2), out,
+    fit(TrainConfig(model=model, dataset=str(csv), epochs=1, batch_size=512, factors=4, layers=(16, 8, 4), neg=2,
+                    history_len=40), out,
         progress=False, log=False)
     return neumf_fast.load_run(out)

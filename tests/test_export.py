@@ -1,6 +1,7 @@
 """Export: the programs round-trip in a fresh process that imports only torch (no neumf_fast at
-all, so no training module) and score as the run's ``score`` to 1e-6; the top-K program equals
-``topk`` of those scores; the AOTInductor package loads and runs on the CPU where it can be built."""
+all, so no training module) and score as the run's ``score`` to 1e-6, for user ids and (a
+SequenceNeuMF run) histories; the top-K program equals ``topk`` of those scores; the AOTInductor
+package loads and runs on the CPU where it can be built."""
 
 from __future__ import annotations
 
@@ -66,16 +67,60 @@ def test_exported_programs_score_as_the_run_in_a_fresh_torch_only_process(run, t
     assert got["modules"] == []
 
 
-@pytest.mark.parametrize("name", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize("name", ["gmf", "mlp", "neumf", "seq-mean", "seq-sum"])
 def test_every_exportable_model_matches_score_on_odd_shapes(name):
     torch.manual_seed(0)
-    model = {"gmf": models.GMF(13, 37, 3), "mlp": models.MLP(13, 37, (10, 6, 3)),
-             "neumf": models.NeuMF(13, 37, 3, (10, 6, 3))}[name].eval()
+    model = {"gmf": lambda: models.GMF(13, 37, 3), "mlp": lambda: models.MLP(13, 37, (10, 6, 3)),
+             "neumf": lambda: models.NeuMF(13, 37, 3, (10, 6, 3)),
+             "seq-mean": lambda: models.SequenceNeuMF(37, 5, history_items=37, mode="mean"),
+             "seq-sum": lambda: models.SequenceNeuMF(37, 5, history_items=37, mode="sum")}[name]().eval()
     program = _export(CatalogueScores(model), 1).module()
-    for users, items in [(torch.tensor([4]), torch.tensor([36])), (torch.arange(13), torch.arange(37)),
-                         (torch.tensor([12, 0, 3]), torch.tensor([5, 1, 1, 30]))]:
+    cases = [(torch.tensor([4]), torch.tensor([36])), (torch.arange(13), torch.arange(37)),
+             (torch.tensor([12, 0, 3]), torch.tensor([5, 1, 1, 30]))]
+    if name.startswith("seq"):  # histories of item indices padded with 37, one of them all padding
+        hist = torch.randint(0, 38, (13, 9), generator=torch.Generator().manual_seed(1))
+        hist[2] = 37
+        cases = [(hist[:1, :1], torch.tensor([36])), (hist, torch.arange(37)), (hist[:3, :4], torch.tensor([5, 1, 1, 30]))]
+    for users, items in cases:
         with torch.no_grad():
             torch.testing.assert_close(program(users, items), model.score(users, items), atol=ATOL, rtol=0)
+
+
+SEQ_LOADER = """
+import json, sys, torch
+score = torch.export.load(sys.argv[1]).module()
+top_k = torch.export.load(sys.argv[2]).module()
+hist = torch.tensor(json.loads(sys.argv[3]))
+with torch.no_grad():
+    logits = score(hist, torch.arange(int(sys.argv[4])))
+    values, top = top_k(hist, torch.arange(int(sys.argv[4])))
+assert not any(m.split(".")[0] == "neumf_fast" for m in sys.modules), "neumf_fast was imported"
+print(json.dumps({"logits": logits.tolist(), "top": top.tolist()}))
+"""
+
+
+def test_a_sequence_run_exports_programs_that_take_histories(tmp_path_factory):
+    """A SequenceNeuMF run: the programs take histories of item indices (padded with
+    ``history_pad`` of the id maps) and score, in a fresh torch-only process, as the run's
+    ``score`` of those users (whose histories the run builds from its training data)."""
+    run = tiny_run(tmp_path_factory.mktemp("seq-run"), num_users=30, num_items=90, num_interactions=900, model="seq")
+    out = tmp_path_factory.mktemp("seq-export") / "model.pt2"
+    cli_main(["export", str(run.checkpoint_path.parent), "--out", str(out), "--k", "4"])
+    ids = json.loads(out.with_name("model.ids.json").read_text())
+    assert ids["history_pad"] == run.split.num_items
+    users = run.user_ids[[0, 5, len(run.user_ids) - 1]]
+    hist = run._user_input(run.user_index(users))
+    assert (hist == ids["history_pad"]).any() and (hist != ids["history_pad"]).any()  # padding and items
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    done = subprocess.run([sys.executable, "-c", SEQ_LOADER, str(out), str(out.with_name("model.topk.pt2")),
+                           json.dumps(hist.tolist()), str(run.split.num_items)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    want = run.score(users.tolist(), run.item_ids)
+    err = (torch.tensor(got["logits"]) - want).abs()
+    assert err.max() <= ATOL, f"max abs error {err.max():.3g}"
+    assert torch.equal(torch.tensor(got["top"]), want.topk(4, dim=1).indices)
 
 
 def test_bad_export_requests_are_one_line(run, tmp_path):
@@ -84,9 +129,9 @@ def test_bad_export_requests_are_one_line(run, tmp_path):
         with pytest.raises(SystemExit) as e:
             cli_main(["export", str(run.checkpoint_path.parent)] + argv)
         assert message in str(e.value.code)
-    seq = type("SeqRun", (), {"model": models.SequenceNeuMF(10, 4, history_items=10)})()
-    with pytest.raises(ValueError, match="SequenceNeuMF run .* is not exported"):
-        export_run(seq, tmp_path / "seq.pt2")
+    dense = models.SequenceNeuMF(10, 4, user_dim=6)
+    with pytest.raises(ValueError, match="dense user features are not exported"):
+        CatalogueScores(dense)
 
 
 def _compiler() -> str | None:
