@@ -9,6 +9,7 @@ import functools
 import torch
 
 
+@functools.lru_cache(maxsize=None)
 def _block(n: int) -> int:
     # tl.dot needs every dimension >= 16
     return max(16, 1 << (max(1, n) - 1).bit_length())  # plain ints: triton's helpers cost µs a call

@@ -47,12 +47,22 @@ CHUNK = 32  # the deterministic table gradient's run length per program (segment
 
 
 _DUMMIES: dict = {}
+_EMPTIES: dict = {}
 
 
 def _dummy(device) -> Tensor:
     t = _DUMMIES.get(device)
     if t is None:
         t = _DUMMIES[device] = torch.empty(1, device=device, dtype=torch.float32)
+    return t
+
+
+def _empty(device) -> Tensor:
+    """One shared fp32 ``[0]`` tensor per device: what an eager forward returns for a save it
+    does not make."""
+    t = _EMPTIES.get(device)
+    if t is None:
+        t = _EMPTIES[device] = torch.empty((0,), device=device, dtype=torch.float32)
     return t
 
 
@@ -99,17 +109,29 @@ if TRITON_ERROR is None:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item); the last four are fp32
         tensors saved for backward when ``save`` (pooled only with a projection), else empty."""
+        return _launch_forward(user, user_mask, user_table, padding_idx, item, item_table, user_weight, user_bias,
+                               item_weight, item_bias, h_mf, mode, save, False)
+
+    def _launch_forward(user, user_mask, user_table, padding_idx, item, item_table, user_weight, user_bias,
+                        item_weight, item_bias, h_mf, mode, save, eager):
+        """``triton_fused_input``; ``eager``: called directly (not as the op, not traced), so the
+        empty tensors that stand for what is not saved may be one shared tensor."""
         d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                          user_weight, user_bias, item_weight, item_bias, h_mf, mode)
-        check = _check_mode(user)
-        if check is not None:
-            _id_check.raise_pending(wait=True)  # a bad id of the previous call
+        ids = d.user_ids or d.item_ids
+        compiling = not eager and torch.compiler.is_compiling()
+        live = not compiling and not capturing(user)  # an eager call, not captured: it can read back
+        if _id_check._PENDING and live:
+            _id_check.raise_pending(wait=True)  # a bad id of an earlier call
+        check = _id_check.mode() if ids and live else None  # None: a device-side assert instead
         dev, B = d.device, d.batch
         h_mlp_u, h_mlp_i = d.user_proj - h_mf, d.item_proj - h_mf
         f32 = dict(device=dev, dtype=torch.float32)
         gmf = torch.empty((B, h_mf), device=dev, dtype=d.dtype)
         mlp_in = torch.empty((B, h_mlp_u + h_mlp_i), device=dev, dtype=d.dtype)
-        unsaved = lambda: torch.empty((0,), **f32)  # a fresh one each: an op's outputs may not alias
+        # as the op, a fresh empty tensor each (an op's outputs may not alias); eager, one shared
+        # (nothing writes it: it is only returned, or saved and checked for being empty)
+        unsaved = (lambda: _empty(dev)) if eager else (lambda: torch.empty((0,), **f32))
         pooled_user = torch.empty((B, d.user_dim), **f32) if save and user_weight is not None else unsaved()
         pooled_item = torch.empty((B, d.item_dim), **f32) if save and item_weight is not None else unsaved()
         mf_user = torch.empty((B, h_mf), **f32) if save else unsaved()
@@ -119,7 +141,7 @@ if TRITON_ERROR is None:
         ids = d.user_ids or d.item_ids
         if check is None and ids:
             _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table)
-        errors = (_id_check.error_buffer(dev) if check is not None or not torch.compiler.is_compiling()
+        errors = (_id_check.error_buffer(dev) if check is not None or not compiling
                   else torch.zeros(6, dtype=torch.int64, device=dev))
         dummy = _dummy(dev)
         su, sui, si, sii = _strides(d, user, user_table, item, item_table)
@@ -148,7 +170,7 @@ if TRITON_ERROR is None:
             block_b, block_k, warps, stages = _forward_config(max(d.user_dim, d.item_dim), block_mf,
                                                               max(block_u, block_i), proj, d.seq_len == 1,
                                                               d.dtype == torch.float32)
-            kernel = wrap_triton(K.fused_forward_kernel) if torch.compiler.is_compiling() else K.fused_forward_kernel
+            kernel = wrap_triton(K.fused_forward_kernel) if compiling else K.fused_forward_kernel
             kernel[(_cdiv(B, block_b),)](*args, **meta, BLOCK_B=block_b, BLOCK_K=block_k, NUM_STAGES=stages,
                                                num_warps=warps)
         if check is not None and ids:
@@ -300,7 +322,7 @@ if TRITON_ERROR is None:
     torch.library.register_autograd("neumf_fast::triton_fused_input", _GLUE.backward,
                                     setup_context=_GLUE.setup_context)
     _EagerTritonFusedInput = make_eager_function(
-        "_EagerTritonFusedInput", lambda *a: _forward(*a, True),
+        "_EagerTritonFusedInput", lambda *a: _launch_forward(*a, True, True),
         _GLUE.save, _GLUE.backward)
 
 
@@ -315,7 +337,7 @@ def run_triton(user, user_mask, user_table, padding_idx, item, item_table,
     if torch.compiler.is_compiling():
         gmf, mlp_in, *_saved = torch.ops.neumf_fast.triton_fused_input(*args, save)
     else:
-        gmf, mlp_in, *_saved = _forward(*args, save)
+        gmf, mlp_in, *_saved = _launch_forward(*args, save, True)
     return gmf, mlp_in
 
 
