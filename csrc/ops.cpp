@@ -139,25 +139,26 @@ FusedDims check_fused_input(
 
 void check_fused_backward(const FusedDims& d, at::ScalarType dtype, const at::Tensor& grad_gmf,
                           const at::Tensor& grad_mlp_in, const at::Tensor& pooled_user, const at::Tensor& pooled_item,
-                          const at::Tensor& proj_user, const at::Tensor& proj_item, bool user_proj, bool item_proj) {
+                          const at::Tensor& mf_user, const at::Tensor& mf_item, bool user_proj, bool item_proj) {
   const auto acc_dtype = at::toOpMathType(dtype);
   auto check_saved = [&](const at::Tensor& t, const char* name, int64_t cols) {
     TORCH_CHECK(t.scalar_type() == acc_dtype && t.dim() == 2 && t.size(0) == d.batch && t.size(1) == cols,
                 "neumf_fast: saved ", name, " must be ", acc_dtype, " [", d.batch, ", ", cols, "], got ",
                 t.scalar_type(), " ", t.sizes(), " (was the forward run with save=False?)");
   };
-  check_saved(pooled_user, "pooled_user", d.user_dim);
-  check_saved(pooled_item, "pooled_item", d.item_dim);
-  if (user_proj) check_saved(proj_user, "proj_user", d.user_proj);
-  if (item_proj) check_saved(proj_item, "proj_item", d.item_proj);
+  // what the backward reads: the pooled rows of a side with a weight (for d_W), the MF halves
+  if (user_proj) check_saved(pooled_user, "pooled_user", d.user_dim);
+  if (item_proj) check_saved(pooled_item, "pooled_item", d.item_dim);
+  check_saved(mf_user, "mf_user", d.h_mf);
+  check_saved(mf_item, "mf_item", d.h_mf);
   TORCH_CHECK(grad_gmf.dim() == 2 && grad_gmf.size(0) == d.batch && grad_gmf.size(1) == d.h_mf,
               "neumf_fast: grad_gmf must be [", d.batch, ", ", d.h_mf, "], got ", grad_gmf.sizes());
   TORCH_CHECK(grad_mlp_in.dim() == 2 && grad_mlp_in.size(0) == d.batch &&
                   grad_mlp_in.size(1) == d.h_mlp_user() + d.h_mlp_item(),
               "neumf_fast: grad_mlp_in must be [", d.batch, ", ", d.h_mlp_user() + d.h_mlp_item(), "], got ",
               grad_mlp_in.sizes());
-  for (const auto* t : {&grad_gmf, &grad_mlp_in, &pooled_user, &pooled_item}) {
-    TORCH_CHECK(t->device() == pooled_user.device(), "neumf_fast: the gradients and saved tensors of backward must "
+  for (const auto* t : {&grad_gmf, &grad_mlp_in, &pooled_user, &pooled_item, &mf_user}) {
+    TORCH_CHECK(t->device() == mf_item.device(), "neumf_fast: the gradients and saved tensors of backward must "
                 "share one device, got ", t->device(), " and ", pooled_user.device());
   }
   TORCH_CHECK(grad_gmf.scalar_type() == dtype && grad_mlp_in.scalar_type() == dtype, "neumf_fast: grad_gmf and "
@@ -195,12 +196,12 @@ TORCH_LIBRARY(neumf_fast, m) {
       "fused_input(Tensor user, Tensor? user_mask, Tensor? user_table, int? padding_idx, Tensor item, "
       "Tensor? item_table, Tensor? user_weight, Tensor? user_bias, Tensor? item_weight, Tensor? item_bias, "
       "int h_mf, str mode, bool save=True) -> (Tensor gmf, Tensor mlp_in, Tensor pooled_user, Tensor pooled_item, "
-      "Tensor proj_user, Tensor proj_item)");
+      "Tensor mf_user, Tensor mf_item)");
   m.def(
       "fused_input_backward(Tensor grad_gmf, Tensor grad_mlp_in, Tensor user, Tensor? user_mask, "
       "Tensor? user_table, int? padding_idx, Tensor item, Tensor? item_table, Tensor? user_weight, "
       "Tensor? user_bias, Tensor? item_weight, Tensor? item_bias, int h_mf, str mode, Tensor pooled_user, "
-      "Tensor pooled_item, Tensor proj_user, Tensor proj_item, bool[6] output_mask) -> (Tensor grad_user_source, "
+      "Tensor pooled_item, Tensor mf_user, Tensor mf_item, bool[6] output_mask) -> (Tensor grad_user_source, "
       "Tensor grad_item_source, Tensor grad_user_weight, Tensor grad_user_bias, Tensor grad_item_weight, "
       "Tensor grad_item_bias)");
 }

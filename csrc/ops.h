@@ -38,10 +38,12 @@ FusedDims check_fused_input(
     int64_t h_mf, std::string_view mode);
 
 // Validates the output gradients and the saved tensors of a fused_input_backward call (the
-// inputs themselves go through check_fused_input first).
+// inputs themselves go through check_fused_input first).  Saved, in op-math: the pooled rows
+// [B, D] of a side with a weight (empty without), and each side's MF half [B, h_mf] of its
+// projection (of its pooled row with no weight): what the backward reads, nothing more.
 void check_fused_backward(const FusedDims& d, at::ScalarType dtype, const at::Tensor& grad_gmf,
                           const at::Tensor& grad_mlp_in, const at::Tensor& pooled_user, const at::Tensor& pooled_item,
-                          const at::Tensor& proj_user, const at::Tensor& proj_item, bool user_proj, bool item_proj);
+                          const at::Tensor& mf_user, const at::Tensor& mf_item, bool user_proj, bool item_proj);
 
 // [mf | mlp] = pooled @ W^T + b in op-math (pooled's dtype): one GEMM against the stacked
 // weight; the pooled rows themselves with no weight.

@@ -236,3 +236,14 @@ def tiny_run(out, *, num_users: int, num_items: int, num_interactions: int, mode
                     history_len=40), out,
         progress=False, log=False)
     return neumf_fast.load_run(out)
+
+
+def saved_shapes(case, h_mf: int) -> list[tuple[int, ...]]:
+    """The shapes a forward with ``save=True`` must return after ``(gmf, mlp_in)``: what every
+    backward reads and nothing more (csrc/ops.h: check_fused_backward): each side's pooled rows
+    ``[B, D]`` only with a weight, ``(0,)`` without; each side's MF half ``[B, h_mf]``."""
+    kw, batch = case.kwargs, case.user.shape[0]
+    user_dim = kw["user_table"].shape[1] if kw.get("user_table") is not None else case.user.shape[-1]
+    item_dim = kw["item_table"].shape[1] if kw.get("item_table") is not None else case.item.shape[-1]
+    return [(batch, user_dim) if kw.get("user_weight") is not None else (0,),
+            (batch, item_dim) if kw.get("item_weight") is not None else (0,), (batch, h_mf), (batch, h_mf)]

@@ -34,7 +34,7 @@ import pytest
 import torch
 
 import neumf_fast
-from conftest import SIZE_CASES, assert_close, assert_flash_attention_rule, make_case, run, sized_case
+from conftest import SIZE_CASES, assert_close, assert_flash_attention_rule, make_case, run, saved_shapes, sized_case
 from neumf_fast.ops import BackendUnavailable, _library, check_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,6 +263,24 @@ def _op_args(case, h_mf, mode="sum"):
 def _raw_op(target):
     device, op = target
     return torch.ops.neumf_fast.fused_input if device == "cuda" else torch.ops.neumf_fast_emu.fused_input
+
+
+@pytest.mark.parametrize("project", [True, False], ids=["weights", "no-weights"])
+@pytest.mark.parametrize("user_dim", [6, 1800], ids=["fused", "unfused"])
+def test_training_saves_only_what_the_backward_reads(target, project, user_dim):
+    """The pooled rows only for a side with a weight, and the [B, h_mf] MF halves, equal to the
+    reference's (on 1847267 the full [B, H] projections and the pooled rows of both sides)."""
+    case = make_case(batch=5, seq_len=3, user_dim=user_dim, item_dim=user_dim, h_mf=2, h_mlp=3, user_ids=True,
+                     project=project, requires_grad=False).on(target[0])
+    gmf, mlp_in, *saved = _raw_op(target)(*_op_args(case, 2), True)
+    assert [tuple(t.shape) for t in saved] == saved_shapes(case, 2)
+    kw = case.kwargs
+    ref = neumf_fast.reference
+    for mf, pooled, weight, bias in [
+            (saved[2], ref.pool_user(case.user, None, kw["user_table"], kw["padding_idx"]), "user_weight", "user_bias"),
+            (saved[3], case.item, "item_weight", "item_bias")]:
+        proj = ref.project(pooled, kw.get(weight), kw.get(bias))
+        torch.testing.assert_close(mf, proj[:, :2], atol=TOL, rtol=TOL)
 
 
 def test_inference_saves_nothing_and_matches(target):

@@ -11,7 +11,7 @@ import torch
 
 import neumf_fast
 from neumf_fast.ops import _id_check, _library
-from conftest import KERNELS, assert_close, make_case, run
+from conftest import KERNELS, assert_close, make_case, run, saved_shapes
 
 needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
 
@@ -189,3 +189,17 @@ def test_autocast_gather_in_sync_mode_before_any_deferred_call(monkeypatch):
         with pytest.raises(IndexError, match="user id 500 is out of range for a table with 500 rows"):
             neumf_fast.neumf_input(case.user, case.item, backend="torch", **case.kwargs)
         neumf_fast.neumf_input(good, case.item, backend="torch", **case.kwargs)
+
+
+@needs_extension
+@pytest.mark.parametrize("project", [True, False], ids=["weights", "no-weights"])
+def test_cpu_kernel_saves_only_what_the_backward_reads(project):
+    """The C++ CPU kernel's saves, as every backend's: pooled rows only with a weight, and the
+    [B, h_mf] MF halves (before: the full projections, and the pooled rows with no weight too)."""
+    case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
+                     project=project, requires_grad=False)
+    kw = case.kwargs
+    out = torch.ops.neumf_fast.fused_input(case.user, kw.get("user_mask"), kw["user_table"], kw["padding_idx"],
+                                           case.item, kw["item_table"], kw.get("user_weight"), kw.get("user_bias"),
+                                           kw.get("item_weight"), kw.get("item_bias"), 2, "sum", True)
+    assert [tuple(t.shape) for t in out[2:]] == saved_shapes(case, 2)

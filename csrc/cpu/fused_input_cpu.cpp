@@ -15,11 +15,12 @@
 // is one thread's work, the two sides' GEMMs run at once.  The GMF product and the cat are one
 // epilogue pass; with no weight on either side it runs in the pooling pass, block by block.
 //
-// Saved for backward (returned as extra outputs, op-math dtype, when `save`): pooled_user, pooled_item
-// (inputs of the weight gradients) and proj_user, proj_item (their first h_mf columns are the
-// other factor of each GMF gradient; an empty tensor for a side with no projection, whose
-// pooled rows are the projection).  Nothing of size [B, L, D] is saved, and nothing is copied
-// only to be saved: the projections are the GEMM outputs the epilogue reads anyway.
+// Saved for backward (returned as extra outputs, op-math dtype, when `save`): what the backward
+// reads and nothing more (csrc/ops.h: check_fused_backward): pooled_user, pooled_item for a side
+// with a weight (inputs of its weight gradient; empty without), and mf_user, mf_item, the first
+// h_mf columns of each side's projection (of its pooled rows with no weight), the other factor
+// of each GMF gradient: [B, h_mf] copies, so the full projections are freed after the call.
+// Nothing of size [B, L, D] is saved.
 //
 // Backward: one pass forms d_proj from d_gmf and d_mlp_in; GEMMs give dW, d_pooled; db is a
 // column sum.  The dense sequence gradient broadcasts d_pooled over L under the mask.  A table
@@ -362,11 +363,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
       });
     });
   }
-  if (!save) {  // inference: nothing for backward (the buffers were needed anyway, as GEMM operands)
-    return {gmf, mlp_in, at::empty({0}, acc_opts), at::empty({0}, acc_opts), at::empty({0}, acc_opts),
-            at::empty({0}, acc_opts)};
-  }
-  return {gmf, mlp_in, pooled_user, pooled_item, proj_user, proj_item};
+  auto none = [&] { return at::empty({0}, acc_opts); };
+  if (!save) return {gmf, mlp_in, none(), none(), none(), none()};  // inference: nothing for backward
+  // the MF halves (contiguous() copies unless the half is the whole row, then it is the row itself,
+  // which is returned only here: no output aliases another)
+  auto mf = [&](const Tensor& rows) { return rows.narrow(1, 0, d.h_mf).contiguous(); };
+  return {gmf, mlp_in, user_weight ? pooled_user : none(), item_weight ? pooled_item : none(), mf(proj_user_rows),
+          mf(proj_item_rows)};
 }
 
 // dst[0:n] = sum_j scale[b_j] * src[b_j * n : (b_j + 1) * n] over b_j = rows[0..k), in op-math: an
@@ -495,17 +498,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
     std::optional<int64_t> padding_idx, const Tensor& item_in, const std::optional<Tensor>& item_table,
     const std::optional<Tensor>& user_weight, const std::optional<Tensor>& user_bias,
     const std::optional<Tensor>& item_weight, const std::optional<Tensor>& item_bias, int64_t h_mf,
-    c10::string_view mode, const Tensor& pooled_user, const Tensor& pooled_item, const Tensor& proj_user,
-    const Tensor& proj_item, std::array<bool, 6> output_mask) {
+    c10::string_view mode, const Tensor& pooled_user, const Tensor& pooled_item, const Tensor& mf_user_in,
+    const Tensor& mf_item_in, std::array<bool, 6> output_mask) {
   const FusedDims d = check_fused_input(user_in, mask_in, user_table, padding_idx, item_in, item_table,
                                         user_weight, user_bias, item_weight, item_bias, h_mf, mode);
   const auto dtype = float_dtype(user_in, user_table);
   const auto acc_dtype = at::toOpMathType(dtype);
-  check_fused_backward(d, dtype, grad_gmf_in, grad_mlp_in_in, pooled_user, pooled_item, proj_user, proj_item,
+  check_fused_backward(d, dtype, grad_gmf_in, grad_mlp_in_in, pooled_user, pooled_item, mf_user_in, mf_item_in,
                        user_weight.has_value(), item_weight.has_value());
-  // Row b of a side's projection: the saved GEMM output, or the pooled rows with no weight.
-  const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
-  const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
+  const Tensor mf_user = mf_user_in.contiguous(), mf_item = mf_item_in.contiguous();  // [B, h_mf]
   const Tensor user = user_in.contiguous(), item = item_in.contiguous();
   const Tensor grad_gmf = grad_gmf_in.contiguous(), grad_mlp = grad_mlp_in_in.contiguous();
   std::optional<Tensor> mask;
@@ -515,7 +516,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
              want_user_b = output_mask[3], want_item_w = output_mask[4], want_item_b = output_mask[5];
 
   // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math;
-  // mf_side is the first h_mf columns of that side's projection rows.
+  // mf_side, saved by the forward, is the first h_mf columns of that side's projection rows.
   const auto acc_opts = user.options().dtype(acc_dtype);
   Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
   Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
@@ -524,14 +525,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
     const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
     const scalar_t* gg = grad_gmf.data_ptr<scalar_t>();
     const scalar_t* gm = grad_mlp.data_ptr<scalar_t>();
-    const acc_t* mfu = proj_user_rows.data_ptr<acc_t>();
-    const acc_t* mfi = proj_item_rows.data_ptr<acc_t>();
+    const acc_t* mfu = mf_user.data_ptr<acc_t>();
+    const acc_t* mfi = mf_item.data_ptr<acc_t>();
     acc_t* du = dproj_user.data_ptr<acc_t>();
     acc_t* di = dproj_item.data_ptr<acc_t>();
     at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        mul_row<scalar_t>(du + b * Hu, gg + b * Hm, mfi + b * Hi, Hm);
-        mul_row<scalar_t>(di + b * Hi, gg + b * Hm, mfu + b * Hu, Hm);
+        mul_row<scalar_t>(du + b * Hu, gg + b * Hm, mfi + b * Hm, Hm);
+        mul_row<scalar_t>(di + b * Hi, gg + b * Hm, mfu + b * Hm, Hm);
         at::vec::convert(gm + b * (Hmu + Hmi), du + b * Hu + Hm, Hmu);
         at::vec::convert(gm + b * (Hmu + Hmi) + Hmu, di + b * Hi + Hm, Hmi);
       }

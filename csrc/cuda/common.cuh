@@ -32,8 +32,8 @@ struct SideParams {
   const bool* mask = nullptr;    // [B, L] or null (dense user only)
   const void* weight = nullptr;  // scalar_t [H, D], or null: no projection (H == D)
   const void* bias = nullptr;    // scalar_t [H] or null
-  void* pooled_out = nullptr;    // acc_t [B, D]: saved for backward, or null
-  void* proj_out = nullptr;      // acc_t [B, H]: saved for backward, or null
+  void* pooled_out = nullptr;    // acc_t [B, D]: saved for backward (a side with a weight), or null
+  void* mf_out = nullptr;        // acc_t [B, h_mf]: the MF half of the projection, saved, or null
   int64_t* err = nullptr;        // [2] {found, id}: an out-of-range id seen by the kernel
   int64_t rows = 0;              // table rows (id input)
   int64_t L = 1, D = 0, H = 0;

@@ -44,9 +44,8 @@ namespace {
 
 using at::Tensor;
 
-// d_proj of both sides; mf_user / mf_item are the rows of each side's projection (row strides
-// ld_user = H_user, ld_item = H_item), whose first h_mf columns are the MF halves.  One block
-// per batch row (grid-stride), threads over the row's H_user + H_item columns.
+// d_proj of both sides from the saved MF halves mf_user / mf_item [B, h_mf].  One block per
+// batch row (grid-stride), threads over the row's H_user + H_item columns.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) dproj_kernel(const scalar_t* grad_gmf, const scalar_t* grad_mlp,
                                                          const acc_type<scalar_t>* mf_user,
@@ -59,11 +58,11 @@ __global__ void __launch_bounds__(kThreads) dproj_kernel(const scalar_t* grad_gm
   for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
     for (int64_t j = threadIdx.x; j < h_user + h_item; j += kThreads) {
       if (j < h_user) {
-        dproj_user[b * h_user + j] = j < hm ? static_cast<acc_t>(grad_gmf[b * hm + j]) * mf_item[b * h_item + j]
+        dproj_user[b * h_user + j] = j < hm ? static_cast<acc_t>(grad_gmf[b * hm + j]) * mf_item[b * hm + j]
                                             : static_cast<acc_t>(grad_mlp[b * mlp_width + (j - hm)]);
       } else {
         const int64_t k = j - h_user;
-        dproj_item[b * h_item + k] = k < hm ? static_cast<acc_t>(grad_gmf[b * hm + k]) * mf_user[b * h_user + k]
+        dproj_item[b * h_item + k] = k < hm ? static_cast<acc_t>(grad_gmf[b * hm + k]) * mf_user[b * hm + k]
                                             : static_cast<acc_t>(grad_mlp[b * mlp_width + (h_user - hm) + (k - hm)]);
       }
     }
@@ -311,15 +310,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
     std::optional<int64_t> padding_idx, const Tensor& item_in, const std::optional<Tensor>& item_table,
     const std::optional<Tensor>& user_weight, const std::optional<Tensor>& user_bias,
     const std::optional<Tensor>& item_weight, const std::optional<Tensor>& item_bias, int64_t h_mf,
-    c10::string_view mode, const Tensor& pooled_user_in, const Tensor& pooled_item_in, const Tensor& proj_user_in,
-    const Tensor& proj_item_in, std::array<bool, 6> output_mask) {
+    c10::string_view mode, const Tensor& pooled_user_in, const Tensor& pooled_item_in, const Tensor& mf_user_in,
+    const Tensor& mf_item_in, std::array<bool, 6> output_mask) {
   const FusedDims d = check_fused_input(user_in, mask_in, user_table, padding_idx, item_in, item_table,
                                         user_weight, user_bias, item_weight, item_bias, h_mf, mode);
   const auto dtype = float_dtype(user_in, user_table);
-  check_fused_backward(d, dtype, grad_gmf_in, grad_mlp_in_in, pooled_user_in, pooled_item_in, proj_user_in,
-                       proj_item_in, user_weight.has_value(), item_weight.has_value());
-  TORCH_CHECK(user_in.is_cuda() && pooled_user_in.device() == user_in.device(), "neumf_fast: the CUDA backward got "
-              "user on ", user_in.device(), " and the saved tensors on ", pooled_user_in.device());
+  check_fused_backward(d, dtype, grad_gmf_in, grad_mlp_in_in, pooled_user_in, pooled_item_in, mf_user_in,
+                       mf_item_in, user_weight.has_value(), item_weight.has_value());
+  TORCH_CHECK(user_in.is_cuda() && mf_user_in.device() == user_in.device(), "neumf_fast: the CUDA backward got "
+              "user on ", user_in.device(), " and the saved tensors on ", mf_user_in.device());
   const c10::cuda::CUDAGuard guard(user_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // a bad id of this step's forward, if its read-back has landed (no wait: see id_check.cuh)
@@ -327,7 +326,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   const Tensor user = user_in.contiguous(), item = item_in.contiguous();
   const Tensor grad_gmf = grad_gmf_in.contiguous(), grad_mlp = grad_mlp_in_in.contiguous();
   const Tensor pooled_user = pooled_user_in.contiguous(), pooled_item = pooled_item_in.contiguous();
-  const Tensor proj_user = proj_user_in.contiguous(), proj_item = proj_item_in.contiguous();
+  const Tensor mf_user = mf_user_in.contiguous(), mf_item = mf_item_in.contiguous();  // [B, h_mf]
   const auto mask = contiguous(mask_in);
   // named flags, not a structured binding: lambdas below capture them (C++20 only for bindings)
   const bool want_user_src = output_mask[0], want_item_src = output_mask[1], want_user_w = output_mask[2],
@@ -337,9 +336,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   const auto out_opts = user.options().dtype(dtype);
   auto none = [&] { return at::empty({0}, out_opts); };
 
-  // Row b of a side's projection: the saved GEMM output, or the pooled rows with no weight.
-  const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
-  const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
   Tensor dproj_user = at::empty({B, d.user_proj}, acc_opts), dproj_item = at::empty({B, d.item_proj}, acc_opts);
   Tensor scale;  // per-row mean scale (op-math), undefined for sum pooling
   Tensor grad_user_src = none(), grad_item_src = none();
@@ -349,8 +345,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
     using acc_t = acc_type<scalar_t>;
     if (B > 0 && d.user_proj + d.item_proj > 0) {
       dproj_kernel<scalar_t><<<grid_for(B, 1), kThreads, 0, stream>>>(
-          grad_gmf.data_ptr<scalar_t>(), grad_mlp.data_ptr<scalar_t>(), proj_user_rows.data_ptr<acc_t>(),
-          proj_item_rows.data_ptr<acc_t>(), dproj_user.data_ptr<acc_t>(), dproj_item.data_ptr<acc_t>(), B, d.h_mf,
+          grad_gmf.data_ptr<scalar_t>(), grad_mlp.data_ptr<scalar_t>(), mf_user.data_ptr<acc_t>(),
+          mf_item.data_ptr<acc_t>(), dproj_user.data_ptr<acc_t>(), dproj_item.data_ptr<acc_t>(), B, d.h_mf,
           d.user_proj, d.item_proj);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

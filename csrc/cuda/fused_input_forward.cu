@@ -21,8 +21,10 @@
 // shared memory (very wide D or H), the same pooling runs as its own kernel into global memory,
 // the projection is a cuBLAS GEMM (ops.cpp: project) and a small kernel forms the outputs.
 //
-// Saved for backward, only when `save` (op-math dtype): pooled_user, pooled_item and the
-// projections proj_user, proj_item (empty for a side with no weight).
+// Saved for backward, only when `save` (op-math dtype), what the backward reads and nothing
+// more: pooled_user, pooled_item for a side with a weight (empty without) and the MF halves
+// mf_user, mf_item [B, h_mf] of the projections (of the pooled rows with no weight), written by
+// the epilogue from the tiles it reads anyway.
 //
 // Ids are checked where they are read: an out-of-range id is never dereferenced and the kernel
 // records it; the host raises IndexError at the next call (NEUMF_FAST_CHECK_IDS=deferred, the
@@ -285,22 +287,19 @@ __global__ void __launch_bounds__(kThreads, 2) fused_forward_kernel(const Forwar
   const int mlp_u = hu - hm, width = (hu - hm) + (hi - hm);
   scalar_t* gmf = static_cast<scalar_t*>(p.gmf);
   scalar_t* mlp = static_cast<scalar_t*>(p.mlp_in);
+  acc_t* mf_user = static_cast<acc_t*>(p.user.mf_out);
+  acc_t* mf_item = static_cast<acc_t*>(p.item.mf_out);
   for (int e = threadIdx.x; e < rows * hm; e += kThreads) {
     const int r = e / hm, j = e % hm;
-    gmf[(row0 + r) * hm + j] = static_cast<scalar_t>(sU[r * p.ldo_user + j] * sI[r * p.ldo_item + j]);
+    const acc_t u = sU[r * p.ldo_user + j], i = sI[r * p.ldo_item + j];
+    gmf[(row0 + r) * hm + j] = static_cast<scalar_t>(u * i);
+    if (mf_user != nullptr) mf_user[(row0 + r) * hm + j] = u;  // saved: what the backward reads
+    if (mf_item != nullptr) mf_item[(row0 + r) * hm + j] = i;
   }
   for (int e = threadIdx.x; e < rows * width; e += kThreads) {
     const int r = e / width, j = e % width;
     const acc_t v = j < mlp_u ? sU[r * p.ldo_user + hm + j] : sI[r * p.ldo_item + hm + (j - mlp_u)];
     mlp[(row0 + r) * width + j] = static_cast<scalar_t>(v);
-  }
-  if (p.user.proj_out != nullptr) {
-    acc_t* out = static_cast<acc_t*>(p.user.proj_out);
-    for (int e = threadIdx.x; e < rows * hu; e += kThreads) out[(row0 + e / hu) * hu + e % hu] = sU[(e / hu) * p.ldo_user + e % hu];
-  }
-  if (p.item.proj_out != nullptr) {
-    acc_t* out = static_cast<acc_t*>(p.item.proj_out);
-    for (int e = threadIdx.x; e < rows * hi; e += kThreads) out[(row0 + e / hi) * hi + e % hi] = sI[(e / hi) * p.ldo_item + e % hi];
   }
 }
 
@@ -397,7 +396,7 @@ bool use_tensor_cores(int major) {
 SideParams make_side(const FusedDims& d, bool is_user, const Tensor& x, const std::optional<Tensor>& mask,
                      const std::optional<Tensor>& table, const std::optional<int64_t>& padding_idx,
                      const std::optional<Tensor>& weight, const std::optional<Tensor>& bias, const Tensor& pooled,
-                     const Tensor& proj, int64_t* err, int vec) {
+                     const Tensor& mf, int64_t* err, int vec) {
   SideParams s;
   const bool ids = is_user ? d.user_ids : d.item_ids;
   s.src = ids ? table->data_ptr() : x.data_ptr();
@@ -419,7 +418,7 @@ SideParams make_side(const FusedDims& d, bool is_user, const Tensor& x, const st
   if (weight.has_value()) s.weight = weight->data_ptr();
   if (bias.has_value()) s.bias = bias->data_ptr();
   if (pooled.numel() > 0) s.pooled_out = pooled.data_ptr();
-  if (proj.numel() > 0) s.proj_out = proj.data_ptr();
+  if (mf.numel() > 0) s.mf_out = mf.data_ptr();
   s.vec_ok = s.D % vec == 0 && reinterpret_cast<uintptr_t>(s.src) % 16 == 0;
   return s;
 }
@@ -448,11 +447,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
   const int64_t B = d.batch;
   Tensor gmf = at::empty({B, d.h_mf}, out_opts);
   Tensor mlp_in = at::empty({B, d.h_mlp_user() + d.h_mlp_item()}, out_opts);
+  // saved: what the backward reads (csrc/ops.h: check_fused_backward), nothing more
   auto saved = [&](bool keep, int64_t cols) { return keep ? at::empty({B, cols}, acc_opts) : at::empty({0}, acc_opts); };
-  Tensor pooled_user = saved(save, d.user_dim), pooled_item = saved(save, d.item_dim);
-  Tensor proj_user = saved(save && user_weight.has_value(), d.user_proj);
-  Tensor proj_item = saved(save && item_weight.has_value(), d.item_proj);
-  if (B == 0) return {gmf, mlp_in, pooled_user, pooled_item, proj_user, proj_item};
+  Tensor pooled_user = saved(save && user_weight.has_value(), d.user_dim);
+  Tensor pooled_item = saved(save && item_weight.has_value(), d.item_dim);
+  Tensor mf_user = saved(save, d.h_mf), mf_item = saved(save, d.h_mf);
+  if (B == 0) return {gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item};
 
   const bool any_ids = d.user_ids || d.item_ids;
   const IdCheckMode check = any_ids ? id_check_mode() : IdCheckMode::kDeferred;
@@ -463,10 +463,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_cuda", [&] {
     constexpr int vec = vec_width<scalar_t>();
     ForwardParams p;
-    p.user = make_side(d, true, user, mask, user_table, padding_idx, user_weight, user_bias, pooled_user, proj_user,
+    p.user = make_side(d, true, user, mask, user_table, padding_idx, user_weight, user_bias, pooled_user, mf_user,
                        err_ptr, vec);
     p.item = make_side(d, false, item, std::nullopt, item_table, std::nullopt, item_weight, item_bias, pooled_item,
-                       proj_item, err_ptr == nullptr ? nullptr : err_ptr + 2, vec);
+                       mf_item, err_ptr == nullptr ? nullptr : err_ptr + 2, vec);
     p.gmf = gmf.data_ptr();
     p.mlp_in = mlp_in.data_ptr();
     p.batch = B;
@@ -479,16 +479,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
     if (!launched) {
       // Too wide for shared memory: pool into global memory, cuBLAS for the projection.
       using acc_t = acc_type<scalar_t>;
-      const Tensor pu = save ? pooled_user : at::empty({B, d.user_dim}, acc_opts);
-      const Tensor pi = save ? pooled_item : at::empty({B, d.item_dim}, acc_opts);
+      const Tensor pu = pooled_user.numel() > 0 ? pooled_user : at::empty({B, d.user_dim}, acc_opts);
+      const Tensor pi = pooled_item.numel() > 0 ? pooled_item : at::empty({B, d.item_dim}, acc_opts);
       for (auto [side, buf] : {std::make_pair(&p.user, pu), std::make_pair(&p.item, pi)}) {
         side->pooled_out = buf.data_ptr();
         pool_rows_kernel<scalar_t><<<grid_for(B, kWarps), kThreads, 0, stream>>>(*side, B);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       const Tensor ru = project(pu, user_weight, user_bias), ri = project(pi, item_weight, item_bias);
-      if (save && user_weight.has_value()) proj_user = ru;  // the GEMM output is the saved tensor
-      if (save && item_weight.has_value()) proj_item = ri;
+      if (save) {  // the MF halves of the GEMM outputs (of the pooled rows with no weight)
+        mf_user.copy_(ru.narrow(1, 0, d.h_mf));
+        mf_item.copy_(ri.narrow(1, 0, d.h_mf));
+      }
       epilogue_kernel<scalar_t><<<grid_for(B * (d.user_proj + d.item_proj), kThreads), kThreads, 0, stream>>>(
           ru.data_ptr<acc_t>(), d.user_proj, ri.data_ptr<acc_t>(), d.item_proj, gmf.data_ptr<scalar_t>(),
           mlp_in.data_ptr<scalar_t>(), B, d.h_mf, d.h_mlp_user(), d.h_mlp_item());
@@ -504,7 +506,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cuda(
       after_launch(state, stream, check, d.user_ids ? user_table->size(0) : 0, d.item_ids ? item_table->size(0) : 0);
     }
   }
-  return {gmf, mlp_in, pooled_user, pooled_item, proj_user, proj_item};
+  return {gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item};
 }
 
 }  // namespace

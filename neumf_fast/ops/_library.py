@@ -4,10 +4,13 @@ The C++ extension declares the schemas (csrc/ops.cpp) and registers the CPU kern
 (csrc/cpu/) and, when built with CUDA, the CUDA kernels (csrc/cuda/).  This module loads it
 and adds what ``torch.compile`` and autograd need, so that every device implementation of ``fused_input`` shares one autograd formula:
 
-- ``fused_input`` returns ``(gmf, mlp_in)`` plus the tensors backward needs, in op-math dtype
-  (fp32 for bf16/fp16): ``pooled_user``, ``pooled_item``, ``proj_user``, ``proj_item`` (a
-  side's ``[B, H_mf + H_mlp]`` projection, or an empty tensor when it has no weight).  With
-  ``save=False`` (inference) those four are empty tensors and the kernels do not write them.
+- ``fused_input`` returns ``(gmf, mlp_in)`` plus the tensors backward reads, and nothing more,
+  in op-math dtype (fp32 for bf16/fp16): ``pooled_user``, ``pooled_item`` (a side's ``[B, D]``
+  pooled rows, the input of its weight gradient; an empty tensor for a side with no weight) and
+  ``mf_user``, ``mf_item`` (the ``[B, H_mf]`` MF half of a side's projection, or of its pooled
+  rows with no weight: the other factor of the GMF gradient).  The Triton launcher saves the
+  same.  With ``save=False`` (inference) all four are empty tensors and the kernels do not
+  write them.
 - ``fused_input_backward`` returns the gradients of the user source (dense sequence or user
   table), the item source (dense item or item table), and both weights and biases; a gradient
   nobody asked for comes back as an empty tensor.
@@ -47,16 +50,16 @@ def _fake_fused_input(user, user_mask, user_table, padding_idx, item, item_table
     return (
         new((d.batch, h_mf), dtype=d.dtype),
         new((d.batch, d.h_mlp), dtype=d.dtype),
-        new((d.batch, d.user_dim) if save else (0,), dtype=acc),
-        new((d.batch, d.item_dim) if save else (0,), dtype=acc),
-        new((d.batch, d.user_proj) if save and user_weight is not None else (0,), dtype=acc),
-        new((d.batch, d.item_proj) if save and item_weight is not None else (0,), dtype=acc),
+        new((d.batch, d.user_dim) if save and user_weight is not None else (0,), dtype=acc),
+        new((d.batch, d.item_dim) if save and item_weight is not None else (0,), dtype=acc),
+        new((d.batch, h_mf) if save else (0,), dtype=acc),
+        new((d.batch, h_mf) if save else (0,), dtype=acc),
     )
 
 
 def _fake_fused_input_backward(grad_gmf, grad_mlp_in, user, user_mask, user_table, padding_idx, item,
                                item_table, user_weight, user_bias, item_weight, item_bias, h_mf, mode,
-                               pooled_user, pooled_item, proj_user, proj_item, output_mask):
+                               pooled_user, pooled_item, mf_user, mf_item, output_mask):
     d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                      user_weight, user_bias, item_weight, item_bias, h_mf, mode)
     user_src = user_table if d.user_ids else user

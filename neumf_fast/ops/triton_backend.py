@@ -46,24 +46,20 @@ AUTOTUNE = os.environ.get(AUTOTUNE_ENV, "0") == "1" and not INTERPRET
 CHUNK = 32  # the deterministic table gradient's run length per program (segment_sum_kernel)
 
 
-_DUMMIES: dict = {}
-_EMPTIES: dict = {}
+_SHARED: dict = {}
+
+
+def _shared(device, size: int) -> Tensor:
+    """One fp32 ``[size]`` tensor per device, made once: ``[1]``, the dummy pointer of an absent
+    argument; ``[0]``, what an eager forward returns for a save it does not make."""
+    t = _SHARED.get((device, size))
+    if t is None:
+        t = _SHARED[(device, size)] = torch.empty(size, device=device, dtype=torch.float32)
+    return t
 
 
 def _dummy(device) -> Tensor:
-    t = _DUMMIES.get(device)
-    if t is None:
-        t = _DUMMIES[device] = torch.empty(1, device=device, dtype=torch.float32)
-    return t
-
-
-def _empty(device) -> Tensor:
-    """One shared fp32 ``[0]`` tensor per device: what an eager forward returns for a save it
-    does not make."""
-    t = _EMPTIES.get(device)
-    if t is None:
-        t = _EMPTIES[device] = torch.empty((0,), device=device, dtype=torch.float32)
-    return t
+    return _shared(device, 1)
 
 
 def _strides(dims, user, user_table, item, item_table):
@@ -114,8 +110,7 @@ if TRITON_ERROR is None:
 
     def _launch_forward(user, user_mask, user_table, padding_idx, item, item_table, user_weight, user_bias,
                         item_weight, item_bias, h_mf, mode, save, eager):
-        """``triton_fused_input``; ``eager``: called directly (not as the op, not traced), so the
-        empty tensors that stand for what is not saved may be one shared tensor."""
+        # eager: called directly (not as the op, not traced): the unsaved empties may be shared
         d = check_inputs(user, user_mask, user_table, padding_idx, item, item_table,
                          user_weight, user_bias, item_weight, item_bias, h_mf, mode)
         ids = d.user_ids or d.item_ids
@@ -131,7 +126,7 @@ if TRITON_ERROR is None:
         mlp_in = torch.empty((B, h_mlp_u + h_mlp_i), device=dev, dtype=d.dtype)
         # as the op, a fresh empty tensor each (an op's outputs may not alias); eager, one shared
         # (nothing writes it: it is only returned, or saved and checked for being empty)
-        unsaved = (lambda: _empty(dev)) if eager else (lambda: torch.empty((0,), **f32))
+        unsaved = (lambda: _shared(dev, 0)) if eager else (lambda: torch.empty((0,), **f32))
         pooled_user = torch.empty((B, d.user_dim), **f32) if save and user_weight is not None else unsaved()
         pooled_item = torch.empty((B, d.item_dim), **f32) if save and item_weight is not None else unsaved()
         mf_user = torch.empty((B, h_mf), **f32) if save else unsaved()
