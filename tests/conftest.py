@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 
 import pytest
 import torch
+
+# torch.compile's on-disk caches (/tmp/torchinductor_$USER) are shared by every checkout and run
+# on a machine, and their keys do not cover a custom op's fake kernel: a graph compiled against
+# an earlier build of our op was reused with that build's saved-tensor shapes (seen 2026-12-04,
+# test_op's inductor test failing on a shape assertion).  The suite compiles into its own cache.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="neumf_fast-tests-inductor-"))
 
 if not torch.cuda.is_available():
     # Triton kernels run on CPU tensors only in its interpreter; set before Triton is imported.
