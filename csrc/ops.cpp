@@ -159,7 +159,7 @@ void check_fused_backward(const FusedDims& d, at::ScalarType dtype, const at::Te
               grad_mlp_in.sizes());
   for (const auto* t : {&grad_gmf, &grad_mlp_in, &pooled_user, &pooled_item, &mf_user}) {
     TORCH_CHECK(t->device() == mf_item.device(), "neumf_fast: the gradients and saved tensors of backward must "
-                "share one device, got ", t->device(), " and ", pooled_user.device());
+                "share one device, got ", t->device(), " and ", mf_item.device());
   }
   TORCH_CHECK(grad_gmf.scalar_type() == dtype && grad_mlp_in.scalar_type() == dtype, "neumf_fast: grad_gmf and "
               "grad_mlp_in must be ", dtype, ", got ", grad_gmf.scalar_type(), " and ", grad_mlp_in.scalar_type());

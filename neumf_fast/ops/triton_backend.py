@@ -133,7 +133,6 @@ if TRITON_ERROR is None:
         mf_item = torch.empty((B, h_mf), **f32) if save else unsaved()
         if B == 0:
             return gmf, mlp_in, pooled_user, pooled_item, mf_user, mf_item
-        ids = d.user_ids or d.item_ids
         if check is None and ids:
             _assert_ids_in_range(d, user, user_table, padding_idx, item, item_table)
         errors = (_id_check.error_buffer(dev) if check is not None or not compiling
