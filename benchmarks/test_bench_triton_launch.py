@@ -6,11 +6,12 @@ replaced by a no-op, so the figure is everything a GPU call pays on the host bef
 launcher (its binder and ``cuLaunchKernel``, not counted): dispatch, ``check_inputs``, the id
 check's bookkeeping, the block-size rule (cached), allocation of outputs and saves, strides.
 The CPU tensors stand in for CUDA ones (allocation on the CPU allocator, not the caching CUDA
-allocator, which is of the same order).  Provider ``baseline``: the design's plain first half
-(``baselines.PlainFirstHalf``, four ``nn.Linear``) on the same CPU tensors, which runs its math
-too, for scale only.
+allocator, which is of the same order).  Provider ``baseline_eager`` (``test_plain_first_half``):
+the design's plain first half (``baselines.PlainFirstHalf``, four ``nn.Linear``, or
+``nn.EmbeddingBag`` + ``nn.Linear`` for ids) on the same CPU tensors, which runs its math too, for
+scale only.
 
-    TRITON_INTERPRET=1 PYTHONPATH=. python -m pytest benchmarks/test_bench_triton_launch.py --benchmark-only
+    TRITON_INTERPRET=1 PYTHONPATH=.:benchmarks python -m pytest benchmarks/test_bench_triton_launch.py --benchmark-only
 """
 
 from __future__ import annotations
@@ -67,3 +68,23 @@ def test_python_to_launch(benchmark, stubbed_kernels, ids, grad):
     else:
         with torch.no_grad():
             benchmark(call)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("ids", [False, True], ids=["dense", "ids"])
+def test_plain_first_half(benchmark, ids, grad):
+    """What a user writes instead (``baselines.PlainFirstHalf``: four ``nn.Linear``, or
+    ``nn.EmbeddingBag`` + ``nn.Linear`` for ids) at the same shape, forward only, its math
+    included: the scale the stubbed launch is read against (on a GPU its kernels are async)."""
+    from baselines import PlainFirstHalf
+
+    B, L, D = 16, 10, 128
+    plain = PlainFirstHalf(D, D, num_rows=1000 if ids else None).requires_grad_(grad)
+    if ids:
+        user, item, mask = torch.randint(1, 1000, (B, L)), torch.randint(0, 1000, (B,)), None
+    else:
+        user, item, mask = torch.randn(B, L, D), torch.randn(B, D), torch.rand(B, L) > 0.2
+    benchmark.group = f"triton launch {'ids' if ids else 'dense'} {'training' if grad else 'inference'}"
+    benchmark.extra_info.update(provider="baseline_eager", batch=B, seq_len=L, dim=D)
+    with torch.set_grad_enabled(grad):
+        benchmark(lambda: plain(user, item, mask))
