@@ -173,7 +173,7 @@ fi
 auto=$(python -c "
 import torch
 from neumf_fast.ops import dispatch
-d = dispatch.FusedDims(4096, 1, 16, 16, 16, 16, 8, True, True, torch.float32, torch.device('cuda'))
+d = dispatch.CallKind(4096, True, True, torch.float32, torch.device('cuda'))
 print(dispatch.select_backend(d).name if torch.cuda.is_available() else 'none (no GPU)')" 2>/dev/null || echo none)
 rows=$(ls "$out"/rows-*.jsonl "$out"/$stamp-train.json "$out"/$stamp-scale.json 2>/dev/null)
 {

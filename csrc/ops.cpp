@@ -25,8 +25,7 @@ bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
-// A dtype as Python prints it ("torch.float32"): these messages are word for word those of the
-// Python checks (neumf_fast/ops/_checks.py), which neumf_input skips for the kernels.
+// A dtype as Python prints it ("torch.float32"), as in the Python check's messages.
 std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
 
 void check_same(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device) {
@@ -41,8 +40,9 @@ at::ScalarType float_dtype(const at::Tensor& user, const std::optional<at::Tenso
   return user_table.has_value() ? user_table->scalar_type() : user.scalar_type();
 }
 
-// The checks of neumf_fast/ops/_checks.py::check_inputs, in the same order, raising the same
-// Python exceptions (TypeError for a dtype, ValueError for the rest) with the same messages.
+// Every check of a call's metadata, for the C++ kernels (the Triton launcher and the reference
+// have theirs in neumf_fast/ops/_checks.py): TypeError for a dtype, ValueError for the rest,
+// each message naming the argument and the problem (tests/test_errors.py).
 FusedDims check_fused_input(
     const at::Tensor& user, const std::optional<at::Tensor>& user_mask,
     const std::optional<at::Tensor>& user_table, const std::optional<int64_t>& padding_idx,

@@ -14,7 +14,7 @@ import torch
 
 import neumf_fast
 from neumf_fast import reference
-from neumf_fast.ops import check_inputs, select_backend
+from neumf_fast.ops import FusedArgs, kind_of, select_backend
 
 
 def _inputs(batch, seq_len, dim, ids, seed=0):
@@ -55,9 +55,9 @@ def main(argv=None) -> None:
     print(f"{'shape':<28}{'backend':<9}{'max err':>10}{'eager ms':>10}{'ours ms':>10}{'speed-up':>10}")
     for name, batch, seq_len, dim, ids in shapes:
         user, item, kw = _inputs(batch, seq_len, dim, ids)
-        dims = check_inputs(user, None, kw.get("user_table"), kw.get("padding_idx"), item, kw.get("item_table"),
-                            kw["user_weight"], kw["user_bias"], kw["item_weight"], kw["item_bias"], dim, "sum")
-        chosen = select_backend(dims, args.backend).name
+        call = FusedArgs(user, None, kw.get("user_table"), kw.get("padding_idx"), item, kw.get("item_table"),
+                         kw["user_weight"], kw["user_bias"], kw["item_weight"], kw["item_bias"], dim, "sum")
+        chosen = select_backend(kind_of(call), args.backend).name
         ours = lambda u, i, **k: neumf_fast.neumf_input(u, i, backend=args.backend, **k)
         expected, actual = _fwd_bwd(reference.neumf_input, user, item, kw), _fwd_bwd(ours, user, item, kw)
         err = max(((a - e).abs().max() / e.abs().max().clamp_min(1)).item() for a, e in zip(actual, expected))

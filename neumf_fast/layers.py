@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .ops import run_fused
+from .ops import FusedArgs, run_fused
 
 
 class StackedProjections:
@@ -106,11 +106,11 @@ class FusedUserItem(StackedProjections, nn.Module):
         # a submodule from _modules directly: nn.Module's attribute lookup costs about 0.6 us a name
         modules = self._modules
         user_embedding, item_embedding = modules.get("user_embedding"), modules.get("item_embedding")
-        # neumf_input's arguments, in the op's order (run_fused)
-        return run_fused((user, user_mask, None if user_embedding is None else user_embedding.weight,
-                          self.padding_idx if user_embedding is not None else None, item,
-                          None if item_embedding is None else item_embedding.weight,
-                          user_weight, user_bias, item_weight, item_bias, self.h_mf, self.mode), self.backend)
+        return run_fused(FusedArgs(user, user_mask, None if user_embedding is None else user_embedding.weight,
+                                   self.padding_idx if user_embedding is not None else None, item,
+                                   None if item_embedding is None else item_embedding.weight,
+                                   user_weight, user_bias, item_weight, item_bias, self.h_mf, self.mode),
+                         self.backend)
 
     def extra_repr(self) -> str:
         return f"h_mf={self.h_mf}, mode={self.mode!r}, backend={self.backend!r}"

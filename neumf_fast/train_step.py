@@ -209,7 +209,7 @@ class _WrittenOutStep:
         if _library.EXTENSION_ERROR is not None:
             why.append(_library.EXTENSION_ERROR)
         else:
-            dims = dispatch.probe_dims("cpu", torch.float32)._replace(user_ids=True, item_ids=True)
+            dims = dispatch.probe_kind("cpu", torch.float32)._replace(user_ids=True, item_ids=True)
             try:
                 if dispatch.select_backend(dims, model.backend).name != "cpu":
                     why.append("the model's backend is not the C++ CPU kernel")

@@ -22,7 +22,7 @@ if not torch.cuda.is_available():
 os.environ.setdefault("NEUMF_FAST_TRITON_AUTOTUNE", "0")  # one Triton config: tests check math, not speed
 
 import neumf_fast  # noqa: E402
-from neumf_fast.ops import _library  # noqa: E402
+from neumf_fast.ops import FusedArgs, _library  # noqa: E402
 
 # Backends under test against the reference.  "torch" *is* the reference, so parity is
 # asserted for the kernels; a kernel that is not built is reported as skipped with the reason.
@@ -46,6 +46,13 @@ class Case:
     user: torch.Tensor
     item: torch.Tensor
     kwargs: dict
+
+    def args(self, **overrides) -> FusedArgs:
+        """The call as the op's arguments (``FusedArgs``), with ``overrides`` by name: the one
+        place a test turns a case into what ``torch.ops.neumf_fast`` takes."""
+        kw = {name: self.kwargs.get(name) for name in FusedArgs._fields}
+        kw.update(user=self.user, item=self.item, **overrides)
+        return FusedArgs(**kw)
 
     def float_inputs(self) -> dict[str, torch.Tensor]:
         named = {"user": self.user, "item": self.item, **self.kwargs}

@@ -35,7 +35,8 @@ import torch
 
 import neumf_fast
 from conftest import SIZE_CASES, assert_close, assert_flash_attention_rule, make_case, run, saved_shapes, sized_case
-from neumf_fast.ops import BackendUnavailable, _library, check_inputs
+from neumf_fast.ops import BackendUnavailable, FusedArgs, _library, check_inputs
+from neumf_fast.ops._autograd import Kernels, run_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
@@ -46,13 +47,12 @@ TOL = 2e-5
 
 def _as_op(fused_input):
     """(user, item, **kwargs) -> (gmf, mlp_in) with autograd, for an op outside the dispatcher."""
-    glue = _library.AutogradGlue(lambda *a: getattr(torch.ops, fused_input.namespace).fused_input_backward(*a))
-    fn = _library.make_eager_function("EmulatedFusedInput", lambda *a: fused_input(*a), glue.save, glue.backward)
+    kernels = Kernels(fused_input, getattr(torch.ops, fused_input.namespace).fused_input_backward, None)
 
     def op(user, item, *, h_mf, user_mask=None, user_table=None, padding_idx=None, item_table=None,
            user_weight=None, user_bias=None, item_weight=None, item_bias=None, mode="sum"):
-        return fn.apply(user, user_mask, user_table, padding_idx, item, item_table, user_weight, user_bias,
-                        item_weight, item_bias, h_mf, mode)
+        return run_kernels(kernels, FusedArgs(user, user_mask, user_table, padding_idx, item, item_table,
+                                              user_weight, user_bias, item_weight, item_bias, h_mf, mode))
 
     return op
 
@@ -254,10 +254,7 @@ def test_inputs_off_a_16_byte_boundary(target, user_ids):
 
 
 def _op_args(case, h_mf, mode="sum"):
-    kw = case.kwargs
-    return (case.user, kw.get("user_mask"), kw.get("user_table"), kw.get("padding_idx"), case.item,
-            kw.get("item_table"), kw.get("user_weight"), kw.get("user_bias"), kw.get("item_weight"),
-            kw.get("item_bias"), h_mf, mode)
+    return case.args(h_mf=h_mf, mode=mode)
 
 
 def _raw_op(target):
@@ -531,7 +528,7 @@ def test_cuda_backend_says_why_it_cannot_run_on_cpu_tensors():
         "the CUDA kernels run on CUDA tensors, these are on cpu"
     with pytest.raises(BackendUnavailable, match=why):
         neumf_fast.neumf_input(case.user, case.item, backend="cuda", **case.kwargs)
-    dims = check_inputs(*_op_args(case, 2))
+    dims = check_inputs(_op_args(case, 2))
     assert "cuda" not in neumf_fast.ops.available_backends(dims)
 
 

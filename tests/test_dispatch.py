@@ -16,10 +16,7 @@ needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reaso
 
 
 def dims_of(case):
-    kw = {"item": case.item, **case.kwargs}
-    return check_inputs(case.user, kw.get("user_mask"), kw.get("user_table"), kw.get("padding_idx"), case.item,
-                        kw.get("item_table"), kw.get("user_weight"), kw.get("user_bias"), kw.get("item_weight"),
-                        kw.get("item_bias"), kw["h_mf"], kw["mode"])
+    return check_inputs(case.args())
 
 
 @pytest.fixture
@@ -82,7 +79,7 @@ def fresh_selection(monkeypatch, no_env):
 
 
 def _cuda_dims(batch: int, ids: bool, dtype=torch.float32):
-    return dispatch.FusedDims(batch, 3, 8, 8, 8, 8, 4, ids, ids, dtype, torch.device("cuda:0"))
+    return dispatch.CallKind(batch, ids, ids, dtype, torch.device("cuda:0"))
 
 
 def test_the_auto_table_is_read_by_gpu_name_class_and_dtype(tmp_path):
@@ -266,22 +263,29 @@ def test_available_backends_lists_auto_s_order(both_gpu_kernels_can_run):
 @pytest.mark.parametrize("batch", [3, 300], ids=["serving", "large"])
 @pytest.mark.parametrize("user_ids,item_ids", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_selected_before_finds_what_select_backend_chose(monkeypatch, env, batch, user_ids, item_ids, dtype):
-    """A call's fast path (``selected_before``, which builds the cache key from the raw
-    arguments) finds the backend that ``select_backend`` chose for the same kind of call, for
-    every shape class, id side, dtype and environment override, and a call of another kind does
-    not find it."""
+def test_a_call_s_kind_selects_as_its_checked_dims(monkeypatch, env, batch, user_ids, item_ids, dtype):
+    """``kind_of`` reads a call's metadata without validating it; the selection it makes is the
+    one that the validated ``FusedDims`` make, for every shape class, id side, dtype and
+    environment override, and a call of another dtype makes its own."""
     monkeypatch.setattr(dispatch, "_selected", {})
     if env is None:
         monkeypatch.delenv(ENV_VAR, raising=False)
     else:
         monkeypatch.setenv(ENV_VAR, env)
     case = make_case(batch=batch, seq_len=2, user_ids=user_ids, item_ids=item_ids, dtype=dtype)
-    user_table, item = case.kwargs.get("user_table"), case.item
-    assert dispatch.selected_before(case.user, user_table, item) is None
-    chosen = select_backend(dims_of(case))
-    assert dispatch.selected_before(case.user, user_table, item) is chosen
-    assert dispatch.selected_before(case.user, user_table, item, device_type="cpu") is chosen
+    dims, kind = dims_of(case), dispatch.kind_of(case.args())
+    assert kind == (dims.batch, dims.user_ids, dims.item_ids, dims.dtype, dims.device)
+    chosen = select_backend(kind)
+    assert len(dispatch._selected) == 1 and select_backend(dims) is chosen and len(dispatch._selected) == 1
     other = make_case(batch=batch, seq_len=2, user_ids=user_ids, item_ids=item_ids,
                       dtype=torch.float64 if dtype == torch.float32 else torch.float32)
-    assert dispatch.selected_before(other.user, other.kwargs.get("user_table"), other.item) is None
+    select_backend(dispatch.kind_of(other.args()))
+    assert len(dispatch._selected) == 2
+
+
+@pytest.mark.parametrize("bad", [lambda a: a._replace(user=None), lambda a: a._replace(item=3),
+                                 lambda a: a._replace(user=a.user[0, 0]), lambda a: a._replace(user_table=None)])
+def test_a_call_too_malformed_to_read_gets_the_checks_error(bad):
+    args = bad(make_case(batch=3, seq_len=2, user_ids=True).args())
+    with pytest.raises((TypeError, ValueError), match="neumf_fast: (user|item)"):
+        dispatch.kind_of(args)

@@ -15,15 +15,6 @@ from conftest import KERNELS, assert_close, make_case, run, saved_shapes
 
 needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
 
-OP_ARG_ORDER = ("user_mask", "user_table", "padding_idx", "item", "item_table",
-                "user_weight", "user_bias", "item_weight", "item_bias", "h_mf", "mode")
-
-
-def op_args(case):
-    kw = {"item": case.item, **case.kwargs}
-    return (case.user, *(kw.get(name) for name in OP_ARG_ORDER))
-
-
 CASES = {
     "dense_mask_bias_sum": dict(user_ids=False, mask="empty_rows", mode="sum"),
     "ids_pad_mean": dict(user_ids=True, item_ids=True, mode="mean"),
@@ -36,9 +27,9 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_opcheck(name):
     case = make_case(batch=5, seq_len=4, user_dim=6, h_mlp=4, num_user_rows=9, num_item_rows=8, **CASES[name])
-    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, op_args(case))
+    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, case.args())
     # And without requires_grad (the inference path).
-    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, op_args(case.to(torch.float32)))
+    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, case.to(torch.float32).args())
 
 
 @needs_extension
@@ -98,7 +89,7 @@ def test_compile_inductor_forward_backward(backend):
 @needs_extension
 @pytest.mark.parametrize("name", CASES)
 def test_eager_fast_path_equals_the_registered_autograd(name):
-    """Eager calls take ``_EagerFusedInput`` (no per-call ``fill_defaults``); direct
+    """Eager calls take ``FusedFunction`` (no per-call ``fill_defaults``); direct
     ``torch.ops`` calls and torch.compile take the ``register_autograd`` registration.  Both run
     the same kernels in the same order, so their outputs and gradients are bitwise equal."""
     case = make_case(batch=7, **CASES[name])
@@ -108,7 +99,7 @@ def test_eager_fast_path_equals_the_registered_autograd(name):
         for t in inputs.values():
             t.grad = None
         if direct:
-            gmf, mlp_in, *_ = torch.ops.neumf_fast.fused_input(*op_args(case))
+            gmf, mlp_in, *_ = torch.ops.neumf_fast.fused_input(*case.args())
         else:
             gmf, mlp_in = neumf_fast.neumf_input(case.user, case.item, backend="cpu", **case.kwargs)
         (gmf.square().sum() + mlp_in.sin().sum()).backward()
@@ -199,7 +190,5 @@ def test_cpu_kernel_saves_only_what_the_backward_reads(project):
     case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
                      project=project, requires_grad=False)
     kw = case.kwargs
-    out = torch.ops.neumf_fast.fused_input(case.user, kw.get("user_mask"), kw["user_table"], kw["padding_idx"],
-                                           case.item, kw["item_table"], kw.get("user_weight"), kw.get("user_bias"),
-                                           kw.get("item_weight"), kw.get("item_bias"), 2, "sum", True)
+    out = torch.ops.neumf_fast.fused_input(*case.args(h_mf=2, mode="sum"), True)
     assert [tuple(t.shape) for t in out[2:]] == saved_shapes(case, 2)

@@ -227,9 +227,7 @@ def test_cpu_sides_projected_at_once_match_one_after_the_other(grad):
     for name in at_once:
         assert torch.equal(at_once[name], in_turn[name]), name
     if not grad:  # the saved projections too: a worker without the caller's state would record autograd
-        kw = case.kwargs
-        args = (case.user, None, kw["user_table"], kw.get("padding_idx"), case.item, None, kw["user_weight"],
-                kw["user_bias"], kw["item_weight"], kw["item_bias"], kw["h_mf"], kw["mode"], True)
+        args = (*case.args(), True)
         torch.set_num_threads(2)
         try:
             with torch.no_grad():

@@ -23,9 +23,7 @@ from neumf_fast.ops.dispatch import BACKENDS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _probe = make_case(batch=1, seq_len=1, user_dim=3, h_mf=1, h_mlp=1).on(DEVICE)
-REASONS = BACKENDS["triton"].not_supported_reasons(check_inputs(
-    _probe.user, _probe.kwargs.get("user_mask"), None, None, _probe.item, None, _probe.kwargs["user_weight"],
-    _probe.kwargs["user_bias"], _probe.kwargs["item_weight"], _probe.kwargs["item_bias"], 1, "sum"))
+REASONS = BACKENDS["triton"].not_supported_reasons(check_inputs(_probe.args()))
 pytestmark = pytest.mark.skipif(bool(REASONS), reason="; ".join(REASONS))
 
 
@@ -104,9 +102,7 @@ def test_non_contiguous_inputs():
 
 def test_inference_saves_nothing_and_matches():
     case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, requires_grad=False).on(DEVICE)
-    args = (case.user, case.kwargs.get("user_mask"), None, None, case.item, None, case.kwargs["user_weight"],
-            case.kwargs["user_bias"], case.kwargs["item_weight"], case.kwargs["item_bias"], 2, "sum")
-    gmf, mlp_in, *saved = torch.ops.neumf_fast.triton_fused_input(*args, False)
+    gmf, mlp_in, *saved = torch.ops.neumf_fast.triton_fused_input(*case.args(h_mf=2, mode="sum"), False)
     assert all(t.numel() == 0 for t in saved)
     ref_gmf, ref_mlp = neumf_fast.reference.neumf_input(case.user, case.item, **case.kwargs)
     torch.testing.assert_close(gmf, ref_gmf, atol=2e-5, rtol=2e-5)
@@ -115,9 +111,7 @@ def test_inference_saves_nothing_and_matches():
 
 def test_opcheck():
     case = make_case(batch=4, seq_len=3, user_dim=5, h_mf=2, h_mlp=3, user_ids=True, item_ids=False).on(DEVICE)
-    args = (case.user, None, case.kwargs["user_table"], case.kwargs.get("padding_idx"), case.item, None,
-            case.kwargs["user_weight"], case.kwargs["user_bias"], case.kwargs["item_weight"], case.kwargs["item_bias"],
-            2, "mean", True)
+    args = (*case.args(h_mf=2, mode="mean"), True)
     # Under the interpreter the kernel runs even on FakeTensors (it reads their storage), so the
     # fake-tensor and AOT checks run on a GPU only.
     utils = ("test_schema", "test_autograd_registration")
@@ -231,9 +225,7 @@ def test_auto_takes_triton_for_eager_cuda_calls_only_without_the_cuda_kernels():
     from neumf_fast.ops import _library
 
     case = make_case(batch=2, seq_len=2, user_dim=4, h_mf=2, h_mlp=2).on(DEVICE)
-    dims = check_inputs(case.user, case.kwargs.get("user_mask"), None, None, case.item, None,
-                        case.kwargs["user_weight"], case.kwargs["user_bias"], case.kwargs["item_weight"],
-                        case.kwargs["item_bias"], 2, "sum")
+    dims = check_inputs(case.args())
     expected = ("cuda" if _library.CUDA_KERNELS_BUILT else "triton") if DEVICE == "cuda" else None
     chosen = select_backend(dims, "auto").name
     assert chosen == expected if expected else chosen != "triton", chosen

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from . import _id_check
-from ._checks import FusedDims, capturing, check_id_range, check_inputs
-from .dispatch import (BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, available_backends, select_backend,
-                       selected_before)
+from ._checks import FusedArgs, FusedDims, capturing, check_id_range, check_inputs
+from .dispatch import (BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, CallKind, available_backends, kind_of,
+                       select_backend)
 
 
 def neumf_input(
@@ -50,60 +50,43 @@ def neumf_input(
         ``gmf = mf_user * mf_item`` of shape ``[B, h_mf]`` and
         ``mlp_in = cat(mlp_user, mlp_item)`` of shape ``[B, H_mlp_user + H_mlp_item]``.
     """
-    return run_fused((user, user_mask, user_table, padding_idx, item, item_table,
-                      user_weight, user_bias, item_weight, item_bias, h_mf, mode), backend)
+    return run_fused(FusedArgs(user, user_mask, user_table, padding_idx, item, item_table,
+                               user_weight, user_bias, item_weight, item_bias, h_mf, mode), backend)
 
 
-def run_fused(args: tuple, backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """``neumf_input`` on its twelve arguments as one tuple, in the op's order (``user,
-    user_mask, user_table, padding_idx, item, item_table, user_weight, user_bias, item_weight,
-    item_bias, h_mf, mode``): the same casts, checks and dispatch.  ``FusedUserItem`` calls it
-    directly; at a serving batch the Python between a module call and the kernel is a fifth of
-    the call, and packing and unpacking thirteen keywords is part of it."""
-    user = args[0]
-    device_type = user.device.type
+def run_fused(args: FusedArgs, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """``neumf_input`` on its arguments as one ``FusedArgs``: under autocast the inputs are
+    cast (and an id side gathered, see ``_autocast_inputs``), then the backend chosen for the
+    call's kind (``select_backend``, cached) validates and runs it."""
+    device = args.user.device if isinstance(args.user, Tensor) else None
     if _id_check._PENDING and not torch.compiler.is_compiling():
         _id_check.raise_pending(wait=True)  # a bad id an earlier call recorded (see _id_check)
-    if torch.is_autocast_enabled(device_type):
-        args, gathered = _autocast_inputs(args, device_type)
-        # ids checked by the gather without a sync: their record is read back after the launch
-        if gathered and not capturing(user) and _id_check.mode() == "deferred":
-            out = _dispatch(args, backend, device_type)
-            _id_check.after_launch(user.device, "deferred")
-            return out
-    return _dispatch(args, backend, device_type)
+    gathered = False
+    if device is not None and torch.is_autocast_enabled(device.type):
+        args, gathered = _autocast_inputs(args, device.type)
+    out = select_backend(kind_of(args), backend).run(args)
+    if gathered and not capturing(args.user) and _id_check.mode() == "deferred":
+        _id_check.after_launch(device, "deferred")  # ids the gather checked: read back without a sync
+    return out
 
 
-def _dispatch(args: tuple, backend: str, device_type: str) -> tuple[Tensor, Tensor]:
-    if not torch.compiler.is_compiling():
-        # A kernel's op validates the call itself, with check_inputs' errors: once a call of
-        # this kind has chosen it, checking here too would cost as much again (at serving batch
-        # sizes the checks are a tenth of a call).
-        chosen = selected_before(args[0], args[2], args[4], backend, device_type)
-        if chosen is not None and chosen.checks_inputs:
-            return chosen.run(*args)
-    return select_backend(check_inputs(*args), backend).run(*args)
-
-
-def _autocast_inputs(args: tuple, device_type: str) -> tuple[tuple, bool]:
+def _autocast_inputs(args: FusedArgs, device_type: str) -> tuple[FusedArgs, bool]:
     """Under autocast, the kernels' low-precision path: every float input goes to the autocast
     dtype (a differentiable cast, so fp32 parameters get fp32 gradients).  Also returns whether
     an id side was gathered here (its ids were checked here, see ``_gathered_rows``)."""
-    (user, user_mask, user_table, padding_idx, item, item_table,
-     user_weight, user_bias, item_weight, item_bias, h_mf, mode) = args
     low = torch.get_autocast_dtype(device_type)
     gathered = False
     if not torch.compiler.is_compiling():
         # A call that reads fewer rows than a table holds casts the rows it reads, not the
         # table: casting the table costs its size every step, forward and backward.
-        if user_mask is None and _gather_first(user, user_table, low, 2):
-            (user, user_mask), user_table = _gathered_rows(user, user_table, padding_idx, "user"), None
-            padding_idx, gathered = None, True
-        if _gather_first(item, item_table, low, 1):
-            (item, _), item_table, gathered = _gathered_rows(item, item_table, None, "item"), None, True
+        if args.user_mask is None and _gather_first(args.user, args.user_table, low, 2):
+            user, user_mask = _gathered_rows(args.user, args.user_table, args.padding_idx, "user")
+            args, gathered = args._replace(user=user, user_mask=user_mask, user_table=None, padding_idx=None), True
+        if _gather_first(args.item, args.item_table, low, 1):
+            item, _ = _gathered_rows(args.item, args.item_table, None, "item")
+            args, gathered = args._replace(item=item, item_table=None), True
     cast = lambda t: t.to(low) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != low else t
-    return (cast(user), user_mask, cast(user_table), padding_idx, cast(item), cast(item_table),
-            cast(user_weight), cast(user_bias), cast(item_weight), cast(item_bias), h_mf, mode), gathered
+    return FusedArgs(*(cast(a) for a in args)), gathered
 
 
 def _gather_first(ids: Tensor, table: Tensor | None, low: torch.dtype, rank: int) -> bool:
@@ -164,6 +147,6 @@ def warmup(model: torch.nn.Module, batch) -> None:
 
 
 __all__ = [
-    "BACKENDS", "ENV_VAR", "PREFERENCE", "BackendUnavailable", "FusedDims",
-    "available_backends", "check_inputs", "neumf_input", "run_fused", "select_backend", "warmup",
+    "BACKENDS", "ENV_VAR", "PREFERENCE", "BackendUnavailable", "CallKind", "FusedArgs", "FusedDims",
+    "available_backends", "check_inputs", "kind_of", "neumf_input", "run_fused", "select_backend", "warmup",
 ]

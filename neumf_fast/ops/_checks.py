@@ -1,10 +1,10 @@
-"""Metadata checks of a fused NeuMF input call, shared by every backend and the fake kernel.
+"""A fused NeuMF input call's arguments (``FusedArgs``) and the Python check of them.
 
-They read only shapes, dtypes and devices (no data, no host sync).  Id ranges are data: each
-backend checks them where it reads the ids.  The C++ entry points (csrc/ops.cpp) make the same
-checks, in the same order, with the same exceptions and messages: for callers that reach
-``torch.ops.neumf_fast`` directly, and for ``neumf_input``, which leaves the checks to them once
-a call of the same kind has chosen a C++ backend (``dispatch.selected_before``).
+``check_inputs`` validates a call for the backends with no compiled entry point of their own
+(the Triton launcher and the PyTorch reference).  It reads only shapes, dtypes and devices (no
+data, no host sync); id ranges are data, checked by each backend where it reads the ids.  The
+C++ kernels validate their calls themselves (``check_fused_input`` in csrc/ops.cpp), with
+errors of the same type that name the same argument and problem.
 """
 
 from __future__ import annotations
@@ -17,6 +17,30 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 INDEX_DTYPES = (torch.int64, torch.int32)
 MODES = ("sum", "mean")
+
+
+class FusedArgs(NamedTuple):
+    """The op's arguments by name, in its schema's order, so ``op(*args, save)`` calls it."""
+
+    user: Tensor
+    user_mask: Tensor | None
+    user_table: Tensor | None
+    padding_idx: int | None
+    item: Tensor
+    item_table: Tensor | None
+    user_weight: Tensor | None
+    user_bias: Tensor | None
+    item_weight: Tensor | None
+    item_bias: Tensor | None
+    h_mf: int
+    mode: str
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in self if isinstance(t, Tensor)]
+
+    def needs_grad(self) -> bool:
+        """Whether autograd must record this call: grad mode on and a differentiable input."""
+        return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in self)
 
 
 class FusedDims(NamedTuple):
@@ -59,21 +83,10 @@ def _side(w: Tensor | None, b: Tensor | None, in_dim: int, wname: str, bname: st
     return w.shape[0]
 
 
-def check_inputs(
-    user: Tensor,
-    user_mask: Tensor | None,
-    user_table: Tensor | None,
-    padding_idx: int | None,
-    item: Tensor,
-    item_table: Tensor | None,
-    user_weight: Tensor | None,
-    user_bias: Tensor | None,
-    item_weight: Tensor | None,
-    item_bias: Tensor | None,
-    h_mf: int,
-    mode: str,
-) -> FusedDims:
+def check_inputs(args: FusedArgs) -> FusedDims:
     """Validates one call and returns its sizes; raises TypeError/ValueError naming the argument."""
+    (user, user_mask, user_table, padding_idx, item, item_table,
+     user_weight, user_bias, item_weight, item_bias, h_mf, mode) = args
     if not isinstance(user, Tensor) or not isinstance(item, Tensor):
         raise TypeError("neumf_fast: user and item must be tensors")
     if mode not in MODES:

@@ -33,15 +33,40 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from . import _library
-from ._checks import INDEX_DTYPES, FusedDims
+from ._autograd import run_kernels
+from ._checks import INDEX_DTYPES, FusedArgs, check_inputs
 from .. import reference
 
 ENV_VAR = "NEUMF_FAST_BACKEND"
+
+
+class CallKind(NamedTuple):
+    """What a selection depends on, read from a call's metadata (``kind_of``): ``FusedDims``
+    has the same fields, so either describes a call here."""
+
+    batch: int
+    user_ids: bool
+    item_ids: bool
+    dtype: torch.dtype
+    device: torch.device
+
+
+def kind_of(args: FusedArgs) -> CallKind:
+    """A call's kind, without validating it (the chosen backend does): a call too malformed to
+    read gets ``check_inputs``' error instead."""
+    user = args.user
+    try:
+        user_ids = user.dtype in INDEX_DTYPES
+        source = args.user_table if user_ids else user
+        return CallKind(user.shape[0], user_ids, args.item.dtype in INDEX_DTYPES, source.dtype, user.device)
+    except (AttributeError, IndexError):
+        check_inputs(args)
+        raise
 
 
 class BackendUnavailable(RuntimeError):
@@ -49,74 +74,75 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend:
-    """One implementation of the op: a name, a reason check and a call.  ``checks_inputs``:
-    ``run`` validates a call before it reads anything, raising what ``check_inputs`` raises, so
-    a caller need not check first.  The C++ ops do (csrc/ops.cpp), and so does Triton's launcher
-    (triton_backend); the reference does not."""
+    """One implementation of the op: a name, a reason check and ``run(args) -> (gmf, mlp_in)``.
+    The reasons read only the device type, the dtype and how the process was set up; ``run``
+    validates its call (the kernels' own checks, or ``check_inputs``) before it reads anything."""
 
-    def __init__(self, name: str, reasons: Callable[[FusedDims], list[str]], run: Callable,
-                 auto: Callable[[FusedDims], bool] = lambda dims: True, checks_inputs: bool = False):
+    def __init__(self, name: str, reasons: Callable[[CallKind], list[str]], run: Callable,
+                 auto: Callable[[CallKind], bool] = lambda kind: True):
         self.name, self._reasons, self.run, self.auto = name, reasons, run, auto
-        self.checks_inputs = checks_inputs
 
-    def not_supported_reasons(self, dims: FusedDims) -> list[str]:
-        return self._reasons(dims)
+    def not_supported_reasons(self, kind: CallKind) -> list[str]:
+        return self._reasons(kind)
 
 
-def _torch_reasons(dims: FusedDims) -> list[str]:
+def _torch_reasons(kind: CallKind) -> list[str]:
     return []
 
 
-def _cpu_reasons(dims: FusedDims) -> list[str]:
+def _cpu_reasons(kind: CallKind) -> list[str]:
     reasons = []
     if _library.EXTENSION_ERROR is not None:
         reasons.append(_library.EXTENSION_ERROR)
-    if dims.device.type != "cpu":
-        reasons.append(f"the C++ CPU kernel runs on CPU tensors, these are on {dims.device}")
+    if kind.device.type != "cpu":
+        reasons.append(f"the C++ CPU kernel runs on CPU tensors, these are on {kind.device}")
     return reasons
 
 
-def _cuda_reasons(dims: FusedDims) -> list[str]:
+def _cuda_reasons(kind: CallKind) -> list[str]:
     if _library.EXTENSION_ERROR is not None:
         return [_library.EXTENSION_ERROR]
     reasons = []
     if not _library.CUDA_KERNELS_BUILT:
         reasons.append("the CUDA kernels are not built into neumf_fast._C (they build when torch has CUDA and "
                        "nvcc is found; FORCE_CUDA=1 makes the build fail, saying why, when they cannot)")
-    if dims.device.type != "cuda":
-        reasons.append(f"the CUDA kernels run on CUDA tensors, these are on {dims.device}")
+    if kind.device.type != "cuda":
+        reasons.append(f"the CUDA kernels run on CUDA tensors, these are on {kind.device}")
     return reasons
 
 
-def _run_reference(user, user_mask, user_table, padding_idx, item, item_table,
-                   user_weight, user_bias, item_weight, item_bias, h_mf, mode):
+def _run_reference(args: FusedArgs):
+    check_inputs(args)
     return reference.neumf_input(
-        user, item, h_mf=h_mf, user_mask=user_mask, user_table=user_table, padding_idx=padding_idx,
-        item_table=item_table, user_weight=user_weight, user_bias=user_bias,
-        item_weight=item_weight, item_bias=item_bias, mode=mode)
+        args.user, args.item, h_mf=args.h_mf, user_mask=args.user_mask, user_table=args.user_table,
+        padding_idx=args.padding_idx, item_table=args.item_table, user_weight=args.user_weight,
+        user_bias=args.user_bias, item_weight=args.item_weight, item_bias=args.item_bias, mode=args.mode)
 
 
-def _triton_reasons(dims: FusedDims) -> list[str]:
-    if dims.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":  # no need to import Triton
+def _run_kernels(args: FusedArgs):
+    return run_kernels(_library.KERNELS, args)
+
+
+def _triton_reasons(kind: CallKind) -> list[str]:
+    if kind.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":  # no need to import Triton
         return [f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
-                f"these are on {dims.device}"]
+                f"these are on {kind.device}"]
     from . import triton_backend
 
-    return triton_backend.triton_reasons(dims)
+    return triton_backend.triton_reasons(kind)
 
 
-def _run_triton(*args):
+def _run_triton(args: FusedArgs):
     from . import triton_backend
 
-    return triton_backend.run_triton(*args)
+    return run_kernels(triton_backend.KERNELS, args)
 
 
 BACKENDS: dict[str, Backend] = {
-    "cuda": Backend("cuda", _cuda_reasons, _library.fused_input, checks_inputs=True),
+    "cuda": Backend("cuda", _cuda_reasons, _run_kernels),
     # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
-    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda dims: dims.device.type == "cuda",
-                      checks_inputs=True),
-    "cpu": Backend("cpu", _cpu_reasons, _library.fused_input, checks_inputs=True),
+    "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda kind: kind.device.type == "cuda"),
+    "cpu": Backend("cpu", _cpu_reasons, _run_kernels),
     "torch": Backend("torch", _torch_reasons, _run_reference),
 }
 # What "auto" takes where AUTO_TABLE has no measurement: the first of these that can run (see
@@ -135,9 +161,9 @@ def preference(compiling: bool) -> list[str]:
 _warned_fallback = False
 
 
-def _warn_fallback_once(dims: FusedDims) -> None:
+def _warn_fallback_once(kind: CallKind) -> None:
     global _warned_fallback
-    if not _warned_fallback and _library.EXTENSION_ERROR is not None and dims.device.type == "cpu":
+    if not _warned_fallback and _library.EXTENSION_ERROR is not None and kind.device.type == "cpu":
         _warned_fallback = True
         warnings.warn(
             f"neumf_fast: {_library.EXTENSION_ERROR}; falling back to the PyTorch reference "
@@ -147,9 +173,9 @@ def _warn_fallback_once(dims: FusedDims) -> None:
         )
 
 
-def shape_class(dims: FusedDims) -> str:
+def shape_class(kind: CallKind) -> str:
     """The benchmark's classes of calls (``class_of``)."""
-    return class_of(dims.batch, dims.user_ids or dims.item_ids)
+    return class_of(kind.batch, kind.user_ids or kind.item_ids)
 
 
 def class_of(batch: int, ids: bool) -> str:
@@ -173,91 +199,67 @@ class AutoTable:
         self.table: dict[str, dict[str, str]] = json.loads(path.read_text()).get("choices", {}) if path.exists() else {}
         self._names: dict[int, str] = {}
 
-    def choice(self, dims: FusedDims) -> str | None:
-        if dims.device.type != "cuda" or not self.table:
+    def choice(self, kind: CallKind) -> str | None:
+        if kind.device.type != "cuda" or not self.table:
             return None
-        index = dims.device.index if dims.device.index is not None else torch.cuda.current_device()
+        index = kind.device.index if kind.device.index is not None else torch.cuda.current_device()
         if index not in self._names:
             self._names[index] = torch.cuda.get_device_name(index)
         by_class = self.table.get(self._names[index], {})
-        return by_class.get(f"{shape_class(dims)} {str(dims.dtype).removeprefix('torch.')}")
+        return by_class.get(f"{shape_class(kind)} {str(kind.dtype).removeprefix('torch.')}")
 
 
 AUTO_TABLE = AutoTable()
 _selected: dict[tuple, Backend] = {}
 
 
-def select_backend(dims: FusedDims, backend: str = "auto") -> Backend:
-    """The backend that will run these inputs, honouring ``NEUMF_FAST_BACKEND``."""
+def select_backend(kind: CallKind, backend: str = "auto") -> Backend:
+    """The backend that will run a call of this kind (a ``CallKind`` or ``FusedDims``),
+    honouring ``NEUMF_FAST_BACKEND``.  Every backend's reasons depend only on the device type,
+    the dtype and the process, ``AutoTable`` on the shape class, and the order without a
+    measurement on whether torch.compile is tracing: a selection is cached on those."""
     requested = os.environ.get(ENV_VAR) or backend
     compiling = torch.compiler.is_compiling()
-    key = _selection_key(requested, dims.device.type, dims.dtype, dims.batch, dims.user_ids or dims.item_ids,
-                         compiling)
+    key = (requested, kind.device.type, kind.dtype, class_of(kind.batch, kind.user_ids or kind.item_ids),
+           _library.EXTENSION_ERROR, compiling)
     chosen = _selected.get(key)
     if chosen is None:
-        chosen = _selected[key] = _select(dims, requested, backend, compiling)
+        chosen = _selected[key] = _select(kind, requested, backend, compiling)
     if chosen.name == "torch" and requested == "auto":
-        _warn_fallback_once(dims)
+        _warn_fallback_once(kind)
     return chosen
 
 
-def selected_before(user, user_table, item, backend: str = "auto", device_type: str | None = None) -> Backend | None:
-    """The backend ``select_backend`` chose for an earlier eager call of the same kind (request,
-    device type, dtype, shape class), read from this call's metadata alone, without validating
-    it; ``None`` if there was none.  (Only eager calls take this path: a traced call selects
-    afresh.)  A call whose metadata is wrong finds none, or finds a
-    backend whose op reports what is wrong (``Backend.checks_inputs``).  ``device_type``, if the
-    caller has it, is ``user.device.type``."""
-    if not (isinstance(user, torch.Tensor) and isinstance(item, torch.Tensor)) or user.dim() == 0:
-        return None
-    user_ids = user.dtype in INDEX_DTYPES
-    source = user_table if user_ids else user
-    if not isinstance(source, torch.Tensor):
-        return None
-    return _selected.get(_selection_key(os.environ.get(ENV_VAR) or backend,
-                                        user.device.type if device_type is None else device_type, source.dtype,
-                                        user.shape[0], user_ids or item.dtype in INDEX_DTYPES, False))
-
-
-def _selection_key(requested: str, device_type: str, dtype: torch.dtype, batch: int, ids: bool,
-                   compiling: bool) -> tuple:
-    """What a selection depends on: every backend's reasons read only the device type, the
-    dtype and how the process was set up (the extension), ``AutoTable`` the shape class, and
-    the order without a measurement whether torch.compile is tracing."""
-    return requested, device_type, dtype, class_of(batch, ids), _library.EXTENSION_ERROR, compiling
-
-
-def _select(dims: FusedDims, requested: str, backend: str, compiling: bool = False) -> Backend:
+def _select(kind: CallKind, requested: str, backend: str, compiling: bool = False) -> Backend:
     if requested == "auto":
-        measured = AUTO_TABLE.choice(dims)
-        if measured in BACKENDS and not BACKENDS[measured].not_supported_reasons(dims):
+        measured = AUTO_TABLE.choice(kind)
+        if measured in BACKENDS and not BACKENDS[measured].not_supported_reasons(kind):
             return BACKENDS[measured]
         for name in preference(compiling):
             chosen = BACKENDS[name]
-            if chosen.auto(dims) and not chosen.not_supported_reasons(dims):
+            if chosen.auto(kind) and not chosen.not_supported_reasons(kind):
                 return chosen
         raise BackendUnavailable("neumf_fast: no backend can run these inputs")  # torch always can
     if requested not in BACKENDS:
         source = f"{ENV_VAR}={requested!r}" if os.environ.get(ENV_VAR) else f"backend={backend!r}"
         raise ValueError(f"neumf_fast: unknown {source}; choose 'auto' or one of {sorted(BACKENDS)}")
     chosen = BACKENDS[requested]
-    reasons = chosen.not_supported_reasons(dims)
+    reasons = chosen.not_supported_reasons(kind)
     if reasons:
         raise BackendUnavailable(f"neumf_fast: backend {requested!r} cannot run these inputs: " + "; ".join(reasons))
     return chosen
 
 
-def probe_dims(device="cpu", dtype: torch.dtype = torch.float32) -> FusedDims:
-    """A small call's dimensions on ``device`` in ``dtype``: what the backend checks need to
-    say whether a backend can run there at all."""
-    return FusedDims(batch=1, seq_len=1, user_dim=8, item_dim=8, user_proj=8, item_proj=8, h_mf=4, user_ids=False,
-                     item_ids=False, dtype=dtype, device=torch.device(device))
+def probe_kind(device="cpu", dtype: torch.dtype = torch.float32) -> CallKind:
+    """A small dense call on ``device`` in ``dtype``: what the backend checks need to say
+    whether a backend can run there at all."""
+    return CallKind(batch=1, user_ids=False, item_ids=False, dtype=dtype, device=torch.device(device))
 
 
-def available_backends(device: str | torch.device | FusedDims = "cpu", dtype: torch.dtype = torch.float32,
+def available_backends(device: str | torch.device | CallKind = "cpu", dtype: torch.dtype = torch.float32,
                        compiled: bool = False) -> list[str]:
-    """Names of the backends that can run on ``device`` in ``dtype`` (or run the call that
-    ``FusedDims`` describes), in the order ``"auto"`` tries them where ``auto_table.json`` has
+    """Names of the backends that can run on ``device`` in ``dtype`` (or run the call that a
+    ``CallKind`` or ``FusedDims`` describes), in the order ``"auto"`` tries them where ``auto_table.json`` has
     no measurement for this GPU: eager calls (``compiled=False``) take the CUDA kernels before
     Triton, calls traced by ``torch.compile`` (``compiled=True``) Triton before the CUDA kernels.
     ``"auto"`` takes the first of them, except that it never takes Triton for CPU tensors.
@@ -268,8 +270,8 @@ def available_backends(device: str | torch.device | FusedDims = "cpu", dtype: to
         ['cuda', 'triton', 'torch']
         >>> neumf_fast.available_backends("cuda", compiled=True)     # doctest: +SKIP
         ['triton', 'cuda', 'torch']"""
-    dims = device if isinstance(device, FusedDims) else probe_dims(device, dtype)
-    return [n for n in preference(compiled) if not BACKENDS[n].not_supported_reasons(dims)]
+    kind = probe_kind(device, dtype) if isinstance(device, (str, torch.device)) else device
+    return [n for n in preference(compiled) if not BACKENDS[n].not_supported_reasons(kind)]
 
 
 def unavailable_reasons(backend: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
@@ -278,4 +280,4 @@ def unavailable_reasons(backend: str, device: str | torch.device = "cpu", dtype:
         return []
     if backend not in BACKENDS:
         return [f"unknown backend {backend!r}; choose 'auto' or one of {sorted(BACKENDS)}"]
-    return BACKENDS[backend].not_supported_reasons(probe_dims(device, dtype))
+    return BACKENDS[backend].not_supported_reasons(probe_kind(device, dtype))
