@@ -86,6 +86,8 @@ def test_duplicates_are_kept_once_at_their_earliest_time():
     ("1::2::3::4\n5::6::3::12", None, None),  # a last line without newline is fine
     ("1::2::3::4\n5::6::3::1", None, None),
     ("1::2::3::4\n5::6", 2, "expected 4 fields"),  # truncated mid-line
+    ("1::2::3::4\n5::6::nan::4\n", 2, "'nan' is not a valid rating"),  # NaN is not read as missing
+    ("1::2::3::4\n5::6::inf::4\n", 2, "'inf' is not a valid rating"),
 ])
 def test_corrupt_files_name_file_and_line(tmp_path, content, line, what):
     path = tmp_path / "ratings.dat"
@@ -96,6 +98,17 @@ def test_corrupt_files_name_file_and_line(tmp_path, content, line, what):
     with pytest.raises(DataError) as e:
         read_interactions(path)
     assert str(path) in str(e.value) and f"line {line}" in str(e.value) and what in str(e.value)
+
+
+def test_a_nan_rating_names_file_line_and_value_and_an_empty_one_is_missing(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,11,,101\n2,10,NaN,102\n")
+    with pytest.raises(DataError) as e:
+        read_interactions(path)
+    assert f"{path}, line 4: 'NaN' is not a valid rating" in str(e.value)
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,11,,101\n2,10,3.0,102\n")
+    assert len(read_interactions(path)) == 3  # the empty rating is missing: the row is still a positive
+    assert len(read_interactions(path, threshold=3.5)) == 1  # ... which a threshold drops
 
 
 def test_recbole_atomic_files(tmp_path):

@@ -134,6 +134,30 @@ def test_bad_export_requests_are_one_line(run, tmp_path):
         CatalogueScores(dense)
 
 
+def test_an_out_that_cannot_be_written_is_one_line_naming_it(run, tmp_path, monkeypatch):
+    """Not torch's ``RuntimeError: [enforce fail at inline_container.cc:...]``.  A directory in
+    the file's place is what makes a path unwritable here (the tests may run as root, for whom
+    a read-only directory is still writable)."""
+    from neumf_fast.cli import export_cmd
+
+    taken = tmp_path / "model.pt2"
+    taken.mkdir()
+    argv = ["export", str(run.checkpoint_path.parent), "--out", str(taken)]
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert str(e.value.code) == f"neumf-fast: --out {taken}: cannot write {taken}: Is a directory"
+    (tmp_path / "other.topk.pt2").mkdir()  # a sibling in the way is named too, before any work
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv[:-1] + [str(tmp_path / "other.pt2")])
+    assert f"cannot write {tmp_path / 'other.topk.pt2'}: Is a directory" in str(e.value.code)
+    assert not (tmp_path / "other.pt2").exists()  # the check leaves no file behind
+    # past the check (a path that turns unwritable during the export), the save names it as well
+    monkeypatch.setattr(export_cmd, "check_writable", lambda out: None)
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert str(e.value.code) == f"neumf-fast: {taken}: Is a directory"
+
+
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
