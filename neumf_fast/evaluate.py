@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import metrics
 from .data import NegativeSampler, Split
+from .data.histories import latest
 from .models import SequenceNeuMF
 from .scoring import CatalogueScorer
 
@@ -48,14 +49,8 @@ def training_history(split: Split, history_len: int) -> Tensor:
     """``[num_users, history_len]`` int64: each user's latest training items, oldest first,
     left-padded with ``num_items``."""
     order = np.lexsort((split.train_time, split.train_user))
-    user, item = split.train_user[order], split.train_item[order]
-    counts = np.bincount(user, minlength=split.num_users)
-    ends = np.cumsum(counts)
-    from_end = np.repeat(ends, counts) - np.arange(len(user))  # 1 = latest
-    keep = from_end <= history_len
-    hist = np.full((split.num_users, history_len), split.num_items, np.int64)
-    hist[user[keep], history_len - from_end[keep]] = item[keep]
-    return torch.from_numpy(hist)
+    return torch.from_numpy(latest(split.train_user[order], split.train_item[order], split.num_users, history_len,
+                                   split.num_items))
 
 
 def popularity_scores(split: Split) -> Tensor:

@@ -41,19 +41,27 @@ class Histories:
     items: np.ndarray
     lines: np.ndarray
     source: str = "histories"
+    unit: str = ""  # "line" or "row" when read from a file: what ``lines`` count
+
+    def where(self, j: int) -> str:
+        """Where flat item ``j`` came from, for messages: the file and line, or the user."""
+        user = self.users[np.searchsorted(self.offsets, j, side="right") - 1].item()
+        if not self.unit and len(self) == 1:
+            return "the history"
+        return f"{self.source}, {self.unit} {self.lines[j]} (user {user!r})" if self.unit else f"the history of user {user!r}"
 
     def __len__(self) -> int:
         return len(self.users)
 
     @classmethod
-    def from_lists(cls, users, lists, source: str = "histories", lines=None) -> "Histories":
+    def from_lists(cls, users, lists, source: str = "histories", lines=None, unit: str = "") -> "Histories":
         """From one sequence of item ids per user (``lines``: each user's source line)."""
         lists = [np.atleast_1d(np.asarray(items)) for items in lists]
         counts = np.array([len(items) for items in lists], np.int64)
         at = np.arange(1, len(lists) + 1) if lines is None else np.asarray(lines, np.int64)
         items = np.concatenate(lists) if lists else np.zeros(0, np.int64)
         return cls(as_ids(np.asarray(users)), np.concatenate([[0], np.cumsum(counts)]), as_ids(items),
-                   np.repeat(at, counts), source)
+                   np.repeat(at, counts), source, unit)
 
     @classmethod
     def of(cls, histories) -> "Histories":
@@ -174,7 +182,7 @@ def _from_list_column(path: Path, frame, lines: np.ndarray, user: str, listed: s
         where = lines[keys == twice]
         raise DataError(f"{path}, lines {where[0]} and {where[1]}: user {twice.item()!r} twice (one line per user "
                         "in the list layout)")
-    return Histories.from_lists(keys, lists, str(path), lines)
+    return Histories.from_lists(keys, lists, str(path), lines, "row" if path.suffix == ".parquet" else "line")
 
 
 _SEPARATORS = re.compile(r"[\s,;|]+")
@@ -218,7 +226,7 @@ def _from_rows(path: Path, frame, lines: np.ndarray, user: str, item: str, stamp
     counts = np.bincount(group, minlength=len(uniq))
     return Histories(uniq[np.argsort(appearance)], np.concatenate([[0], np.cumsum(counts)]),
                      as_ids(np.asarray(items)[order]),
-                     lines[order], str(path))
+                     lines[order], str(path), "row" if path.suffix == ".parquet" else "line")
 
 
 def _is_number(value) -> bool:
