@@ -302,6 +302,15 @@ class Run:
 
         return test_metrics(self.model, self.split, self.config, self.device)
 
+    def new_user_metrics(self) -> dict | None:
+        """The held-out new users' metrics beside popularity's (``evaluate.new_user_metrics``):
+        ``None`` when the run holds no users out (``train --model seq --new-users 0.1`` does)."""
+        from .evaluate import new_user_metrics
+
+        self.check_takes_histories()
+        return new_user_metrics(self.model, self.split, k=self.config.k, history_len=self.config.history_len,
+                                device=self.device)
+
 
 def load_run(path: str | os.PathLike, *, backend: str | None = None, device="cpu",
              split: str | os.PathLike | None = None) -> Run:

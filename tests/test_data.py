@@ -211,6 +211,34 @@ def test_leave_one_out_follows_time_and_handles_short_users():
     assert (split.valid_candidates[1] == -1).all() and (split.test_candidates[2] == -1).all()
 
 
+def test_new_users_are_held_out_of_training_entirely(tmp_path):
+    data = synthetic(0, num_users=200, num_items=300, num_interactions=6000)
+    split = leave_one_out(data, num_negatives=20, seed=3, new_users=0.1)
+    new = split.new_users
+    assert len(new) == 20 and len(np.unique(new)) == 20
+    assert not np.isin(split.train_user, new).any() and (split.valid[new] == -1).all()
+    assert not np.isin(split.eval_users("test"), new).any() and split.eval_users("new").tolist() == new.tolist()
+    for u in new[:5]:  # the latest interaction is the test item, every earlier one the history
+        rows = np.flatnonzero(data.user == u)
+        latest = rows[np.lexsort((rows, data.timestamp[rows]))[-1]]
+        assert split.test[u] == data.item[latest]
+        assert sorted(split.new_history_item[split.new_history_user == u]) == sorted(set(data.item[rows]) - {data.item[latest]})
+        cands = split.test_candidates[u]
+        assert cands[0] == split.test[u] and not np.isin(cands[1:], data.item[rows]).any()
+    split.save(tmp_path / "split.npz")
+    back = Split.load(tmp_path / "split.npz")
+    assert back.new_users.tolist() == new.tolist() and back.new_history_item.tolist() == split.new_history_item.tolist()
+    # the same users for the same seed; none held out by default, as a split file from before this field loads
+    assert leave_one_out(data, num_negatives=20, seed=3, new_users=0.1).new_users.tolist() == new.tolist()
+    plain = leave_one_out(data, num_negatives=20, seed=3)
+    assert len(plain.new_users) == 0 and len(plain.eval_users("test")) == 200
+    fields = {k: v for k, v in np.load(tmp_path / "split.npz").items() if not k.startswith("new_")}
+    np.savez(tmp_path / "old.npz", **fields)
+    assert len(Split.load(tmp_path / "old.npz").new_users) == 0
+    with pytest.raises(ValueError, match=r"new_users must lie in \[0, 1\)"):
+        leave_one_out(data, new_users=1.0)
+
+
 def test_candidates_are_distinct_negatives_fixed_by_seed(tmp_path):
     data = synthetic(3, 60, 300, 3000)  # at most 150 positives per user: >= 150 free items
     split = leave_one_out(data, num_negatives=99, seed=7)

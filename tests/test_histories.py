@@ -209,3 +209,47 @@ def test_ten_thousand_histories_stream_in_blocks_of_bounded_size(seq, monkeypatc
     assert rows == 30_000 and len(inputs) == -(-10_000 // 64)
     assert max(largest) <= 64 * scorer.item_block
     assert max(inputs) == (64, seq.config.history_len)
+
+
+# ---- new-user evaluation -------------------------------------------------------------------------
+
+
+def test_new_user_metrics_rank_the_test_item_as_recommend_from_the_history_does(tmp_path, capsys):
+    """A seq run trained with --new-users: ``evaluate`` reports the held-out users' metrics
+    beside popularity's, and a new user's full-ranking hit is whether ``recommend(history=...)``
+    (their history, whose items it leaves out) has the test item in its top 10."""
+    import neumf_fast
+    from neumf_fast.data import synthetic
+
+    data = synthetic(0, num_users=80, num_items=150, num_interactions=2400)
+    csv = tmp_path / "events.csv"
+    csv.write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in zip(data.user, data.item, data.timestamp)))
+    cli_main(["train", "--model", "seq", "--dataset", str(csv), "--new-users", "0.25", "--epochs", "1", "--factors",
+              "4", "--batch-size", "512", "--no-progress", "--out", str(tmp_path / "run")])
+    capsys.readouterr()
+    cli_main(["evaluate", str(tmp_path / "run")])
+    result = json.loads(capsys.readouterr().out)
+    new = result["new_users"]
+    assert new["users"] == 20 and result["candidates"]["users"] == 60  # the 20 are not in the leave-one-out test
+    for who in ("model", "popularity"):
+        assert new[who]["candidates"]["users"] == new[who]["full"]["users"] == 20
+    run = neumf_fast.load_run(tmp_path / "run")
+    split, hits = run.split, []
+    for u in split.new_users:
+        order = np.argsort(split.new_history_time[split.new_history_user == u], kind="stable")
+        history = run.item_ids[split.new_history_item[split.new_history_user == u][order]].tolist()
+        top = [i for i, _ in run.recommend(history=history, k=10)]
+        hits.append(run.item_ids[split.test[u]] in top)
+    assert new["model"]["full"]["hr@10"] == pytest.approx(np.mean(hits))
+
+
+def test_evaluate_says_when_a_seq_run_holds_no_new_users(seq, capsys):
+    cli_main(["evaluate", str(seq.checkpoint_path.parent)])
+    out = capsys.readouterr()
+    assert json.loads(out.out)["new_users"] is None and "train with --new-users 0.1" in out.err
+
+
+def test_new_users_is_for_the_seq_model_only(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--model", "neumf", "--dataset", "synthetic", "--new-users", "0.1", "--out", str(tmp_path)])
+    assert "--new-users applies to --model seq" in str(e.value.code)

@@ -73,9 +73,15 @@ def load_run(args):
 
 
 def evaluate(args, argv=None) -> None:
+    """Leave-one-out test metrics; for a seq run also the held-out new users' (model and popularity)."""
     run = load_run(args)
-    result = run.test_metrics()
-    print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": run.checkpoint["epoch"] + 1, **result}, indent=2))
+    result = {"checkpoint": str(args.checkpoint), "epoch": run.checkpoint["epoch"] + 1, **run.test_metrics()}
+    if run.config.model == "seq":
+        result["new_users"] = run.new_user_metrics()
+        if result["new_users"] is None:
+            print("neumf-fast: this run holds no new users out of training; train with --new-users 0.1 to evaluate "
+                  "cold start", file=sys.stderr)
+    print(json.dumps(result, indent=2))
 
 
 def recommend(args, argv=None) -> None:
