@@ -188,7 +188,7 @@ def test_the_served_history_example_of_the_docs_runs_torch_only_and_matches_the_
     out = tmp_path_factory.mktemp("seq-serve") / "seq.pt2"
     cli_main(["export", str(run.checkpoint_path.parent), "--out", str(out), "--k", "6"])
     history = run.item_ids[[3, 17, 40, 41]].tolist() + [999991]  # an unknown id: the example drops it
-    script = example.replace("history = [1193, 661, 914]", f"history = {history}")
+    script = example.replace("history = [1193, 661, 42]", f"history = {history}")
     assert script != example, "the example's history line changed: update this test"
     script += "\nimport sys\nassert not any(m.split('.')[0] == 'neumf_fast' for m in sys.modules)\n"
     done = subprocess.run([sys.executable, "-c", script], cwd=out.parent, capture_output=True, text=True,
