@@ -28,6 +28,7 @@ class TrainConfig:
     eval_negatives: int = 99
     k: int = 10
     history_len: int = 20  # seq: how many of the latest training items form the user
+    new_users: float = 0.0  # seq: share of users held out of training, for the new-user evaluation
     pretrain: tuple[str, str] | None = None  # GMF and MLP checkpoints for NeuMF
     alpha: float = 0.5
     threshold: float | None = None  # keep ratings >= threshold as positives

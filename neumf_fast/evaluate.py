@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import metrics
 from .data import NegativeSampler, Split
+from .data.histories import latest
 from .models import SequenceNeuMF
 from .scoring import CatalogueScorer
 
@@ -29,10 +30,10 @@ class UserInput:
     """Maps user ids to a model's user input: ids, or the last ``history_len`` training items of
     each user (by time, padded with the padding id ``num_items``) for ``SequenceNeuMF``."""
 
-    def __init__(self, split: Split, model, history_len: int = 20, device="cpu"):
+    def __init__(self, split: Split, model, history_len: int = 20, device="cpu", *, new_users: bool = False):
         self.history = None
-        if isinstance(model, SequenceNeuMF):
-            self.history = training_history(split, history_len).to(device)
+        if isinstance(model, SequenceNeuMF):  # new_users: the held-out users' histories instead
+            self.history = training_history(split, history_len, new_users).to(device)
             self.pad = split.num_items
 
     def __call__(self, users: Tensor, items: Tensor | None = None) -> Tensor:
@@ -44,18 +45,13 @@ class UserInput:
         return hist
 
 
-def training_history(split: Split, history_len: int) -> Tensor:
-    """``[num_users, history_len]`` int64: each user's latest training items, oldest first,
-    left-padded with ``num_items``."""
-    order = np.lexsort((split.train_time, split.train_user))
-    user, item = split.train_user[order], split.train_item[order]
-    counts = np.bincount(user, minlength=split.num_users)
-    ends = np.cumsum(counts)
-    from_end = np.repeat(ends, counts) - np.arange(len(user))  # 1 = latest
-    keep = from_end <= history_len
-    hist = np.full((split.num_users, history_len), split.num_items, np.int64)
-    hist[user[keep], history_len - from_end[keep]] = item[keep]
-    return torch.from_numpy(hist)
+def training_history(split: Split, history_len: int, new_users: bool = False) -> Tensor:
+    """``[num_users, history_len]`` int64: each user's latest training items (``new_users``: the
+    held-out users' history items), oldest first, left-padded with ``num_items``."""
+    user, item, time = ((split.new_history_user, split.new_history_item, split.new_history_time) if new_users else
+                        (split.train_user, split.train_item, split.train_time))
+    order = np.lexsort((time, user))
+    return torch.from_numpy(latest(user[order], item[order], split.num_users, history_len, split.num_items))
 
 
 def popularity_scores(split: Split) -> Tensor:
@@ -110,11 +106,13 @@ def evaluate_candidates(model, split: Split, which: str = "valid", *, k: int = 1
 def evaluate_full(model, split: Split, which: str = "test", *, k: int = 10, user_input: UserInput | None = None,
                   batch_users: int = 256, device="cpu", popularity: Tensor | None = None) -> dict:
     """Metrics of the held-out item ranked against every item, excluding the user's training
-    items and the other held-out item (validation when testing, and vice versa)."""
+    items and the other held-out item (validation when testing, and vice versa).  ``"new"``: the
+    held-out new users' test items, excluding their history items."""
     held = split.valid if which == "valid" else split.test
-    other = split.test if which == "valid" else split.valid
+    other = split.test if which == "valid" else split.valid if which == "test" else np.full_like(split.test, -1)
     users = torch.from_numpy(split.eval_users(which))
-    train = NegativeSampler(split.train_user, split.train_item, split.num_items, split.num_users, device=device)
+    known = (split.new_history_user, split.new_history_item) if which == "new" else (split.train_user, split.train_item)
+    train = NegativeSampler(*known, split.num_items, split.num_users, device=device)
     all_items = torch.arange(split.num_items, device=device)
     held_t, other_t = torch.from_numpy(held).to(device), torch.from_numpy(other).to(device)
     ranks, counts = [], []
@@ -137,3 +135,17 @@ def evaluate_full(model, split: Split, which: str = "test", *, k: int = 10, user
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     count = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
     return metrics.summarize(rank, count, k)
+
+
+def new_user_metrics(model, split: Split, *, k: int = 10, history_len: int = 20, device="cpu") -> dict | None:
+    """The held-out new users' test metrics (``Split`` with ``new_users``), among the candidates
+    and in the full ranking, for a ``SequenceNeuMF`` scored from their history and for the
+    popularity baseline; ``None`` when the split holds no new users."""
+    if not len(split.new_users):
+        return None
+    ui = UserInput(split, model, history_len, device, new_users=True)
+    pop = popularity_scores(split)
+    both = lambda **kw: {"candidates": evaluate_candidates(split=split, which="new", k=k, device=device, **kw),
+                         "full": evaluate_full(split=split, which="new", k=k, device=device, **kw)}
+    return {"users": len(split.new_users), "model": both(model=model, user_input=ui),
+            "popularity": both(model=None, popularity=pop)}

@@ -130,6 +130,13 @@ def sibling(out: Path, kind: str) -> Path:
     return out.with_name(f"{stem}.{kind}")
 
 
+def _save(program, path: Path) -> None:
+    """``torch.export.save`` into a file opened here: a path that cannot be written is an
+    ``OSError`` naming it and the reason, not the zip writer's ``RuntimeError: [enforce fail ...]``."""
+    with open(path, "wb") as f:
+        torch.export.save(program, f)
+
+
 def export_run(run, out: str | Path, *, k: int = 10, aot: bool = False) -> dict[str, Path]:
     """Writes the programs and id maps of ``run`` (a ``neumf_fast.runs.Run``); returns their paths."""
     from .models import SequenceNeuMF
@@ -139,8 +146,8 @@ def export_run(run, out: str | Path, *, k: int = 10, aot: bool = False) -> dict[
     model = run.model.float().cpu().eval()
     paths = {"score": out, "top_k": sibling(out, "topk.pt2"), "ids": sibling(out, "ids.json")}
     score_program = _export(CatalogueScores(model), 1)
-    torch.export.save(score_program, paths["score"])
-    torch.export.save(_export(CatalogueScores(model, k), k), paths["top_k"])
+    _save(score_program, paths["score"])
+    _save(_export(CatalogueScores(model, k), k), paths["top_k"])
     ids = {"users": run.user_ids.tolist(), "items": run.item_ids.tolist(), "k": k}
     if isinstance(model, SequenceNeuMF):  # the programs take histories of item indices, not users
         ids["history_pad"] = model.padding_idx

@@ -103,7 +103,8 @@ def prepare_split(config: TrainConfig, out_dir: Path | None = None, log: bool = 
     data = load_dataset(config.dataset, threshold=config.threshold)
     if log:
         print(data.describe())
-    split = leave_one_out(data, num_negatives=config.eval_negatives, seed=config.split_seed)
+    split = leave_one_out(data, num_negatives=config.eval_negatives, seed=config.split_seed,
+                          new_users=config.new_users)
     if path is not None:
         split.save(path)
     return split

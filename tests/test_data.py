@@ -86,6 +86,8 @@ def test_duplicates_are_kept_once_at_their_earliest_time():
     ("1::2::3::4\n5::6::3::12", None, None),  # a last line without newline is fine
     ("1::2::3::4\n5::6::3::1", None, None),
     ("1::2::3::4\n5::6", 2, "expected 4 fields"),  # truncated mid-line
+    ("1::2::3::4\n5::6::nan::4\n", 2, "'nan' is not a valid rating"),  # NaN is not read as missing
+    ("1::2::3::4\n5::6::inf::4\n", 2, "'inf' is not a valid rating"),
 ])
 def test_corrupt_files_name_file_and_line(tmp_path, content, line, what):
     path = tmp_path / "ratings.dat"
@@ -96,6 +98,17 @@ def test_corrupt_files_name_file_and_line(tmp_path, content, line, what):
     with pytest.raises(DataError) as e:
         read_interactions(path)
     assert str(path) in str(e.value) and f"line {line}" in str(e.value) and what in str(e.value)
+
+
+def test_a_nan_rating_names_file_line_and_value_and_an_empty_one_is_missing(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,11,,101\n2,10,NaN,102\n")
+    with pytest.raises(DataError) as e:
+        read_interactions(path)
+    assert f"{path}, line 4: 'NaN' is not a valid rating" in str(e.value)
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,11,,101\n2,10,3.0,102\n")
+    assert len(read_interactions(path)) == 3  # the empty rating is missing: the row is still a positive
+    assert len(read_interactions(path, threshold=3.5)) == 1  # ... which a threshold drops
 
 
 def test_recbole_atomic_files(tmp_path):
@@ -196,6 +209,34 @@ def test_leave_one_out_follows_time_and_handles_short_users():
     assert train == [(0, 0), (0, 1), (1, 5), (2, 6), (3, 9)]
     assert split.eval_users("valid").tolist() == [0, 3] and split.eval_users("test").tolist() == [0, 1, 3]
     assert (split.valid_candidates[1] == -1).all() and (split.test_candidates[2] == -1).all()
+
+
+def test_new_users_are_held_out_of_training_entirely(tmp_path):
+    data = synthetic(0, num_users=200, num_items=300, num_interactions=6000)
+    split = leave_one_out(data, num_negatives=20, seed=3, new_users=0.1)
+    new = split.new_users
+    assert len(new) == 20 and len(np.unique(new)) == 20
+    assert not np.isin(split.train_user, new).any() and (split.valid[new] == -1).all()
+    assert not np.isin(split.eval_users("test"), new).any() and split.eval_users("new").tolist() == new.tolist()
+    for u in new[:5]:  # the latest interaction is the test item, every earlier one the history
+        rows = np.flatnonzero(data.user == u)
+        latest = rows[np.lexsort((rows, data.timestamp[rows]))[-1]]
+        assert split.test[u] == data.item[latest]
+        assert sorted(split.new_history_item[split.new_history_user == u]) == sorted(set(data.item[rows]) - {data.item[latest]})
+        cands = split.test_candidates[u]
+        assert cands[0] == split.test[u] and not np.isin(cands[1:], data.item[rows]).any()
+    split.save(tmp_path / "split.npz")
+    back = Split.load(tmp_path / "split.npz")
+    assert back.new_users.tolist() == new.tolist() and back.new_history_item.tolist() == split.new_history_item.tolist()
+    # the same users for the same seed; none held out by default, as a split file from before this field loads
+    assert leave_one_out(data, num_negatives=20, seed=3, new_users=0.1).new_users.tolist() == new.tolist()
+    plain = leave_one_out(data, num_negatives=20, seed=3)
+    assert len(plain.new_users) == 0 and len(plain.eval_users("test")) == 200
+    fields = {k: v for k, v in np.load(tmp_path / "split.npz").items() if not k.startswith("new_")}
+    np.savez(tmp_path / "old.npz", **fields)
+    assert len(Split.load(tmp_path / "old.npz").new_users) == 0
+    with pytest.raises(ValueError, match=r"new_users must lie in \[0, 1\)"):
+        leave_one_out(data, new_users=1.0)
 
 
 def test_candidates_are_distinct_negatives_fixed_by_seed(tmp_path):

@@ -134,6 +134,30 @@ def test_bad_export_requests_are_one_line(run, tmp_path):
         CatalogueScores(dense)
 
 
+def test_an_out_that_cannot_be_written_is_one_line_naming_it(run, tmp_path, monkeypatch):
+    """Not torch's ``RuntimeError: [enforce fail at inline_container.cc:...]``.  A directory in
+    the file's place is what makes a path unwritable here (the tests may run as root, for whom
+    a read-only directory is still writable)."""
+    from neumf_fast.cli import export_cmd
+
+    taken = tmp_path / "model.pt2"
+    taken.mkdir()
+    argv = ["export", str(run.checkpoint_path.parent), "--out", str(taken)]
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert str(e.value.code) == f"neumf-fast: --out {taken}: cannot write {taken}: Is a directory"
+    (tmp_path / "other.topk.pt2").mkdir()  # a sibling in the way is named too, before any work
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv[:-1] + [str(tmp_path / "other.pt2")])
+    assert f"cannot write {tmp_path / 'other.topk.pt2'}: Is a directory" in str(e.value.code)
+    assert not (tmp_path / "other.pt2").exists()  # the check leaves no file behind
+    # past the check (a path that turns unwritable during the export), the save names it as well
+    monkeypatch.setattr(export_cmd, "check_writable", lambda out: None)
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert str(e.value.code) == f"neumf-fast: {taken}: Is a directory"
+
+
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
@@ -149,3 +173,26 @@ def test_aot_package_loads_and_runs_on_the_cpu(run, tmp_path):
         got = compiled(users, items)
     # Inductor may fuse and reorder the float32 sums: a few ulps more than the eager program
     torch.testing.assert_close(got, run.model.score(users, items), atol=1e-5, rtol=0)
+
+
+def test_the_served_history_example_of_the_docs_runs_torch_only_and_matches_the_run(tmp_path_factory):
+    """docs/serving.md's cold-start example, as written bar its history, in a fresh process
+    that imports only torch: its top-K by original item id equals ``Run.recommend(history=...)``
+    with the history's items kept (the program does not leave them out)."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "seq.topk.pt2" in b)
+    run = tiny_run(tmp_path_factory.mktemp("seq-run"), num_users=30, num_items=90, num_interactions=900, model="seq")
+    out = tmp_path_factory.mktemp("seq-serve") / "seq.pt2"
+    cli_main(["export", str(run.checkpoint_path.parent), "--out", str(out), "--k", "6"])
+    history = run.item_ids[[3, 17, 40, 41]].tolist() + [999991]  # an unknown id: the example drops it
+    script = example.replace("history = [1193, 661, 42]", f"history = {history}")
+    assert script != example, "the example's history line changed: update this test"
+    script += "\nimport sys\nassert not any(m.split('.')[0] == 'neumf_fast' for m in sys.modules)\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=out.parent, capture_output=True, text=True,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    want = run.recommend(history=history, k=6, exclude_seen=False, skip_unknown=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [i for i, _ in want]

@@ -53,6 +53,6 @@ def main(argv=None) -> None:
         if args.debug:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
-            message = f"{e.filename}: {e.strerror or message}"
+        if isinstance(e, OSError) and e.filename and e.strerror:  # "path: reason", not "[Errno 21] reason: 'path'"
+            message = f"{e.filename}: {e.strerror}"
         raise SystemExit(f"neumf-fast: {message.splitlines()[0] if message else type(e).__name__}") from None

@@ -22,6 +22,22 @@ def add_parser(add) -> None:
     e.add_argument("--split", type=Path, default=None, help="split file (default: split.npz beside the checkpoint)")
 
 
+def check_writable(out: Path) -> None:
+    """Before the export's work: ``--out`` and the files beside it can be written (each is
+    opened for appending, which leaves an existing file as it is)."""
+    from ..export import sibling
+
+    for path in (out, sibling(out, "topk.pt2"), sibling(out, "ids.json")):
+        created = not path.exists()
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write {path}: {e.strerror}") from None
+        if created:
+            path.unlink()
+
+
 def run(args, argv=None) -> None:
     from ..export import export_run
 
@@ -29,6 +45,7 @@ def run(args, argv=None) -> None:
         raise UsageError(f"--out {args.out}: name it *.pt2 (torch.export's suffix)")
     if not args.out.parent.is_dir():
         raise UsageError(f"--out {args.out}: no directory {args.out.parent}")
+    check_writable(args.out)
     args.device, args.backend = "cpu", None
     paths = export_run(load_run(args), args.out, k=args.k, aot=args.aot)
     for what, path in paths.items():

@@ -44,6 +44,9 @@ def add_parser(add) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation, negatives and shuffle")
     t.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the fixed evaluation candidates")
     t.add_argument("--history-len", type=flags.positive, default=d.history_len, help="seq model: history length")
+    t.add_argument("--new-users", type=flags.unit_interval, default=d.new_users,
+                   help="seq model: a share of the users (e.g. 0.1) held out of training entirely; `evaluate` ranks "
+                        "their latest item from their earlier ones (cold start)")
     t.add_argument("--threshold", type=float, default=None, help="keep ratings >= this as positives")
     t.add_argument("--pretrain", nargs=2, metavar=("GMF_CKPT", "MLP_CKPT"), default=None,
                    help="NeuMF from a trained GMF and MLP (the paper's pretraining)")
@@ -79,6 +82,11 @@ def check_train(args) -> None:
         for path in args.pretrain:
             if not Path(path).is_file():
                 raise UsageError(f"--pretrain {path}: no such checkpoint file")
+    if args.new_users and args.model != "seq":
+        raise UsageError(f"--new-users applies to --model seq: a {args.model} user is an id embedding, which a user "
+                         "held out of training does not have")
+    if args.new_users >= 1:
+        raise UsageError(f"--new-users {args.new_users}: hold out a share below 1 (e.g. 0.1), so some users train")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; choose one")
 
@@ -151,7 +159,7 @@ def run(args, argv) -> None:
                          lr=args.lr, factors=args.factors, layers=tuple(args.layers), neg=args.neg,
                          eval_negatives=args.eval_negatives, optimizer=args.optimizer, backend=args.backend,
                          device=args.device, seed=args.seed, split_seed=args.split_seed,
-                         history_len=args.history_len, threshold=args.threshold,
+                         history_len=args.history_len, new_users=args.new_users, threshold=args.threshold,
                          pretrain=tuple(args.pretrain) if args.pretrain else None, alpha=args.alpha,
                          cuda_graphs=args.cuda_graphs, precision=args.precision)
     out = args.out

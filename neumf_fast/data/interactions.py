@@ -27,6 +27,27 @@ class IdSpace:
         return len(self.item_ids)
 
 
+def lookup(table: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(positions ``[N]`` int64, unknown ``[N]`` bool) of original ids in a sorted id table
+    (``user_ids``/``item_ids``); an id that is not of the table's type (text for integer ids) is
+    unknown.  Unknown ids get position 0."""
+    wanted = np.atleast_1d(np.asarray(ids))
+    if len(table) == 0 or wanted.size == 0:
+        return np.zeros(wanted.size, np.int64), np.ones(wanted.size, bool)
+    ok = np.ones(wanted.size, bool)
+    if table.dtype.kind in "iu" and wanted.dtype.kind not in "iu":
+        text = wanted.astype(str)
+        ok = np.char.isdigit(np.char.lstrip(text, "-")) & (np.char.str_len(text) < 19)
+        converted = np.zeros(wanted.size, np.int64)
+        converted[ok] = text[ok].astype(np.int64)
+        wanted = converted
+    else:  # text ids: compared as text of any width (a cast to the table's width would cut them)
+        wanted = wanted.astype(table.dtype if table.dtype.kind in "iu" else str)
+    pos = np.minimum(np.searchsorted(table, wanted), len(table) - 1)
+    unknown = ~ok | (table[pos] != wanted)
+    return np.where(unknown, 0, pos).astype(np.int64), unknown
+
+
 @dataclasses.dataclass
 class Interactions(IdSpace):
     """One row per (user, item) positive.

@@ -21,6 +21,7 @@ the first bad line, so the error names the file and the line.
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 
@@ -69,6 +70,20 @@ def _timestamp(field: str) -> float:
 
 
 _timestamp.__name__ = "timestamp"
+
+
+def _rating(field: str) -> float:
+    """A rating: a finite number, or an empty field (a missing rating).  ``nan`` is text that
+    pandas' C parser rejects under ``keep_default_na=False``; it is named here, not read as missing."""
+    if not field.strip():
+        return float("nan")
+    value = float(field)
+    if not math.isfinite(value):
+        raise ValueError(field)
+    return value
+
+
+_rating.__name__ = "rating (a number, or empty when missing)"
 
 
 def find_ratings_file(path: Path) -> Path:
@@ -158,13 +173,13 @@ def _read_delimited(path: Path, sep: str | None, header: bool, string_ids: bool 
         columns = {n: n for n in names}
     types = {columns["user"]: _id if string_ids else int, columns["item"]: _id if string_ids else int}
     if "rating" in columns:
-        types[columns["rating"]] = float
+        types[columns["rating"]] = _rating
     if "timestamp" in columns:
         types[columns["timestamp"]] = _timestamp if float_time else int
     line_types = [types.get(n, str) for n in names]
     # pandas' C parser takes one-character separators only; "::" never occurs inside a field
     data = text.replace(sep, "\t") if len(sep) > 1 else text
-    pandas_types = {int: "int64", float: "float64", _id: "str", _timestamp: "float64"}
+    pandas_types = {int: "int64", _rating: "float64", _id: "str", _timestamp: "float64"}
     try:
         frame = pd.read_csv(io.StringIO(data), sep="\t" if len(sep) > 1 else sep, header=0 if header else None,
                             names=None if header else names, dtype={c: pandas_types[t] for c, t in types.items()},
@@ -173,6 +188,8 @@ def _read_delimited(path: Path, sep: str | None, header: bool, string_ids: bool 
             raise ValueError("column count")
         if string_ids and frame[[columns["user"], columns["item"]]].isna().to_numpy().any():
             raise ValueError("missing id")
+        if "rating" in columns and np.isinf(frame[columns["rating"]].to_numpy()).any():
+            raise ValueError("infinite rating")  # the C parser reads "inf"; the line pass names it
     except (ValueError, pd.errors.ParserError) as e:
         bad = _first_bad_line(path, text, sep, line_types, header)
         raise (bad or DataError(f"{path}: could not parse: {e}")) from None

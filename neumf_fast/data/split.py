@@ -18,6 +18,12 @@ Small catalogues: a user who has interacted with all but fewer than ``num_negati
 every item they have not interacted with as their negatives, and the rest of the row is ``-1``
 (padding, never scored).  Their metrics are then over fewer candidates, as in the sampled
 protocol's usual fallback; ``leave_one_out`` warns, counting those users.
+
+New users (``new_users=0.1``): a share of the users with two or more interactions, drawn from
+``seed``, is held out of training entirely.  Their latest interaction is their test item, with
+candidates drawn as everyone's; their earlier interactions are kept apart (``new_history_*``)
+as the history a model that takes one (``SequenceNeuMF``) scores them from.  They have no
+training or validation item, and the leave-one-out test leaves them out.
 """
 
 from __future__ import annotations
@@ -53,24 +59,34 @@ class Split(IdSpace):
     item_ids: np.ndarray
     fingerprint: str
     name: str = "split"
+    # held-out new users (none by default; a split file without these fields has none)
+    new_users: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    new_history_user: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    new_history_item: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    new_history_time: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     def eval_users(self, which: str) -> np.ndarray:
+        """The users evaluated on ``"valid"``, ``"test"`` (leave-one-out) or ``"new"`` (held out)."""
+        if which == "new":
+            return self.new_users
         held = self.valid if which == "valid" else self.test
-        return np.flatnonzero(held >= 0)
+        users = np.flatnonzero(held >= 0)
+        return np.setdiff1d(users, self.new_users, assume_unique=True) if len(self.new_users) else users
 
     def candidates(self, which: str) -> tuple[np.ndarray, np.ndarray]:
-        """(users, candidates ``[U, C]``) of the evaluated users for ``"valid"`` or ``"test"``."""
-        if which not in ("valid", "test"):
-            raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        """(users, candidates ``[U, C]``) of the evaluated users for ``"valid"``, ``"test"`` or
+        ``"new"`` (a new user's test item is in ``test`` and its candidates in ``test_candidates``)."""
+        if which not in ("valid", "test", "new"):
+            raise ValueError(f"which must be 'valid', 'test' or 'new', got {which!r}")
         users = self.eval_users(which)
         table = self.valid_candidates if which == "valid" else self.test_candidates
         return users, table[users]
 
     def all_positives(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every known (user, item) pair: training, validation and test."""
+        """Every known (user, item) pair: training, validation, test and new users' histories."""
         users = np.arange(self.num_users)
-        extra_u = np.concatenate([users[self.valid >= 0], users[self.test >= 0]])
-        extra_i = np.concatenate([self.valid[self.valid >= 0], self.test[self.test >= 0]])
+        extra_u = np.concatenate([users[self.valid >= 0], users[self.test >= 0], self.new_history_user])
+        extra_i = np.concatenate([self.valid[self.valid >= 0], self.test[self.test >= 0], self.new_history_item])
         return np.concatenate([self.train_user, extra_u]), np.concatenate([self.train_item, extra_i])
 
     def save(self, path: str | os.PathLike) -> None:
@@ -88,17 +104,20 @@ class Split(IdSpace):
     def load(cls, path: str | os.PathLike) -> "Split":
         try:
             with np.load(path, allow_pickle=False) as z:
-                fields = {f.name: z[f.name] for f in dataclasses.fields(cls)}
+                fields = {f.name: z[f.name] for f in dataclasses.fields(cls)
+                          if f.name in z.files or f.default_factory is dataclasses.MISSING}
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{path}: not a readable split file ({e})") from None
         fields["fingerprint"], fields["name"] = str(fields["fingerprint"]), str(fields["name"])
         return cls(**fields)
 
 
-def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0, device="cpu") -> Split:
+def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0, device="cpu",
+                  new_users: float = 0.0) -> Split:
     """The paper's protocol: latest interaction per user for test, the one before for validation.
     ``device`` is where the candidates are drawn (the same draw on any device would need the
-    same generator, so the candidates of a GPU-built split differ from a CPU-built one)."""
+    same generator, so the candidates of a GPU-built split differ from a CPU-built one).
+    ``new_users``: the share of users held out of training entirely (module docstring)."""
     if len(data) == 0:
         raise DataError(f"{data.name}: cannot split an empty dataset")
     order = np.lexsort((np.arange(len(data)), data.timestamp, data.user))  # by user, time, row
@@ -108,8 +127,10 @@ def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0,
     rank_from_end = np.repeat(ends, counts) - np.arange(len(user)) - 1  # 0 = latest
     user_count = counts[user]
     is_test = (rank_from_end == 0) & (user_count >= 2)
-    is_valid = (rank_from_end == 1) & (user_count >= 3)
-    train = ~(is_test | is_valid)
+    newcomers = held_out_users(counts, new_users, seed)
+    is_new = np.isin(user, newcomers) & ~is_test  # a new user's history: kept apart, never trained on
+    is_valid = (rank_from_end == 1) & (user_count >= 3) & ~np.isin(user, newcomers)
+    train = ~(is_test | is_valid | is_new)
     valid = np.full(data.num_users, NONE, np.int64)
     test = np.full(data.num_users, NONE, np.int64)
     valid[user[is_valid]] = item[is_valid]
@@ -137,8 +158,20 @@ def leave_one_out(data: Interactions, *, num_negatives: int = 99, seed: int = 0,
             table[users, 0] = held[users]
             table[users, 1:] = negs
         cands.append(table)
-    return Split(user[train], item[train], data.timestamp[order][train], valid, test, cands[0], cands[1],
-                 data.user_ids, data.item_ids, data.fingerprint(), name=data.name)
+    time = data.timestamp[order]
+    return Split(user[train], item[train], time[train], valid, test, cands[0], cands[1],
+                 data.user_ids, data.item_ids, data.fingerprint(), name=data.name, new_users=newcomers,
+                 new_history_user=user[is_new], new_history_item=item[is_new], new_history_time=time[is_new])
+
+
+def held_out_users(counts: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A ``share`` of the users with two or more interactions (a history and a test item), drawn
+    from ``seed``, sorted."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"new_users must lie in [0, 1), got {share}")
+    eligible = np.flatnonzero(counts >= 2)
+    count = int(round(share * len(eligible)))
+    return np.sort(np.random.default_rng([seed, 1]).choice(eligible, count, replace=False)).astype(np.int64)
 
 
 def random_split(data: Interactions, ratio: float = 0.8, *, seed: int = 0) -> tuple[Interactions, Interactions]:
