@@ -34,6 +34,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/record_function.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
@@ -253,25 +254,73 @@ void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optiona
   }
 }
 
-// The epilogue for b in [b0, b1): gmf[b] = proj_user[b, :h_mf] * proj_item[b, :h_mf] and
-// mlp_in[b] = [proj_user[b, h_mf:] | proj_item[b, h_mf:]], from op-math rows, rounded once.
-template <typename scalar_t>
-void combine_rows(const FusedDims& d, const Tensor& proj_user_rows, const Tensor& proj_item_rows, Tensor& gmf,
-                  Tensor& mlp_in, int64_t b0, int64_t b1) {
+// One vector of src[i : i + w] (w <= the vector width; the missing lanes are zeros).
+template <typename acc_t>
+inline at::vec::Vectorized<acc_t> load_part(const acc_t* src, int64_t w) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  return w == Vec::size() ? Vec::loadu(src) : Vec::loadu(src, w);
+}
+
+// dst[0:n] = f(i, w) vector by vector, f giving the op-math values of columns [i, i + w),
+// rounded once to dst's type.
+template <typename scalar_t, typename F>
+inline void store_row(scalar_t* dst, int64_t n, const F& f) {
   using acc_t = opmath_t<scalar_t>;
-  const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
-  const acc_t* pu = proj_user_rows.data_ptr<acc_t>();
-  const acc_t* pi = proj_item_rows.data_ptr<acc_t>();
-  scalar_t* g = gmf.data_ptr<scalar_t>();
-  scalar_t* mlp = mlp_in.data_ptr<scalar_t>();
-  for (int64_t b = b0; b < b1; ++b) {
-    const acc_t* u = pu + b * Hu;
-    const acc_t* v = pi + b * Hi;
-    for (int64_t j = 0; j < Hm; ++j) g[b * Hm + j] = static_cast<scalar_t>(u[j] * v[j]);
-    scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi), u + Hm, acc_t(1), Hmu);
-    scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi) + Hmu, v + Hm, acc_t(1), Hmi);
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t i = 0; i < n; i += V) {
+    const int64_t w = std::min<int64_t>(V, n - i);
+    const Vec v = f(i, w);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (w == V) v.store(dst + i);
+      else v.store(dst + i, w);
+    } else {
+      acc_t tmp[V];
+      v.store(tmp);
+      for (int64_t k = 0; k < w; ++k) dst[i + k] = static_cast<scalar_t>(tmp[k]);
+    }
   }
 }
+
+// The epilogue, one pass over each row of both sides' projections (op-math, bias not yet added:
+// the GEMMs run without it, so the bias is added here while the row is in registers instead of
+// being broadcast into each GEMM's output first):
+//   gmf[b]    = (proj_user[b, :h_mf] + bias) * (proj_item[b, :h_mf] + bias), rounded once;
+//   mlp_in[b] = [proj_user[b, h_mf:] + bias | proj_item[b, h_mf:] + bias], rounded once;
+//   mf_user[b], mf_item[b] = the MF halves with their biases, op-math (saved for backward; null
+//   pointers when nothing is saved), written here rather than copied out afterwards.
+template <typename scalar_t>
+struct Epilogue {
+  using acc_t = opmath_t<scalar_t>;
+  const FusedDims& d;
+  const acc_t *user, *item;                // [B, user_proj], [B, item_proj]
+  const acc_t *user_bias, *item_bias;      // [user_proj], [item_proj] or null
+  scalar_t *gmf, *mlp_in;
+  acc_t *mf_user, *mf_item;                // [B, h_mf] or null
+
+  void rows(int64_t b0, int64_t b1) const {
+    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+    // columns [i, i + w) of a projection row plus its bias
+    auto col = [](const acc_t* row, const acc_t* bias, int64_t i, int64_t w) {
+      auto v = load_part(row + i, w);
+      return bias != nullptr ? v + load_part(bias + i, w) : v;
+    };
+    const acc_t* bu_mlp = user_bias != nullptr ? user_bias + Hm : nullptr;
+    const acc_t* bi_mlp = item_bias != nullptr ? item_bias + Hm : nullptr;
+    for (int64_t b = b0; b < b1; ++b) {
+      const acc_t* u = user + b * Hu;
+      const acc_t* v = item + b * Hi;
+      scalar_t* mlp = mlp_in + b * (Hmu + Hmi);
+      store_row(gmf + b * Hm, Hm, [&](int64_t i, int64_t w) { return col(u, user_bias, i, w) * col(v, item_bias, i, w); });
+      store_row(mlp, Hmu, [&](int64_t i, int64_t w) { return col(u + Hm, bu_mlp, i, w); });
+      store_row(mlp + Hmu, Hmi, [&](int64_t i, int64_t w) { return col(v + Hm, bi_mlp, i, w); });
+      if (mf_user != nullptr) {
+        store_row(mf_user + b * Hm, Hm, [&](int64_t i, int64_t w) { return col(u, user_bias, i, w); });
+        store_row(mf_item + b * Hm, Hm, [&](int64_t i, int64_t w) { return col(v, item_bias, i, w); });
+      }
+    }
+  }
+};
 
 // Dispatch on (float dtype, user index dtype, item index dtype); index types default to int64
 // for dense inputs so that only the used combinations do real work.
@@ -319,57 +368,65 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
   const auto acc_opts = user.options().dtype(acc_dtype);
   const auto out_opts = user.options().dtype(dtype);
   Tensor pooled_user = at::empty({d.batch, d.user_dim}, acc_opts);
-  Tensor pooled_item = at::empty({d.batch, d.item_dim}, acc_opts);
+  // An inference call on a dense op-math item projects the item itself: its pooled row would be
+  // a copy, needed only as a saved output (an output must not alias an input).
+  const bool item_itself = !save && !d.item_ids && item_weight && dtype == acc_dtype;
+  Tensor pooled_item = item_itself ? item : at::empty({d.batch, d.item_dim}, acc_opts);
   Tensor gmf = at::empty({d.batch, d.h_mf}, out_opts);
   Tensor mlp_in = at::empty({d.batch, d.h_mlp_user() + d.h_mlp_item()}, out_opts);
+  auto none = [&] { return at::empty({0}, acc_opts); };
+  Tensor mf_user = save ? at::empty({d.batch, d.h_mf}, acc_opts) : none();
+  Tensor mf_item = save ? at::empty({d.batch, d.h_mf}, acc_opts) : none();
   // With no weight on either side the pooled rows are the projections, and each block of rows
   // is pooled, gathered and combined in one pass while it is in cache (NeuMF, GMF and MLP have
   // no projection: their tables are the projections).
   const bool one_pass = !user_weight && !item_weight;
+  // the biases in op-math, added by the epilogue (a no-op conversion for fp32 and fp64)
+  const Tensor user_bias_acc = user_bias ? user_bias->to(acc_dtype).contiguous() : Tensor();
+  const Tensor item_bias_acc = item_bias ? item_bias->to(acc_dtype).contiguous() : Tensor();
   NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item), "neumf_fast.fused_input", [&] {
-    const auto scale = row_scales<opmath_t<scalar_t>, user_index_t>(d, user, mask, padding_idx);
-    const int64_t work = d.seq_len * d.user_dim + d.item_dim + (one_pass ? d.user_proj + d.item_proj : 0);
-    at::parallel_for(0, d.batch, grain_for(work), [&](int64_t b0, int64_t b1) {
-      pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user, b0, b1);
-      gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
-      if (one_pass) combine_rows<scalar_t>(d, pooled_user, pooled_item, gmf, mlp_in, b0, b1);
-    });
-  });
-
-  // With no weight a side's projection is its pooled rows; the returned proj is then empty
-  // (outputs of an op must not alias each other).
-  Tensor proj_user, proj_item;
-  if (user_weight && item_weight && sides_concurrently(d)) {
-    // Each worker thread starts with default thread-local state; give it the caller's (below
-    // autograd, grad mode, profiler), as the calling thread has it.
-    const at::ThreadLocalState caller;
-    at::parallel_for(0, 2, 1, [&](int64_t s0, int64_t s1) {
-      at::ThreadLocalStateGuard same_state(caller);
-      for (int64_t side = s0; side < s1; ++side) {
-        if (side == 0) proj_user = project(pooled_user, user_weight, user_bias);
-        else proj_item = project(pooled_item, item_weight, item_bias);
-      }
-    });
-  } else {
-    proj_user = user_weight ? project(pooled_user, user_weight, user_bias) : at::empty({0}, acc_opts);
-    proj_item = item_weight ? project(pooled_item, item_weight, item_bias) : at::empty({0}, acc_opts);
-  }
-  const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
-  const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
-  if (!one_pass) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_epilogue", [&] {
-      at::parallel_for(0, d.batch, grain_for(d.user_proj + d.item_proj), [&](int64_t b0, int64_t b1) {
-        combine_rows<scalar_t>(d, proj_user_rows, proj_item_rows, gmf, mlp_in, b0, b1);
+    using acc_t = opmath_t<scalar_t>;
+    auto ptr = [](const Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr<acc_t>() : nullptr; };
+    // (proj rows are filled in below before the epilogue reads them; pooled rows serve one_pass)
+    Epilogue<scalar_t> epilogue{d, ptr(pooled_user), ptr(pooled_item), ptr(user_bias_acc), ptr(item_bias_acc),
+                                gmf.data_ptr<scalar_t>(), mlp_in.data_ptr<scalar_t>(), ptr(mf_user), ptr(mf_item)};
+    {
+      RECORD_FUNCTION("neumf_fast::cpu_pool", std::vector<c10::IValue>());
+      const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
+      const int64_t work = d.seq_len * d.user_dim + d.item_dim + (one_pass ? d.user_proj + d.item_proj : 0);
+      at::parallel_for(0, d.batch, grain_for(work), [&](int64_t b0, int64_t b1) {
+        pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user, b0, b1);
+        if (!item_itself) gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
+        if (one_pass) epilogue.rows(b0, b1);
       });
-    });
-  }
-  auto none = [&] { return at::empty({0}, acc_opts); };
+    }
+    if (one_pass) return;
+    // The GEMMs, without the bias (the epilogue adds it).  With no weight a side's projection
+    // rows are its pooled rows.
+    Tensor proj_user = pooled_user, proj_item = pooled_item;
+    if (user_weight && item_weight && sides_concurrently(d)) {
+      // Each worker thread starts with default thread-local state; give it the caller's (below
+      // autograd, grad mode, profiler), as the calling thread has it.
+      const at::ThreadLocalState caller;
+      at::parallel_for(0, 2, 1, [&](int64_t s0, int64_t s1) {
+        at::ThreadLocalStateGuard same_state(caller);
+        for (int64_t side = s0; side < s1; ++side) {
+          if (side == 0) proj_user = project(pooled_user, user_weight, std::nullopt);
+          else proj_item = project(pooled_item, item_weight, std::nullopt);
+        }
+      });
+    } else {
+      proj_user = project(pooled_user, user_weight, std::nullopt);
+      proj_item = project(pooled_item, item_weight, std::nullopt);
+    }
+    RECORD_FUNCTION("neumf_fast::cpu_epilogue", std::vector<c10::IValue>());
+    epilogue.user = proj_user.data_ptr<acc_t>();
+    epilogue.item = proj_item.data_ptr<acc_t>();
+    at::parallel_for(0, d.batch, grain_for(d.user_proj + d.item_proj),
+                     [&](int64_t b0, int64_t b1) { epilogue.rows(b0, b1); });
+  });
   if (!save) return {gmf, mlp_in, none(), none(), none(), none()};  // inference: nothing for backward
-  // the MF halves (contiguous() copies unless the half is the whole row, then it is the row itself,
-  // which is returned only here: no output aliases another)
-  auto mf = [&](const Tensor& rows) { return rows.narrow(1, 0, d.h_mf).contiguous(); };
-  return {gmf, mlp_in, user_weight ? pooled_user : none(), item_weight ? pooled_item : none(), mf(proj_user_rows),
-          mf(proj_item_rows)};
+  return {gmf, mlp_in, user_weight ? pooled_user : none(), item_weight ? pooled_item : none(), mf_user, mf_item};
 }
 
 // dst[0:n] = sum_j scale[b_j] * src[b_j * n : (b_j + 1) * n] over b_j = rows[0..k), in op-math: an
@@ -492,6 +549,64 @@ Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& 
   return out;
 }
 
+// Rows per chunk of the bias gradient's column sums: a fixed number, so that the order of the
+// sum (each chunk's rows in order, then the chunks in order) does not depend on the thread count.
+constexpr int64_t kBiasChunkRows = 64;
+
+// d_proj_user[b] = [d_gmf[b] * mf_item[b] | d_mlp_in[b, :H_mlp_u]] and d_proj_item[b] = [d_gmf[b] *
+// mf_user[b] | d_mlp_in[b, H_mlp_u:]], in op-math; when db is defined, also db = [sum_b
+// d_proj_user[b] | sum_b d_proj_item[b]], summed chunk by chunk while the chunk is in cache
+// (a separate column sum would read both d_proj buffers again).
+template <typename scalar_t>
+void output_gradient_rows(const FusedDims& d, const Tensor& grad_gmf, const Tensor& grad_mlp, const Tensor& mf_user,
+                          const Tensor& mf_item, Tensor& dproj_user, Tensor& dproj_item, Tensor& db) {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+  const scalar_t* gg = grad_gmf.data_ptr<scalar_t>();
+  const scalar_t* gm = grad_mlp.data_ptr<scalar_t>();
+  const acc_t* mfu = mf_user.data_ptr<acc_t>();
+  const acc_t* mfi = mf_item.data_ptr<acc_t>();
+  acc_t* du = dproj_user.data_ptr<acc_t>();
+  acc_t* di = dproj_item.data_ptr<acc_t>();
+  const int64_t chunks = (d.batch + kBiasChunkRows - 1) / kBiasChunkRows, width = Hu + Hi;
+  // partial[c] = the column sums of chunk c's rows, [d_proj_user | d_proj_item]
+  const bool sums = db.defined();
+  std::vector<acc_t> partial(sums ? chunks * width : 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b0 = c * kBiasChunkRows, b1 = std::min(d.batch, b0 + kBiasChunkRows);
+      for (int64_t b = b0; b < b1; ++b) {
+        mul_row<scalar_t>(du + b * Hu, gg + b * Hm, mfi + b * Hm, Hm);
+        mul_row<scalar_t>(di + b * Hi, gg + b * Hm, mfu + b * Hm, Hm);
+        at::vec::convert(gm + b * (Hmu + Hmi), du + b * Hu + Hm, Hmu);
+        at::vec::convert(gm + b * (Hmu + Hmi) + Hmu, di + b * Hi + Hm, Hmi);
+      }
+      if (!sums) continue;
+      acc_t* sum = partial.data() + c * width;
+      for (int64_t side = 0; side < 2; ++side) {
+        const acc_t* rows = side == 0 ? du : di;
+        const int64_t n = side == 0 ? Hu : Hi;
+        acc_t* out = side == 0 ? sum : sum + Hu;
+        for (int64_t i = 0; i < n; i += Vec::size()) {
+          const int64_t w = std::min<int64_t>(Vec::size(), n - i);
+          Vec a(0);
+          for (int64_t b = b0; b < b1; ++b) a += load_part(rows + b * n + i, w);
+          a.store(out + i, w);
+        }
+      }
+    }
+  });
+  if (!sums) return;
+  acc_t* out = db.data_ptr<acc_t>();
+  for (int64_t i = 0; i < width; i += Vec::size()) {
+    const int64_t w = std::min<int64_t>(Vec::size(), width - i);
+    Vec a(0);
+    for (int64_t c = 0; c < chunks; ++c) a += load_part(partial.data() + c * width + i, w);
+    a.store(out + i, w);
+  }
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_cpu(
     const Tensor& grad_gmf_in, const Tensor& grad_mlp_in_in, const Tensor& user_in,
     const std::optional<Tensor>& mask_in, const std::optional<Tensor>& user_table,
@@ -517,34 +632,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
 
   // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math;
   // mf_side, saved by the forward, is the first h_mf columns of that side's projection rows.
+  // The bias gradients (column sums of d_proj) come out of the same pass.
   const auto acc_opts = user.options().dtype(acc_dtype);
-  Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
-  Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_backward_dproj", [&] {
-    using acc_t = opmath_t<scalar_t>;
-    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
-    const scalar_t* gg = grad_gmf.data_ptr<scalar_t>();
-    const scalar_t* gm = grad_mlp.data_ptr<scalar_t>();
-    const acc_t* mfu = mf_user.data_ptr<acc_t>();
-    const acc_t* mfi = mf_item.data_ptr<acc_t>();
-    acc_t* du = dproj_user.data_ptr<acc_t>();
-    acc_t* di = dproj_item.data_ptr<acc_t>();
-    at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        mul_row<scalar_t>(du + b * Hu, gg + b * Hm, mfi + b * Hm, Hm);
-        mul_row<scalar_t>(di + b * Hi, gg + b * Hm, mfu + b * Hm, Hm);
-        at::vec::convert(gm + b * (Hmu + Hmi), du + b * Hu + Hm, Hmu);
-        at::vec::convert(gm + b * (Hmu + Hmi) + Hmu, di + b * Hi + Hm, Hmi);
-      }
-    });
-  });
-
   const auto out_opts = user.options().dtype(dtype);
   auto none = [&] { return at::empty({0}, out_opts); };
-  auto [dpooled_user, grad_user_w, grad_user_b] = projection_backward(
-      dproj_user, pooled_user, user_weight, want_user_src, want_user_w, want_user_b && user_bias.has_value(), dtype);
-  auto [dpooled_item, grad_item_w, grad_item_b] = projection_backward(
-      dproj_item, pooled_item, item_weight, want_item_src, want_item_w, want_item_b && item_bias.has_value(), dtype);
+  const bool want_user_db = want_user_b && user_bias.has_value(), want_item_db = want_item_b && item_bias.has_value();
+  Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
+  Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
+  Tensor db = want_user_db || want_item_db ? at::empty({d.user_proj + d.item_proj}, acc_opts) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_backward_dproj", [&] {
+    RECORD_FUNCTION("neumf_fast::cpu_dproj", std::vector<c10::IValue>());
+    output_gradient_rows<scalar_t>(d, grad_gmf, grad_mlp, mf_user, mf_item, dproj_user, dproj_item, db);
+  });
+  auto [dpooled_user, grad_user_w, grad_user_b] =
+      projection_backward(dproj_user, pooled_user, user_weight, want_user_src, want_user_w, false, dtype);
+  auto [dpooled_item, grad_item_w, grad_item_b] =
+      projection_backward(dproj_item, pooled_item, item_weight, want_item_src, want_item_w, false, dtype);
+  if (want_user_db) grad_user_b = db.narrow(0, 0, d.user_proj).to(dtype, /*non_blocking=*/false, /*copy=*/true);
+  if (want_item_db) grad_item_b = db.narrow(0, d.user_proj, d.item_proj).to(dtype, false, /*copy=*/true);
 
   Tensor grad_user_src = none(), grad_item_src = none();
   NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item),
