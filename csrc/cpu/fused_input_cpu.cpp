@@ -41,6 +41,9 @@
 #include <torch/library.h>
 
 #include <type_traits>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <vector>
 
 namespace neumf_fast {
@@ -549,6 +552,57 @@ Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& 
   return out;
 }
 
+// Outputs larger than this are written with non-temporal stores: they cannot stay in cache
+// anyway, and a plain store first reads each line it writes (the dense sequence gradient is
+// the largest write of a step: 21 MB at the design shape).
+constexpr int64_t kStreamedBytes = int64_t{4} << 20;
+
+// dst[0:n] = src[0:n] (fp32, dst 32-byte aligned, n a multiple of 8) with non-temporal stores;
+// returns false, writing nothing, where they do not apply.
+inline bool stream_row(float* dst, const float* src, int64_t n) {
+#if defined(__AVX__)
+  if ((reinterpret_cast<uintptr_t>(dst) & 31) != 0 || n % 8 != 0) return false;
+  for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  return true;
+#else
+  return false;
+#endif
+}
+
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();  // streamed stores are weakly ordered: make them visible before the task ends
+#endif
+}
+
+// The dense sequence gradient: d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b], the broadcast
+// over L.  Each row b is scaled once, then written L times.
+template <typename scalar_t>
+void broadcast_rows(const FusedDims& d, const std::optional<Tensor>& mask, const std::vector<opmath_t<scalar_t>>& scale,
+                    const Tensor& dpooled, Tensor& grad_x) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t L = d.seq_len, D = d.user_dim;
+  scalar_t* gx = grad_x.data_ptr<scalar_t>();
+  const acc_t* gp = dpooled.data_ptr<acc_t>();
+  const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  const bool stream = std::is_same_v<scalar_t, float> && grad_x.nbytes() > kStreamedBytes;
+  at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> row(D), zeros(D, acc_t(0));
+    for (int64_t b = b0; b < b1; ++b) {
+      scale_store_row<acc_t>(row.data(), gp + b * D, scale[b], D);
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t p = b * L + l;
+        const acc_t* src = m != nullptr && !m[p] ? zeros.data() : row.data();
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (stream && stream_row(gx + p * D, src, D)) continue;
+        }
+        scale_store_row<scalar_t>(gx + p * D, src, acc_t(1), D);
+      }
+    }
+    if (stream) stream_fence();
+  });
+}
+
 // Rows per chunk of the bias gradient's column sums: a fixed number, so that the order of the
 // sum (each chunk's rows in order, then the chunks in order) does not depend on the thread count.
 constexpr int64_t kBiasChunkRows = 64;
@@ -661,24 +715,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
         grad_user_src = table_grad<scalar_t, user_index_t>(user, d.seq_len, padding_idx, user_table->size(0),
                                                            d.user_dim, dpooled_user, scale);
       } else {
-        // d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b]: the broadcast over L.
-        const int64_t L = d.seq_len, D = d.user_dim;
-        grad_user_src = at::empty({d.batch, L, D}, out_opts);
-        scalar_t* gx = grad_user_src.data_ptr<scalar_t>();
-        const acc_t* gp = dpooled_user.data_ptr<acc_t>();
-        const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
-        at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            for (int64_t l = 0; l < L; ++l) {
-              const int64_t p = b * L + l;
-              if (m != nullptr && !m[p]) {
-                fill_zero(gx + p * D, D);
-              } else {
-                scale_store_row<scalar_t>(gx + p * D, gp + b * D, scale[b], D);
-              }
-            }
-          }
-        });
+        grad_user_src = at::empty({d.batch, d.seq_len, d.user_dim}, out_opts);
+        RECORD_FUNCTION("neumf_fast::cpu_broadcast", std::vector<c10::IValue>());
+        broadcast_rows<scalar_t>(d, mask, scale, dpooled_user, grad_user_src);
       }
     }
     if (want_item_src) {
