@@ -210,6 +210,21 @@ inline int64_t checked_id(index_t raw, int64_t rows, const char* name) {
   return id;
 }
 
+// Asks for the table rows of ids[0..n) ahead of their use: the rows of a sequence lie anywhere in
+// the table, so the hardware prefetcher cannot guess them; asking for the next user's rows while
+// this one's are summed keeps many reads in flight.  Ids out of range are skipped here (the
+// pooling itself raises on them).
+template <typename scalar_t, typename index_t>
+inline void prefetch_rows(const scalar_t* table, const index_t* ids, int64_t n, int64_t rows, int64_t dim) {
+  const int64_t bytes = dim * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t l = 0; l < n; ++l) {
+    const auto id = static_cast<int64_t>(ids[l]);
+    if (id < 0 || id >= rows) continue;
+    const char* row = reinterpret_cast<const char*>(table + id * dim);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off);
+  }
+}
+
 // pooled[b, :] (op-math) for b in [b0, b1), from the dense or id user sequence.
 template <typename scalar_t, typename index_t>
 void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<Tensor>& mask,
@@ -237,6 +252,7 @@ void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<
         rows_of_b[n++] = x + p * D;
       }
     }
+    if (ids != nullptr && b + 1 < b1) prefetch_rows(x, ids + (b + 1) * L, L, rows, D);
     sum_rows<scalar_t>(out + b * D, rows_of_b.data(), n, D, scale[b]);
   }
 }
@@ -432,6 +448,40 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
   return {gmf, mlp_in, user_weight ? pooled_user : none(), item_weight ? pooled_item : none(), mf_user, mf_item};
 }
 
+// Outputs larger than this are written with non-temporal stores: they cannot stay in cache
+// anyway, and a plain store first reads each line it writes (the dense sequence gradient, 21 MB
+// at the design shape, and the table gradients, 25.6 MB each for 100k x 64 tables, are the
+// largest writes of a step).
+constexpr int64_t kStreamedBytes = int64_t{4} << 20;
+
+// dst[0:n] = src[0:n] for fp32, with non-temporal stores where dst is 32-byte aligned and n a
+// multiple of 8 (the rows of an aligned tensor of such widths), plain stores otherwise.
+inline void stream_row(float* dst, const float* src, int64_t n) {
+#if defined(__AVX__)
+  if ((reinterpret_cast<uintptr_t>(dst) & 31) == 0 && n % 8 == 0) {
+    for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+    return;
+  }
+#endif
+  std::copy(src, src + n, dst);
+}
+
+// dst[0:n] = 0 for fp32, with non-temporal stores from the first 32-byte boundary.
+inline void stream_zero(float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = 0.f;
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_setzero_ps());
+#endif
+  std::fill(dst + i, dst + n, 0.f);
+}
+
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();  // streamed stores are weakly ordered: make them visible before the task ends
+#endif
+}
+
 // dst[0:n] = sum_j scale[b_j] * src[b_j * n : (b_j + 1) * n] over b_j = rows[0..k), in op-math: an
 // fmadd chain from zero in j order, rounded once to dst's type.  Blocked over n so that the
 // partial sums stay in registers: dst is written once.
@@ -503,9 +553,26 @@ Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& 
   const bool has_pad = padding_idx.has_value();
   const int64_t pad = padding_idx.value_or(0);
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
+  const bool stream = by_row && std::is_same_v<scalar_t, float> && out.nbytes() > kStreamedBytes;
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<int64_t> start, next, order;
-    std::vector<acc_t> scratch(by_row && !direct ? dim : 0);
+    std::vector<acc_t> scratch(by_row && (!direct || stream) ? dim : 0);
+    // row r from its k contributions rows_of_r[0..k); n_rows rows of zeros from row r
+    auto write_row = [&](int64_t r, const int64_t* rows_of_r, int64_t k) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (stream) {
+          weighted_sum_store<float>(scratch.data(), gp, scale.data(), rows_of_r, k, dim, nullptr);
+          return stream_row(o + r * dim, scratch.data(), dim);
+        }
+      }
+      weighted_sum_store<scalar_t>(o + r * dim, gp, scale.data(), rows_of_r, k, dim, scratch.data());
+    };
+    auto write_zeros = [&](int64_t r, int64_t n_rows) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (stream) return stream_zero(o + r * dim, n_rows * dim);
+      }
+      fill_zero(o + r * dim, n_rows * dim);
+    };
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = rows * t / tasks, r1 = rows * (t + 1) / tasks;
       auto mine = [&](int64_t id) { return id >= r0 && id < r1 && !(has_pad && id == pad); };
@@ -540,39 +607,16 @@ Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& 
         if (k == 0) {  // a run of rows nobody read: zeros, in one fill
           int64_t end = r + 1;
           while (end < r1 && start[end - r0 + 1] == start[end - r0]) ++end;
-          fill_zero(o + r * dim, (end - r) * dim);
+          write_zeros(r, end - r);
           r = end - 1;
           continue;
         }
-        weighted_sum_store<scalar_t>(o + r * dim, gp, scale.data(), order.data() + start[r - r0], k, dim,
-                                     scratch.data());
+        write_row(r, order.data() + start[r - r0], k);
       }
     }
+    if (stream) stream_fence();
   });
   return out;
-}
-
-// Outputs larger than this are written with non-temporal stores: they cannot stay in cache
-// anyway, and a plain store first reads each line it writes (the dense sequence gradient is
-// the largest write of a step: 21 MB at the design shape).
-constexpr int64_t kStreamedBytes = int64_t{4} << 20;
-
-// dst[0:n] = src[0:n] (fp32, dst 32-byte aligned, n a multiple of 8) with non-temporal stores;
-// returns false, writing nothing, where they do not apply.
-inline bool stream_row(float* dst, const float* src, int64_t n) {
-#if defined(__AVX__)
-  if ((reinterpret_cast<uintptr_t>(dst) & 31) != 0 || n % 8 != 0) return false;
-  for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-  return true;
-#else
-  return false;
-#endif
-}
-
-inline void stream_fence() {
-#if defined(__AVX__)
-  _mm_sfence();  // streamed stores are weakly ordered: make them visible before the task ends
-#endif
 }
 
 // The dense sequence gradient: d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b], the broadcast
@@ -594,7 +638,10 @@ void broadcast_rows(const FusedDims& d, const std::optional<Tensor>& mask, const
         const int64_t p = b * L + l;
         const acc_t* src = m != nullptr && !m[p] ? zeros.data() : row.data();
         if constexpr (std::is_same_v<scalar_t, float>) {
-          if (stream && stream_row(gx + p * D, src, D)) continue;
+          if (stream) {
+            stream_row(gx + p * D, src, D);
+            continue;
+          }
         }
         scale_store_row<scalar_t>(gx + p * D, src, acc_t(1), D);
       }
