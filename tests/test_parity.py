@@ -220,6 +220,32 @@ def test_streamed_sequence_gradient(user_dim):
 
 
 @pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
+@pytest.mark.parametrize("batch", [1023, 1100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpu_forward_in_blocks(batch, dtype):
+    """From 1024 rows with both weights the C++ kernel's forward runs in blocks of 128 rows (pool,
+    one GEMM per side, epilogue; a last block of 76 rows here); below, on the whole batch.  Both
+    match the reference, gradients included.  The blocks are fixed and each block's GEMM is
+    single-threaded, so a blocked forward gives the same outputs on one thread as on several
+    (the whole-batch GEMMs, and the weight gradients' GEMMs, are MKL's to split)."""
+    case = make_case(batch=batch, seq_len=3, user_dim=40, h_mf=24, h_mlp=16, mask="empty_rows", dtype=dtype)
+    if dtype == torch.float32:
+        check_parity(case, "cpu")
+    else:
+        assert_flash_attention_rule(case, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        got = run(case, "cpu")
+        torch.set_num_threads(1)
+        single = run(case, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    if batch >= 1024:
+        for name in ("gmf", "mlp_in"):
+            assert torch.equal(got[name], single[name]), name
+
+
+@pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_cpu_sides_projected_at_once_match_one_after_the_other(grad):
     """At serving batch sizes the C++ kernel runs the user and item GEMMs on two threads at once

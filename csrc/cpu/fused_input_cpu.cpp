@@ -38,6 +38,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <type_traits>
@@ -312,10 +314,11 @@ template <typename scalar_t>
 struct Epilogue {
   using acc_t = opmath_t<scalar_t>;
   const FusedDims& d;
-  const acc_t *user, *item;                // [B, user_proj], [B, item_proj]
+  const acc_t *user, *item;                // [B, user_proj], [B, item_proj]: row b at b - row0
   const acc_t *user_bias, *item_bias;      // [user_proj], [item_proj] or null
   scalar_t *gmf, *mlp_in;
   acc_t *mf_user, *mf_item;                // [B, h_mf] or null
+  int64_t row0 = 0;                        // the batch row of user[0] and item[0]
 
   void rows(int64_t b0, int64_t b1) const {
     const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
@@ -327,8 +330,8 @@ struct Epilogue {
     const acc_t* bu_mlp = user_bias != nullptr ? user_bias + Hm : nullptr;
     const acc_t* bi_mlp = item_bias != nullptr ? item_bias + Hm : nullptr;
     for (int64_t b = b0; b < b1; ++b) {
-      const acc_t* u = user + b * Hu;
-      const acc_t* v = item + b * Hi;
+      const acc_t* u = user + (b - row0) * Hu;
+      const acc_t* v = item + (b - row0) * Hi;
       scalar_t* mlp = mlp_in + b * (Hmu + Hmi);
       store_row(gmf + b * Hm, Hm, [&](int64_t i, int64_t w) { return col(u, user_bias, i, w) * col(v, item_bias, i, w); });
       store_row(mlp, Hmu, [&](int64_t i, int64_t w) { return col(u + Hm, bu_mlp, i, w); });
@@ -340,6 +343,52 @@ struct Epilogue {
     }
   }
 };
+
+// Rows per block of a blocked forward (below); a fixed number, so results do not depend on the
+// thread count.  A block's two projections, [128, 256] each at the design shape, stay in cache.
+constexpr int64_t kForwardBlockRows = 128;
+
+// Whether the forward runs block by block: both sides projected, and at least 8 blocks (smaller
+// batches take the whole-batch GEMMs, two sides at once when tiny).  Not a function of the
+// thread count, so neither is the path a batch takes.
+inline bool forward_in_blocks(const FusedDims& d, bool both_weights) {
+  return both_weights && d.batch >= 8 * kForwardBlockRows && !at::in_parallel_region();
+}
+
+// The forward block by block: each task pools a block of rows (pool(b0, b1)), projects it with
+// one GEMM per side (stacked [H_mf + H_mlp, D] weights, no bias) into its own buffers and runs
+// the epilogue on them while they are in cache: the [B, H] projections are never written out
+// and read back.  Each GEMM is single-threaded (MKL inside a parallel region), the blocks are
+// spread over the threads.
+template <typename scalar_t, typename Pool>
+void forward_blocks(const FusedDims& d, const Pool& pool, const Tensor& pooled_user, const Tensor& pooled_item,
+                    const Tensor& user_weight, const Tensor& item_weight, Epilogue<scalar_t> epilogue) {
+  using acc_t = opmath_t<scalar_t>;
+  const auto acc_opts = pooled_user.options();
+  // the GEMMs stay in op-math whatever autocast says (as in project())
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const Tensor wu = user_weight.to(acc_opts.dtype()).t(), wi = item_weight.to(acc_opts.dtype()).t();
+  const int64_t R = kForwardBlockRows, blocks = (d.batch + R - 1) / R;
+  // Worker threads start with default thread-local state; the GEMMs need the caller's (below
+  // autograd: an out= GEMM on a weight that requires grad would otherwise raise; no autocast).
+  const at::ThreadLocalState caller;
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+    at::ThreadLocalStateGuard same_state(caller);
+    Tensor proj_user = at::empty({R, d.user_proj}, acc_opts), proj_item = at::empty({R, d.item_proj}, acc_opts);
+    Epilogue<scalar_t> e = epilogue;
+    e.user = proj_user.data_ptr<acc_t>();
+    e.item = proj_item.data_ptr<acc_t>();
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b0 = k * R, n = std::min(R, d.batch - b0);
+      pool(b0, b0 + n);
+      Tensor user_rows = proj_user.narrow(0, 0, n), item_rows = proj_item.narrow(0, 0, n);
+      at::mm_out(user_rows, pooled_user.narrow(0, b0, n), wu);
+      at::mm_out(item_rows, pooled_item.narrow(0, b0, n), wi);
+      e.row0 = b0;
+      e.rows(b0, b0 + n);
+    }
+  });
+}
 
 // Dispatch on (float dtype, user index dtype, item index dtype); index types default to int64
 // for dense inputs so that only the used combinations do real work.
@@ -409,13 +458,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
     // (proj rows are filled in below before the epilogue reads them; pooled rows serve one_pass)
     Epilogue<scalar_t> epilogue{d, ptr(pooled_user), ptr(pooled_item), ptr(user_bias_acc), ptr(item_bias_acc),
                                 gmf.data_ptr<scalar_t>(), mlp_in.data_ptr<scalar_t>(), ptr(mf_user), ptr(mf_item)};
+    const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
+    auto pool = [&](int64_t b0, int64_t b1) {
+      pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user, b0, b1);
+      if (!item_itself) gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
+    };
+    if (forward_in_blocks(d, user_weight && item_weight)) {
+      RECORD_FUNCTION("neumf_fast::cpu_forward_blocks", std::vector<c10::IValue>());
+      return forward_blocks<scalar_t>(d, pool, pooled_user, pooled_item, *user_weight, *item_weight, epilogue);
+    }
     {
       RECORD_FUNCTION("neumf_fast::cpu_pool", std::vector<c10::IValue>());
-      const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
       const int64_t work = d.seq_len * d.user_dim + d.item_dim + (one_pass ? d.user_proj + d.item_proj : 0);
       at::parallel_for(0, d.batch, grain_for(work), [&](int64_t b0, int64_t b1) {
-        pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user, b0, b1);
-        if (!item_itself) gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
+        pool(b0, b1);
         if (one_pass) epilogue.rows(b0, b1);
       });
     }
