@@ -222,13 +222,17 @@ def test_streamed_sequence_gradient(user_dim):
 @pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
 @pytest.mark.parametrize("batch", [1023, 1100])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_cpu_forward_in_blocks(batch, dtype):
-    """From 1024 rows with both weights the C++ kernel's forward runs in blocks of 128 rows (pool,
-    one GEMM per side, epilogue; a last block of 76 rows here); below, on the whole batch.  Both
-    match the reference, gradients included.  The blocks are fixed and each block's GEMM is
+@pytest.mark.parametrize("ids", [False, True], ids=["dense", "ids"])
+def test_cpu_blocks(batch, dtype, ids):
+    """From 1024 rows with both weights the C++ kernel runs in blocks of 128 rows (a last block of
+    76 rows here): the forward pools, projects (one GEMM per side) and combines a block at a
+    time, the backward forms a block's d_proj, d_pooled and sequence gradient; below, each pass
+    runs on the whole batch.  Both match the reference, gradients (tables, weights, biases)
+    included.  The blocks are fixed and each block's GEMM is
     single-threaded, so a blocked forward gives the same outputs on one thread as on several
     (the whole-batch GEMMs, and the weight gradients' GEMMs, are MKL's to split)."""
-    case = make_case(batch=batch, seq_len=3, user_dim=40, h_mf=24, h_mlp=16, mask="empty_rows", dtype=dtype)
+    case = make_case(batch=batch, seq_len=3, user_dim=40, h_mf=24, h_mlp=16, dtype=dtype, user_ids=ids, item_ids=ids,
+                     mask="empty_rows", num_user_rows=300, num_item_rows=200)
     if dtype == torch.float32:
         check_parity(case, "cpu")
     else:

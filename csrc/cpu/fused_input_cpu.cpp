@@ -42,6 +42,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <type_traits>
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -344,15 +345,16 @@ struct Epilogue {
   }
 };
 
-// Rows per block of a blocked forward (below); a fixed number, so results do not depend on the
-// thread count.  A block's two projections, [128, 256] each at the design shape, stay in cache.
-constexpr int64_t kForwardBlockRows = 128;
+// Rows per block of a blocked forward and backward (below), and per chunk of the bias gradients'
+// sums; a fixed number, so results do not depend on the thread count.  A block's two
+// projections, [128, 256] each at the design shape, stay in cache.
+constexpr int64_t kBlockRows = 128;
 
-// Whether the forward runs block by block: both sides projected, and at least 8 blocks (smaller
+// Whether a call runs block by block (forward and backward): both sides projected, and at least 8 blocks (smaller
 // batches take the whole-batch GEMMs, two sides at once when tiny).  Not a function of the
 // thread count, so neither is the path a batch takes.
-inline bool forward_in_blocks(const FusedDims& d, bool both_weights) {
-  return both_weights && d.batch >= 8 * kForwardBlockRows && !at::in_parallel_region();
+inline bool runs_in_blocks(const FusedDims& d, bool both_weights) {
+  return both_weights && d.batch >= 8 * kBlockRows && !at::in_parallel_region();
 }
 
 // The forward block by block: each task pools a block of rows (pool(b0, b1)), projects it with
@@ -368,7 +370,7 @@ void forward_blocks(const FusedDims& d, const Pool& pool, const Tensor& pooled_u
   // the GEMMs stay in op-math whatever autocast says (as in project())
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Tensor wu = user_weight.to(acc_opts.dtype()).t(), wi = item_weight.to(acc_opts.dtype()).t();
-  const int64_t R = kForwardBlockRows, blocks = (d.batch + R - 1) / R;
+  const int64_t R = kBlockRows, blocks = (d.batch + R - 1) / R;
   // Worker threads start with default thread-local state; the GEMMs need the caller's (below
   // autograd: an out= GEMM on a weight that requires grad would otherwise raise; no autocast).
   const at::ThreadLocalState caller;
@@ -463,7 +465,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
       pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user, b0, b1);
       if (!item_itself) gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
     };
-    if (forward_in_blocks(d, user_weight && item_weight)) {
+    if (runs_in_blocks(d, user_weight && item_weight)) {
       RECORD_FUNCTION("neumf_fast::cpu_forward_blocks", std::vector<c10::IValue>());
       return forward_blocks<scalar_t>(d, pool, pooled_user, pooled_item, *user_weight, *item_weight, epilogue);
     }
@@ -675,93 +677,113 @@ Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& 
   return out;
 }
 
-// The dense sequence gradient: d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b], the broadcast
-// over L.  Each row b is scaled once, then written L times.
+// The dense sequence gradient for b in [b0, b1): d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b],
+// the broadcast over L.  Each row b is scaled once, then written L times (non-temporal stores
+// when `stream`: the caller fences).
 template <typename scalar_t>
-void broadcast_rows(const FusedDims& d, const std::optional<Tensor>& mask, const std::vector<opmath_t<scalar_t>>& scale,
-                    const Tensor& dpooled, Tensor& grad_x) {
+void broadcast_block(const FusedDims& d, const bool* m, const opmath_t<scalar_t>* scale,
+                     const opmath_t<scalar_t>* dpooled, scalar_t* grad_x, bool stream, int64_t b0, int64_t b1) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t L = d.seq_len, D = d.user_dim;
-  scalar_t* gx = grad_x.data_ptr<scalar_t>();
-  const acc_t* gp = dpooled.data_ptr<acc_t>();
-  const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
-  const bool stream = std::is_same_v<scalar_t, float> && grad_x.nbytes() > kStreamedBytes;
-  at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> row(D), zeros(D, acc_t(0));
-    for (int64_t b = b0; b < b1; ++b) {
-      scale_store_row<acc_t>(row.data(), gp + b * D, scale[b], D);
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t p = b * L + l;
-        const acc_t* src = m != nullptr && !m[p] ? zeros.data() : row.data();
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (stream) {
-            stream_row(gx + p * D, src, D);
-            continue;
-          }
+  std::vector<acc_t> row(D), zeros(D, acc_t(0));
+  for (int64_t b = b0; b < b1; ++b) {
+    scale_store_row<acc_t>(row.data(), dpooled + b * D, scale[b], D);
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t p = b * L + l;
+      const acc_t* src = m != nullptr && !m[p] ? zeros.data() : row.data();
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (stream) {
+          stream_row(grad_x + p * D, src, D);
+          continue;
         }
-        scale_store_row<scalar_t>(gx + p * D, src, acc_t(1), D);
+      }
+      scale_store_row<scalar_t>(grad_x + p * D, src, acc_t(1), D);
+    }
+  }
+}
+
+// Whether the dense sequence gradient is written with non-temporal stores.
+inline bool stream_sequence_grad(const Tensor& grad_x) {
+  return grad_x.scalar_type() == at::kFloat && grad_x.nbytes() > kStreamedBytes;
+}
+
+// d_proj_user[b] = [d_gmf[b] * mf_item[b] | d_mlp_in[b, :H_mlp_u]] and d_proj_item[b] = [d_gmf[b] *
+// mf_user[b] | d_mlp_in[b, H_mlp_u:]], in op-math, chunk by chunk (kBlockRows rows); with
+// `partial`, also each chunk's column sums, the bias gradients' terms, while the chunk is in cache
+// (a separate column sum would read both d_proj buffers again).  The chunks are fixed and
+// bias_sums adds them in order, so the bias gradients do not depend on the thread count.
+template <typename scalar_t>
+struct ProjGrads {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const FusedDims& d;
+  const scalar_t *grad_gmf, *grad_mlp;
+  const acc_t *mf_user, *mf_item;
+  acc_t *dproj_user, *dproj_item;
+  acc_t* partial;  // [chunks, user_proj + item_proj] or null
+
+  int64_t chunks() const { return (d.batch + kBlockRows - 1) / kBlockRows; }
+
+  void chunk(int64_t c) const {
+    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+    const int64_t b0 = c * kBlockRows, b1 = std::min(d.batch, b0 + kBlockRows);
+    for (int64_t b = b0; b < b1; ++b) {
+      mul_row<scalar_t>(dproj_user + b * Hu, grad_gmf + b * Hm, mf_item + b * Hm, Hm);
+      mul_row<scalar_t>(dproj_item + b * Hi, grad_gmf + b * Hm, mf_user + b * Hm, Hm);
+      at::vec::convert(grad_mlp + b * (Hmu + Hmi), dproj_user + b * Hu + Hm, Hmu);
+      at::vec::convert(grad_mlp + b * (Hmu + Hmi) + Hmu, dproj_item + b * Hi + Hm, Hmi);
+    }
+    if (partial == nullptr) return;
+    column_sums(dproj_user, Hu, b0, b1, partial + c * (Hu + Hi));
+    column_sums(dproj_item, Hi, b0, b1, partial + c * (Hu + Hi) + Hu);
+  }
+
+  static void column_sums(const acc_t* rows, int64_t n, int64_t b0, int64_t b1, acc_t* out) {
+    for (int64_t i = 0; i < n; i += Vec::size()) {
+      const int64_t w = std::min<int64_t>(Vec::size(), n - i);
+      Vec a(0);
+      for (int64_t b = b0; b < b1; ++b) a += load_part(rows + b * n + i, w);
+      a.store(out + i, w);
+    }
+  }
+
+  // db = [sum_b d_proj_user[b] | sum_b d_proj_item[b]]: the chunks' sums in chunk order
+  void bias_sums(acc_t* db) const { column_sums(partial, d.user_proj + d.item_proj, 0, chunks(), db); }
+};
+
+// The backward of a blocked forward (runs_in_blocks), block by block: each task forms a
+// block's d_proj rows (and bias sums), its d_pooled rows with one single-threaded GEMM per side
+// (d_pooled = d_proj @ W, for the sides whose source gradient is wanted) and, for a dense user,
+// the block's sequence gradient from those rows while they are in cache.  The weight gradients,
+// reductions over the whole batch, are left to one GEMM per side afterwards.
+template <typename scalar_t>
+void backward_blocks(const FusedDims& d, const ProjGrads<scalar_t>& grads, const Tensor& dproj_user,
+                     const Tensor& dproj_item, const Tensor& user_weight, const Tensor& item_weight,
+                     Tensor& dpooled_user, Tensor& dpooled_item, const std::optional<Tensor>& mask,
+                     const std::vector<opmath_t<scalar_t>>& scale, Tensor* grad_x) {
+  using acc_t = opmath_t<scalar_t>;
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in project()
+  const Tensor wu = user_weight.to(dproj_user.scalar_type()), wi = item_weight.to(dproj_item.scalar_type());
+  const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  const bool stream = grad_x != nullptr && stream_sequence_grad(*grad_x);
+  const at::ThreadLocalState caller;  // for the GEMMs on the worker threads (see forward_blocks)
+  at::parallel_for(0, grads.chunks(), 1, [&](int64_t k0, int64_t k1) {
+    at::ThreadLocalStateGuard same_state(caller);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b0 = k * kBlockRows, n = std::min(kBlockRows, d.batch - b0);
+      grads.chunk(k);
+      for (auto [dpooled, dproj, w] : {std::tie(dpooled_user, dproj_user, wu), std::tie(dpooled_item, dproj_item, wi)}) {
+        if (!dpooled.defined()) continue;
+        Tensor rows = dpooled.narrow(0, b0, n);
+        at::mm_out(rows, dproj.narrow(0, b0, n), w);
+      }
+      if (grad_x != nullptr) {
+        broadcast_block<scalar_t>(d, m, scale.data(), dpooled_user.data_ptr<acc_t>(), grad_x->data_ptr<scalar_t>(),
+                                  stream, b0, b0 + n);
       }
     }
     if (stream) stream_fence();
   });
-}
-
-// Rows per chunk of the bias gradient's column sums: a fixed number, so that the order of the
-// sum (each chunk's rows in order, then the chunks in order) does not depend on the thread count.
-constexpr int64_t kBiasChunkRows = 64;
-
-// d_proj_user[b] = [d_gmf[b] * mf_item[b] | d_mlp_in[b, :H_mlp_u]] and d_proj_item[b] = [d_gmf[b] *
-// mf_user[b] | d_mlp_in[b, H_mlp_u:]], in op-math; when db is defined, also db = [sum_b
-// d_proj_user[b] | sum_b d_proj_item[b]], summed chunk by chunk while the chunk is in cache
-// (a separate column sum would read both d_proj buffers again).
-template <typename scalar_t>
-void output_gradient_rows(const FusedDims& d, const Tensor& grad_gmf, const Tensor& grad_mlp, const Tensor& mf_user,
-                          const Tensor& mf_item, Tensor& dproj_user, Tensor& dproj_item, Tensor& db) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
-  const scalar_t* gg = grad_gmf.data_ptr<scalar_t>();
-  const scalar_t* gm = grad_mlp.data_ptr<scalar_t>();
-  const acc_t* mfu = mf_user.data_ptr<acc_t>();
-  const acc_t* mfi = mf_item.data_ptr<acc_t>();
-  acc_t* du = dproj_user.data_ptr<acc_t>();
-  acc_t* di = dproj_item.data_ptr<acc_t>();
-  const int64_t chunks = (d.batch + kBiasChunkRows - 1) / kBiasChunkRows, width = Hu + Hi;
-  // partial[c] = the column sums of chunk c's rows, [d_proj_user | d_proj_item]
-  const bool sums = db.defined();
-  std::vector<acc_t> partial(sums ? chunks * width : 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t b0 = c * kBiasChunkRows, b1 = std::min(d.batch, b0 + kBiasChunkRows);
-      for (int64_t b = b0; b < b1; ++b) {
-        mul_row<scalar_t>(du + b * Hu, gg + b * Hm, mfi + b * Hm, Hm);
-        mul_row<scalar_t>(di + b * Hi, gg + b * Hm, mfu + b * Hm, Hm);
-        at::vec::convert(gm + b * (Hmu + Hmi), du + b * Hu + Hm, Hmu);
-        at::vec::convert(gm + b * (Hmu + Hmi) + Hmu, di + b * Hi + Hm, Hmi);
-      }
-      if (!sums) continue;
-      acc_t* sum = partial.data() + c * width;
-      for (int64_t side = 0; side < 2; ++side) {
-        const acc_t* rows = side == 0 ? du : di;
-        const int64_t n = side == 0 ? Hu : Hi;
-        acc_t* out = side == 0 ? sum : sum + Hu;
-        for (int64_t i = 0; i < n; i += Vec::size()) {
-          const int64_t w = std::min<int64_t>(Vec::size(), n - i);
-          Vec a(0);
-          for (int64_t b = b0; b < b1; ++b) a += load_part(rows + b * n + i, w);
-          a.store(out + i, w);
-        }
-      }
-    }
-  });
-  if (!sums) return;
-  acc_t* out = db.data_ptr<acc_t>();
-  for (int64_t i = 0; i < width; i += Vec::size()) {
-    const int64_t w = std::min<int64_t>(Vec::size(), width - i);
-    Vec a(0);
-    for (int64_t c = 0; c < chunks; ++c) a += load_part(partial.data() + c * width + i, w);
-    a.store(out + i, w);
-  }
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_cpu(
@@ -787,41 +809,63 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   const bool want_user_src = output_mask[0], want_item_src = output_mask[1], want_user_w = output_mask[2],
              want_user_b = output_mask[3], want_item_w = output_mask[4], want_item_b = output_mask[5];
 
-  // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math;
-  // mf_side, saved by the forward, is the first h_mf columns of that side's projection rows.
-  // The bias gradients (column sums of d_proj) come out of the same pass.
+  // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math
+  // (ProjGrads); mf_side, saved by the forward, is the first h_mf columns of that side's
+  // projection rows.  The bias gradients (column sums of d_proj) come out of the same pass.
   const auto acc_opts = user.options().dtype(acc_dtype);
   const auto out_opts = user.options().dtype(dtype);
   auto none = [&] { return at::empty({0}, out_opts); };
   const bool want_user_db = want_user_b && user_bias.has_value(), want_item_db = want_item_b && item_bias.has_value();
+  const bool blocked = runs_in_blocks(d, user_weight && item_weight);
   Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
   Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
   Tensor db = want_user_db || want_item_db ? at::empty({d.user_proj + d.item_proj}, acc_opts) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_backward_dproj", [&] {
-    RECORD_FUNCTION("neumf_fast::cpu_dproj", std::vector<c10::IValue>());
-    output_gradient_rows<scalar_t>(d, grad_gmf, grad_mlp, mf_user, mf_item, dproj_user, dproj_item, db);
-  });
-  auto [dpooled_user, grad_user_w, grad_user_b] =
-      projection_backward(dproj_user, pooled_user, user_weight, want_user_src, want_user_w, false, dtype);
-  auto [dpooled_item, grad_item_w, grad_item_b] =
-      projection_backward(dproj_item, pooled_item, item_weight, want_item_src, want_item_w, false, dtype);
-  if (want_user_db) grad_user_b = db.narrow(0, 0, d.user_proj).to(dtype, /*non_blocking=*/false, /*copy=*/true);
-  if (want_item_db) grad_item_b = db.narrow(0, d.user_proj, d.item_proj).to(dtype, false, /*copy=*/true);
-
+  Tensor dpooled_user, dpooled_item, grad_user_w = none(), grad_item_w = none(), unused;
   Tensor grad_user_src = none(), grad_item_src = none();
   NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item),
                  "neumf_fast.fused_input_backward", [&] {
     using acc_t = opmath_t<scalar_t>;
-    if (want_user_src) {
-      const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
-      if (d.user_ids) {
-        grad_user_src = table_grad<scalar_t, user_index_t>(user, d.seq_len, padding_idx, user_table->size(0),
-                                                           d.user_dim, dpooled_user, scale);
-      } else {
-        grad_user_src = at::empty({d.batch, d.seq_len, d.user_dim}, out_opts);
-        RECORD_FUNCTION("neumf_fast::cpu_broadcast", std::vector<c10::IValue>());
-        broadcast_rows<scalar_t>(d, mask, scale, dpooled_user, grad_user_src);
+    const int64_t chunks = (d.batch + kBlockRows - 1) / kBlockRows;
+    std::vector<acc_t> partial(db.defined() ? chunks * (d.user_proj + d.item_proj) : 0);
+    const ProjGrads<scalar_t> grads{d, grad_gmf.data_ptr<scalar_t>(), grad_mlp.data_ptr<scalar_t>(),
+                                    mf_user.data_ptr<acc_t>(), mf_item.data_ptr<acc_t>(),
+                                    dproj_user.data_ptr<acc_t>(), dproj_item.data_ptr<acc_t>(),
+                                    db.defined() ? partial.data() : nullptr};
+    const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
+    const bool dense_user = want_user_src && !d.user_ids;
+    if (dense_user) grad_user_src = at::empty({d.batch, d.seq_len, d.user_dim}, out_opts);
+    if (blocked) {
+      RECORD_FUNCTION("neumf_fast::cpu_backward_blocks", std::vector<c10::IValue>());
+      if (want_user_src) dpooled_user = at::empty({d.batch, d.user_dim}, acc_opts);
+      if (want_item_src) dpooled_item = at::empty({d.batch, d.item_dim}, acc_opts);
+      backward_blocks<scalar_t>(d, grads, dproj_user, dproj_item, *user_weight, *item_weight, dpooled_user,
+                                dpooled_item, mask, scale, dense_user ? &grad_user_src : nullptr);
+    } else {
+      {
+        RECORD_FUNCTION("neumf_fast::cpu_dproj", std::vector<c10::IValue>());
+        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c) grads.chunk(c);
+        });
       }
+      std::tie(dpooled_user, grad_user_w, unused) =
+          projection_backward(dproj_user, pooled_user, user_weight, want_user_src, want_user_w, false, dtype);
+      std::tie(dpooled_item, grad_item_w, unused) =
+          projection_backward(dproj_item, pooled_item, item_weight, want_item_src, want_item_w, false, dtype);
+      if (dense_user) {
+        RECORD_FUNCTION("neumf_fast::cpu_broadcast", std::vector<c10::IValue>());
+        const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+        const bool stream = stream_sequence_grad(grad_user_src);
+        at::parallel_for(0, d.batch, grain_for(d.seq_len * d.user_dim), [&](int64_t b0, int64_t b1) {
+          broadcast_block<scalar_t>(d, m, scale.data(), dpooled_user.data_ptr<acc_t>(),
+                                    grad_user_src.data_ptr<scalar_t>(), stream, b0, b1);
+          if (stream) stream_fence();
+        });
+      }
+    }
+    if (db.defined()) grads.bias_sums(db.data_ptr<acc_t>());
+    if (want_user_src && d.user_ids) {
+      grad_user_src = table_grad<scalar_t, user_index_t>(user, d.seq_len, padding_idx, user_table->size(0),
+                                                         d.user_dim, dpooled_user, scale);
     }
     if (want_item_src) {
       if (d.item_ids) {
@@ -833,6 +877,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
       }
     }
   });
+  if (blocked) {  // the weight gradients: one GEMM per side over the whole batch
+    std::tie(unused, grad_user_w, unused) =
+        projection_backward(dproj_user, pooled_user, user_weight, false, want_user_w, false, dtype);
+    std::tie(unused, grad_item_w, unused) =
+        projection_backward(dproj_item, pooled_item, item_weight, false, want_item_w, false, dtype);
+  }
+  Tensor grad_user_b = want_user_db ? db.narrow(0, 0, d.user_proj).to(dtype, false, /*copy=*/true) : none();
+  Tensor grad_item_b = want_item_db ? db.narrow(0, d.user_proj, d.item_proj).to(dtype, false, /*copy=*/true) : none();
   return {grad_user_src, grad_item_src, grad_user_w, grad_user_b, grad_item_w, grad_item_b};
 }
 
