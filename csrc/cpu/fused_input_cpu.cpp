@@ -10,24 +10,31 @@
 // Tiling: rows are split across threads with at::parallel_for; each row of a pooled sum is
 // accumulated in the op-math type (fp32 for bf16/fp16, else the input type) with at::vec
 // vectors, and is never rounded to the input dtype before the projection.  The projections
-// are one BLAS GEMM per side against the stacked [H_mf + H_mlp, D] weight (MKL runs them at
-// ~160 GFLOP/s on the 2-core dev CPU, near its peak); at serving batch sizes, where each GEMM
-// is one thread's work, the two sides' GEMMs run at once.  The GMF product and the cat are one
-// epilogue pass; with no weight on either side it runs in the pooling pass, block by block.
+// are one BLAS GEMM per side against the stacked [H_mf + H_mlp, D] weight, without the bias:
+// the epilogue adds it, forms the GMF product and the cat, and writes the saved MF halves, in
+// one pass per row.  From 1024 rows with both weights (runs_in_blocks) a call runs in fixed
+// blocks of 128 rows, one parallel region per pass: the forward pools a block, projects it
+// (single-threaded GEMMs into the task's own buffers) and runs the epilogue while it is in
+// cache; the backward forms the block's d_proj, d_pooled and sequence gradient the same way.
+// Smaller batches run each pass over the whole batch, and at serving sizes (one GEMM being one
+// thread's work) the two sides' GEMMs run at once.  With no weight on either side the epilogue
+// runs in the pooling pass.  Outputs over 4 MB that nothing reads soon (the dense sequence
+// gradient, large table gradients) are written with non-temporal stores.
 //
 // Saved for backward (returned as extra outputs, op-math dtype, when `save`): what the backward
 // reads and nothing more (csrc/ops.h: check_fused_backward): pooled_user, pooled_item for a side
 // with a weight (inputs of its weight gradient; empty without), and mf_user, mf_item, the first
-// h_mf columns of each side's projection (of its pooled rows with no weight), the other factor
-// of each GMF gradient: [B, h_mf] copies, so the full projections are freed after the call.
-// Nothing of size [B, L, D] is saved.
+// h_mf columns of each side's projection with its bias (of its pooled rows with no weight), the
+// other factor of each GMF gradient, written by the epilogue: the full projections are never
+// kept.  Nothing of size [B, L, D] is saved.
 //
-// Backward: one pass forms d_proj from d_gmf and d_mlp_in; GEMMs give dW, d_pooled; db is a
-// column sum.  The dense sequence gradient broadcasts d_pooled over L under the mask.  A table
-// gradient row is the sum of its contributions in position order: each thread owns a range of
-// table rows and either scatters into it (small tables) or writes it row by row from the
-// positions bucketed by row (large ones; see table_grad), so the result does not depend on the
-// thread count.  All offsets are int64.
+// Backward: one pass forms d_proj from d_gmf and d_mlp_in and sums it for db in fixed 128-row
+// chunks; GEMMs give dW (one per side over the batch) and d_pooled.  The dense sequence
+// gradient broadcasts d_pooled over L under the mask.  A table gradient row is the sum of its
+// contributions in position order: each thread owns a range of table rows and either scatters
+// into it (small tables) or writes it row by row from the positions bucketed by row (large
+// ones; see table_grad), so the result does not depend on the thread count.  All offsets are
+// int64.
 #include "../ops.h"
 
 #include <ATen/Dispatch.h>
