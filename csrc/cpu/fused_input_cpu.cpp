@@ -36,6 +36,8 @@
 // ones; see table_grad), so the result does not depend on the thread count.  All offsets are
 // int64.
 #include "../ops.h"
+#include "rows.h"
+#include "table_grad.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -51,138 +53,13 @@
 
 #include <tuple>
 #include <type_traits>
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
 #include <vector>
 
 namespace neumf_fast {
 namespace {
 
 using at::Tensor;
-template <typename T>
-using opmath_t = at::opmath_type<T>;
-
-// One vector of op-math values from src[0:size] in its storage type.
-template <typename scalar_t>
-inline at::vec::Vectorized<opmath_t<scalar_t>> load_opmath(const scalar_t* src) {
-  using Vec = at::vec::Vectorized<opmath_t<scalar_t>>;
-  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
-    return Vec::loadu(src);
-  } else {
-    Vec v;
-    at::vec::load_to_float<scalar_t>(src, v);
-    return v;
-  }
-}
-
-// acc[0:n] += w * src[0:n], reading src in its storage type and accumulating in op-math.
-template <typename scalar_t>
-inline void axpy_row(opmath_t<scalar_t>* acc, const scalar_t* src, opmath_t<scalar_t> w, int64_t n) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  const Vec wv(w);
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    at::vec::fmadd(wv, load_opmath(src + i), Vec::loadu(acc + i)).store(acc + i);
-  }
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    // the tail as one partial vector (widths such as 40 leave 8 of 16 lanes)
-    if (i < n) at::vec::fmadd(wv, Vec::loadu(src + i, n - i), Vec::loadu(acc + i, n - i)).store(acc + i, n - i);
-    return;
-  }
-  for (; i < n; ++i) acc[i] += w * static_cast<acc_t>(src[i]);
-}
-
-// dst[0:n] = w * src[0:n], rounding once to the storage type.
-template <typename scalar_t>
-inline void scale_store_row(scalar_t* dst, const opmath_t<scalar_t>* src, opmath_t<scalar_t> w, int64_t n) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  const Vec wv(w);
-  int64_t i = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    for (; i + Vec::size() <= n; i += Vec::size()) (wv * Vec::loadu(src + i)).store(dst + i);
-    if (i < n) (wv * Vec::loadu(src + i, n - i)).store(dst + i, n - i);
-    return;
-  } else {
-    for (; i + 2 * Vec::size() <= n; i += 2 * Vec::size()) {
-      auto lo = wv * Vec::loadu(src + i);
-      auto hi = wv * Vec::loadu(src + i + Vec::size());
-      at::vec::convert_from_float<scalar_t>(lo, hi).store(dst + i);
-    }
-  }
-  for (; i < n; ++i) dst[i] = static_cast<scalar_t>(w * src[i]);
-}
-
-// dst[0:n] = a[0:n] * b[0:n]: a in its storage type, b and dst in op-math.
-template <typename scalar_t>
-inline void mul_row(opmath_t<scalar_t>* dst, const scalar_t* a, const opmath_t<scalar_t>* b, int64_t n) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) (load_opmath(a + i) * Vec::loadu(b + i)).store(dst + i);
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (i < n) (Vec::loadu(a + i, n - i) * Vec::loadu(b + i, n - i)).store(dst + i, n - i);
-    return;
-  }
-  for (; i < n; ++i) dst[i] = static_cast<acc_t>(a[i]) * b[i];
-}
-
-template <typename scalar_t>
-inline void fill_zero(scalar_t* dst, int64_t n) {
-  std::fill(dst, dst + n, scalar_t(0));
-}
-
-// out[0:D] = scale * sum_r rows[r][0:D], summing in row order.  Blocked over D so that four
-// vector accumulators stay in registers across all rows: x is read once, out written once.
-template <typename scalar_t>
-inline void sum_rows(opmath_t<scalar_t>* out, const scalar_t* const* rows, int64_t n, int64_t D,
-                     opmath_t<scalar_t> scale) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  auto load = [](const scalar_t* p) { return load_opmath(p); };
-  const Vec sv(scale);
-  int64_t i = 0;
-  for (; i + 4 * V <= D; i += 4 * V) {
-    Vec a0(0), a1(0), a2(0), a3(0);
-    for (int64_t r = 0; r < n; ++r) {
-      const scalar_t* p = rows[r] + i;
-      a0 += load(p);
-      a1 += load(p + V);
-      a2 += load(p + 2 * V);
-      a3 += load(p + 3 * V);
-    }
-    (a0 * sv).store(out + i);
-    (a1 * sv).store(out + i + V);
-    (a2 * sv).store(out + i + 2 * V);
-    (a3 * sv).store(out + i + 3 * V);
-  }
-  for (; i + V <= D; i += V) {
-    Vec a(0);
-    for (int64_t r = 0; r < n; ++r) a += load(rows[r] + i);
-    (a * sv).store(out + i);
-  }
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (i < D) {
-      Vec a(0);
-      for (int64_t r = 0; r < n; ++r) a += Vec::loadu(rows[r] + i, D - i);
-      (a * sv).store(out + i, D - i);
-    }
-    return;
-  }
-  for (; i < D; ++i) {
-    acc_t a(0);
-    for (int64_t r = 0; r < n; ++r) a += static_cast<acc_t>(rows[r][i]);
-    out[i] = a * scale;
-  }
-}
-
-// Rows per parallel task so that a task does roughly 32K element updates.
-inline int64_t grain_for(int64_t work_per_row) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_row));
-}
+using namespace cpu;  // rows.h, table_grad.h
 
 // Per-row pooling scale: 1 for sum; 1/max(1, kept) for mean.  Also used by backward.
 template <typename acc_t, typename index_t>
@@ -280,34 +157,6 @@ void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optiona
   for (int64_t b = b0; b < b1; ++b) {
     const scalar_t* row = ids != nullptr ? x + checked_id(ids[b], rows, "item") * D : x + b * D;
     sum_rows<scalar_t>(out + b * D, &row, 1, D, acc_t(1));
-  }
-}
-
-// One vector of src[i : i + w] (w <= the vector width; the missing lanes are zeros).
-template <typename acc_t>
-inline at::vec::Vectorized<acc_t> load_part(const acc_t* src, int64_t w) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  return w == Vec::size() ? Vec::loadu(src) : Vec::loadu(src, w);
-}
-
-// dst[0:n] = f(i, w) vector by vector, f giving the op-math values of columns [i, i + w),
-// rounded once to dst's type.
-template <typename scalar_t, typename F>
-inline void store_row(scalar_t* dst, int64_t n, const F& f) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  for (int64_t i = 0; i < n; i += V) {
-    const int64_t w = std::min<int64_t>(V, n - i);
-    const Vec v = f(i, w);
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      if (w == V) v.store(dst + i);
-      else v.store(dst + i, w);
-    } else {
-      acc_t tmp[V];
-      v.store(tmp);
-      for (int64_t k = 0; k < w; ++k) dst[i + k] = static_cast<scalar_t>(tmp[k]);
-    }
   }
 }
 
@@ -511,177 +360,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
   });
   if (!save) return {gmf, mlp_in, none(), none(), none(), none()};  // inference: nothing for backward
   return {gmf, mlp_in, user_weight ? pooled_user : none(), item_weight ? pooled_item : none(), mf_user, mf_item};
-}
-
-// Outputs larger than this are written with non-temporal stores: they cannot stay in cache
-// anyway, and a plain store first reads each line it writes (the dense sequence gradient, 21 MB
-// at the design shape, and the table gradients, 25.6 MB each for 100k x 64 tables, are the
-// largest writes of a step).
-constexpr int64_t kStreamedBytes = int64_t{4} << 20;
-
-// dst[0:n] = src[0:n] for fp32, with non-temporal stores where dst is 32-byte aligned and n a
-// multiple of 8 (the rows of an aligned tensor of such widths), plain stores otherwise.
-inline void stream_row(float* dst, const float* src, int64_t n) {
-#if defined(__AVX__)
-  if ((reinterpret_cast<uintptr_t>(dst) & 31) == 0 && n % 8 == 0) {
-    for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-    return;
-  }
-#endif
-  std::copy(src, src + n, dst);
-}
-
-// dst[0:n] = 0 for fp32, with non-temporal stores from the first 32-byte boundary.
-inline void stream_zero(float* dst, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX__)
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = 0.f;
-  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_setzero_ps());
-#endif
-  std::fill(dst + i, dst + n, 0.f);
-}
-
-inline void stream_fence() {
-#if defined(__AVX__)
-  _mm_sfence();  // streamed stores are weakly ordered: make them visible before the task ends
-#endif
-}
-
-// dst[0:n] = sum_j scale[b_j] * src[b_j * n : (b_j + 1) * n] over b_j = rows[0..k), in op-math: an
-// fmadd chain from zero in j order, rounded once to dst's type.  Blocked over n so that the
-// partial sums stay in registers: dst is written once.
-template <typename scalar_t>
-inline void weighted_sum_store(scalar_t* dst, const opmath_t<scalar_t>* src, const opmath_t<scalar_t>* scale,
-                               const int64_t* rows, int64_t k, int64_t n, opmath_t<scalar_t>* scratch) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-  acc_t* out = direct ? reinterpret_cast<acc_t*>(dst) : scratch;
-  int64_t i = 0;
-  for (; i + 4 * V <= n; i += 4 * V) {
-    Vec a0(0), a1(0), a2(0), a3(0);
-    for (int64_t j = 0; j < k; ++j) {
-      const Vec w(scale[rows[j]]);
-      const acc_t* x = src + rows[j] * n + i;
-      a0 = at::vec::fmadd(w, Vec::loadu(x), a0);
-      a1 = at::vec::fmadd(w, Vec::loadu(x + V), a1);
-      a2 = at::vec::fmadd(w, Vec::loadu(x + 2 * V), a2);
-      a3 = at::vec::fmadd(w, Vec::loadu(x + 3 * V), a3);
-    }
-    a0.store(out + i);
-    a1.store(out + i + V);
-    a2.store(out + i + 2 * V);
-    a3.store(out + i + 3 * V);
-  }
-  for (; i < n; i += V) {
-    const int64_t width = std::min<int64_t>(V, n - i);
-    Vec a(0);
-    for (int64_t j = 0; j < k; ++j) a = at::vec::fmadd(Vec(scale[rows[j]]), Vec::loadu(src + rows[j] * n + i, width), a);
-    a.store(out + i, width);
-  }
-  if constexpr (!direct) scale_store_row<scalar_t>(dst, scratch, acc_t(1), n);
-}
-
-// A table gradient up to this many op-math bytes is zeroed and then scattered into (it stays in
-// cache, so the scatter's reads are cheap); a larger one is written once, row by row.  On the dev
-// CPU, a 966 KB gradient (6040 x 40, ML-1M's user table) took 10% longer written row by row, and
-// a 25.6 MB one (100k x 64) 2.5-3x less time.
-constexpr int64_t kScatteredTableBytes = int64_t{2} << 20;
-
-// The gradient of a table read at rows ids[p] (p over B*L, skipping padding): row r is the sum,
-// over the positions p with ids[p] == r in position order, of scale[p / L] * grad_pooled[p / L]
-// (an fmadd chain from zero, accumulated in op-math), and zero for a row nobody read.  Each task
-// owns a range of rows [r0, r1), so the result does not depend on the thread count.  Two orders
-// of work give the same sums bit for bit:
-// - scatter (small tables): zero the range, then add each position's row into it in turn;
-// - by row (large tables): bucket the range's positions by row with a counting sort (which keeps
-//   position order), then write each row once, in order, from its contributions.  grad_pooled
-//   ([B, dim]) stays in cache and the gradient, as large as the table, is written once and never
-//   read back, where a scatter would write it twice and read it back at random.
-// All offsets are int64.
-template <typename scalar_t, typename index_t>
-Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& padding_idx, int64_t rows,
-                  int64_t dim, const Tensor& grad_pooled, const std::vector<opmath_t<scalar_t>>& scale) {
-  using acc_t = opmath_t<scalar_t>;
-  constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-  const bool by_row = rows * dim * static_cast<int64_t>(sizeof(acc_t)) > kScatteredTableBytes;
-  Tensor out = at::empty({rows, dim}, ids_t.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
-  scalar_t* o = out.data_ptr<scalar_t>();
-  // A reduced dtype's scatter accumulates in an op-math buffer and rounds once at the end.
-  Tensor buf;
-  if (!direct && !by_row) buf = at::empty({rows, dim}, ids_t.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* acc = by_row ? nullptr : direct ? reinterpret_cast<acc_t*>(o) : buf.data_ptr<acc_t>();
-  const index_t* ids = ids_t.data_ptr<index_t>();
-  const acc_t* gp = grad_pooled.data_ptr<acc_t>();
-  const int64_t positions = ids_t.numel();
-  const bool has_pad = padding_idx.has_value();
-  const int64_t pad = padding_idx.value_or(0);
-  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
-  const bool stream = by_row && std::is_same_v<scalar_t, float> && out.nbytes() > kStreamedBytes;
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<int64_t> start, next, order;
-    std::vector<acc_t> scratch(by_row && (!direct || stream) ? dim : 0);
-    // row r from its k contributions rows_of_r[0..k); n_rows rows of zeros from row r
-    auto write_row = [&](int64_t r, const int64_t* rows_of_r, int64_t k) {
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (stream) {
-          weighted_sum_store<float>(scratch.data(), gp, scale.data(), rows_of_r, k, dim, nullptr);
-          return stream_row(o + r * dim, scratch.data(), dim);
-        }
-      }
-      weighted_sum_store<scalar_t>(o + r * dim, gp, scale.data(), rows_of_r, k, dim, scratch.data());
-    };
-    auto write_zeros = [&](int64_t r, int64_t n_rows) {
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (stream) return stream_zero(o + r * dim, n_rows * dim);
-      }
-      fill_zero(o + r * dim, n_rows * dim);
-    };
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = rows * t / tasks, r1 = rows * (t + 1) / tasks;
-      auto mine = [&](int64_t id) { return id >= r0 && id < r1 && !(has_pad && id == pad); };
-      if (!by_row) {
-        fill_zero(acc + r0 * dim, (r1 - r0) * dim);
-        for (int64_t p = 0; p < positions; ++p) {
-          const auto id = static_cast<int64_t>(ids[p]);
-          if (!mine(id)) continue;
-          const int64_t b = L == 1 ? p : p / L;  // (a 64-bit division per position costs)
-          axpy_row<acc_t>(acc + id * dim, gp + b * dim, scale[b], dim);
-        }
-        if constexpr (!direct) {
-          for (int64_t r = r0; r < r1; ++r) scale_store_row<scalar_t>(o + r * dim, acc + r * dim, acc_t(1), dim);
-        }
-        continue;
-      }
-      // start[r - r0] .. start[r - r0 + 1]: row r's positions in order[], as rows of grad_pooled
-      start.assign(r1 - r0 + 1, 0);
-      for (int64_t p = 0; p < positions; ++p) {
-        const auto id = static_cast<int64_t>(ids[p]);
-        if (mine(id)) ++start[id - r0 + 1];
-      }
-      for (int64_t r = 0; r < r1 - r0; ++r) start[r + 1] += start[r];
-      order.resize(start.back());
-      next.assign(start.begin(), start.end() - 1);
-      for (int64_t p = 0; p < positions; ++p) {
-        const auto id = static_cast<int64_t>(ids[p]);
-        if (mine(id)) order[next[id - r0]++] = L == 1 ? p : p / L;
-      }
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t k = start[r - r0 + 1] - start[r - r0];
-        if (k == 0) {  // a run of rows nobody read: zeros, in one fill
-          int64_t end = r + 1;
-          while (end < r1 && start[end - r0 + 1] == start[end - r0]) ++end;
-          write_zeros(r, end - r);
-          r = end - 1;
-          continue;
-        }
-        write_row(r, order.data() + start[r - r0], k);
-      }
-    }
-    if (stream) stream_fence();
-  });
-  return out;
 }
 
 // The dense sequence gradient for b in [b0, b1): d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b],
