@@ -6,6 +6,8 @@
     fused = fused_twin(plain, backend="cpu")                 # neumf_fast.FusedUserItem, same weights
     plain = PlainNeuMFInput(138_493, 26_744, 64, 128)        # NeuMF's first stage: two nn.Embedding, sliced
     fused = neumf_input_twin(plain, backend="cuda")          # the same tables through neumf_input
+    model = RecoClsNMF(128)                                  # the seed's whole model: first half, tower, predict
+    fused = reco_twin(model, backend="cpu")                  # the same, its four nn.Linear a FusedUserItem
 """
 
 from __future__ import annotations
@@ -50,6 +52,34 @@ def fused_twin(plain: PlainFirstHalf, backend: str) -> neumf_fast.FusedUserItem:
                                      backend=backend, device=p.device, dtype=p.dtype)
     fused.load_state_dict(plain.state_dict())
     return fused
+
+
+class RecoClsNMF(nn.Module):
+    """The seed's whole model as a user writes it: the design's first half (``PlainFirstHalf``:
+    sum-pool the user sequence, four nn.Linear, the GMF product, the MLP input), then the tower
+    of ``neumf_fast.models.SequenceNeuMF``'s default widths (``tower_mult`` x ``dim``, ReLU after
+    each layer) and the predict layer on ``[tower_out, gmf]``; forward returns the ``[B]`` logits."""
+
+    def __init__(self, dim: int, tower_mult: tuple[int, ...] = (2, 8, 4, 2, 1)):
+        super().__init__()
+        self.dim, self.tower_mult = dim, tower_mult
+        self.first_half = PlainFirstHalf(dim, dim)
+        widths = [m * dim for m in tower_mult]
+        self.tower = nn.Sequential(*(layer for a, b in zip(widths[:-1], widths[1:]) for layer in (nn.Linear(a, b), nn.ReLU())))
+        self.predict = nn.Linear(widths[-1] + dim, 1)
+
+    def forward(self, user, item, user_mask=None):
+        gmf, mlp_in = self.first_half(user, item, user_mask)
+        return self.predict(torch.cat([self.tower(mlp_in), gmf], dim=-1)).squeeze(-1)
+
+
+def reco_twin(plain: RecoClsNMF, backend: str) -> RecoClsNMF:
+    """``plain`` with its four nn.Linear swapped for ``neumf_fast.FusedUserItem`` (``fused_twin``);
+    the tower and predict layer are copies of ``plain``'s (same weights)."""
+    twin = RecoClsNMF(plain.dim, plain.tower_mult).to(next(plain.parameters()))
+    twin.load_state_dict(plain.state_dict())
+    twin.first_half = fused_twin(plain.first_half, backend)
+    return twin
 
 
 class PlainNeuMFInput(nn.Module):

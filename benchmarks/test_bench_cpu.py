@@ -9,6 +9,10 @@ Providers:
 - ``cpu_kernel``: ``neumf_fast.FusedUserItem(backend="cpu")`` with the same weights, so the
   module's own cost is in the figure.
 
+The ``*_paired`` tests time the three interleaved in one run (the ratios to read); ``test_model_paired``
+times the seed's whole model (``baselines.RecoClsNMF``: the first half, the tower and the predict
+layer) at the serving shape against the same model with its four nn.Linear a ``FusedUserItem``.
+
 Run (not part of the test suite):
 
     bash dev.sh bench op      (pytest benchmarks/test_bench_cpu.py --benchmark-json=...; report.py)
@@ -20,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from baselines import PlainFirstHalf, fused_twin
+from baselines import PlainFirstHalf, RecoClsNMF, fused_twin, reco_twin
 from neumf_fast.ops import _library
 
 SHAPES = {
@@ -111,30 +115,70 @@ def _step(direction: str, module, user, item):
 
 
 PAIRED_ROUNDS = 3  # times test_cpu's rounds
+PAIRED_SIDES = ("eager", "compiled", "cpu_kernel")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("direction", ["fwd", "fwd_bwd"])
 def test_cpu_paired(benchmark, direction, shape):
-    """The baseline (``eager``) and ``cpu_kernel`` timed in alternating rounds of one run (who
-    goes first alternates), so that the VM's drifts, up to 60% over seconds, slow both alike;
-    the ratio of their median rounds is the one to read against a target."""
-    from time import perf_counter
-
+    """The baseline (``eager``), ``torch.compile`` of it and ``cpu_kernel`` timed in interleaved
+    rounds of one run (who goes first rotates), so that the VM's drifts, up to 60% over seconds,
+    slow all alike; the ratio of their median rounds is the one to read against a target."""
     batch, seq_len, dim, hidden, ids = SHAPES[shape]
     if _library.EXTENSION_ERROR:
         pytest.skip(_library.EXTENSION_ERROR)
+    torch._dynamo.reset()
     baseline, user, item = make_case(batch, seq_len, dim, hidden, ids)
-    steps = {p: _step(direction, provider_module(p, baseline), user, item) for p in ("eager", "cpu_kernel")}
+    steps = {p: _step(direction, provider_module(p, baseline), user, item) for p in PAIRED_SIDES}
+    _run_paired(benchmark, steps, _iterations(batch), PAIRED_ROUNDS * _rounds(batch))
+    benchmark.extra_info.update(direction=direction, shape=shape, dtype="float32", B=batch, L=seq_len, D=dim,
+                                H=hidden, ids=ids)
+
+
+MODEL_SHAPE = "model_B16_L10_D128"  # the seed's whole model at the serving shape, forward
+
+
+def test_model_paired(benchmark):
+    """The seed's whole model (``RecoClsNMF``) against the same weights with its first half a
+    ``FusedUserItem`` (``cpu_kernel``) and ``torch.compile`` of the plain model, forward, interleaved
+    as above.  The tower's GEMMs are the same on every side and bound the ratio."""
+    if _library.EXTENSION_ERROR:
+        pytest.skip(_library.EXTENSION_ERROR)
+    torch._dynamo.reset()
+    batch, seq_len, dim = 16, 10, 128
+    torch.manual_seed(0)
+    plain = RecoClsNMF(dim)
+    _, user, item = make_case(batch, seq_len, dim, dim, False)
+    models = {"eager": plain, "compiled": torch.compile(plain), "cpu_kernel": reco_twin(plain, backend="cpu")}
+    torch.testing.assert_close(models["cpu_kernel"](user, item), plain(user, item), atol=1e-5, rtol=1e-5)
+
+    def forward(model):
+        def step():
+            with torch.no_grad():
+                return model(user, item)
+        return step
+
+    _run_paired(benchmark, {p: forward(m) for p, m in models.items()}, _iterations(batch),
+                PAIRED_ROUNDS * _rounds(batch))
+    benchmark.extra_info.update(direction="fwd", shape=MODEL_SHAPE, dtype="float32", B=batch, L=seq_len, D=dim,
+                                tower_mult=list(plain.tower_mult))
+
+
+def _run_paired(benchmark, steps: dict, calls: int, n_rounds: int) -> None:
+    """Times ``steps`` (provider -> one call) in ``n_rounds`` rounds of ``calls`` calls each, the
+    providers one after another in every round, the first one rotating; records the median round
+    of each in ``extra_info['paired']``."""
+    from time import perf_counter
+
     for step in steps.values():
-        for _ in range(3):
+        for _ in range(3):  # compile and warm caches outside the timed region
             step()
-    calls = _iterations(batch)
-    rounds = {p: [] for p in steps}
+    order = list(steps)
+    rounds = {p: [] for p in order}
 
     def paired():
-        for r in range(PAIRED_ROUNDS * _rounds(batch)):
-            for p in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+        for r in range(n_rounds):
+            for p in order[r % len(order):] + order[:r % len(order)]:
                 begin = perf_counter()
                 for _ in range(calls):
                     steps[p]()
@@ -142,6 +186,5 @@ def test_cpu_paired(benchmark, direction, shape):
 
     benchmark.pedantic(paired, rounds=1, iterations=1)
     median = {p: sorted(t)[len(t) // 2] for p, t in rounds.items()}
-    benchmark.extra_info.update(direction=direction, shape=shape, dtype="float32", provider="eager+cpu_kernel",
-                                rounds=len(rounds["eager"]), calls_per_round=calls,
-                                paired={p: {"seconds": median[p]} for p in steps})
+    benchmark.extra_info.update(provider="+".join(order), rounds=n_rounds, calls_per_round=calls,
+                                paired={p: {"seconds": median[p]} for p in order})

@@ -172,20 +172,23 @@ def test_deterministic_table_gradient(backend):
 
 @pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_large_tables_give_the_small_tables_gradient_rows(dtype):
+@pytest.mark.parametrize("rows", [9000, 18000])
+def test_large_tables_give_the_small_tables_gradient_rows(dtype, rows):
     """The C++ kernel scatters into a table gradient of up to 2 MiB (op-math) and writes a
     larger one row by row (csrc/cpu/fused_input_cpu.cpp, table_grad).  Both sum each row's
     contributions in position order, so the same ids into a 9-row table and into a 9000-row one
     (2.3 MB of float32 gradient) whose first rows are the same give the same gradient rows bit
-    for bit, and zeros for the rows nobody read; likewise on one thread.  The large case also
-    matches the reference (float32, at the 2e-5 used throughout this file)."""
+    for bit, and zeros for the rows nobody read; likewise on one thread.  An 18000-row float32
+    gradient (4.6 MB) is written with non-temporal stores, rows and runs of zeros alike: the
+    same again.  The large case also matches the reference (float32, at the 2e-5 used
+    throughout this file)."""
     small = make_case(batch=37, seq_len=6, user_dim=64, h_mf=8, h_mlp=8, user_ids=True, item_ids=True,
                       num_user_rows=9, num_item_rows=9, mask="empty_rows", dtype=dtype)
     g = torch.Generator().manual_seed(3)
     large = small.to(dtype)  # fresh leaves, same values
     for name in ("user_table", "item_table"):
         table = small.kwargs[name].detach()
-        extra = torch.randn(9000 - len(table), table.shape[1], generator=g, dtype=torch.float64).to(dtype)
+        extra = torch.randn(rows - len(table), table.shape[1], generator=g, dtype=torch.float64).to(dtype)
         large.kwargs[name] = torch.cat([table, extra]).requires_grad_()
     expected, got = run(small, "cpu"), run(large, "cpu")
     threads = torch.get_num_threads()
@@ -203,6 +206,47 @@ def test_large_tables_give_the_small_tables_gradient_rows(dtype):
             assert torch.equal(have, want), name
     if dtype == torch.float32:
         assert_close(got, run(large, "torch"), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
+@pytest.mark.parametrize("user_dim", [128, 37])
+def test_streamed_sequence_gradient(user_dim):
+    """The C++ kernel writes a float32 sequence gradient of over 4 MB with non-temporal stores
+    (rows of a width that is a multiple of 8; plain stores for the others, such as 37): masked
+    positions and kept ones alike match the reference."""
+    case = make_case(batch=1100, seq_len=33, user_dim=user_dim, h_mf=8, h_mlp=8, mask="empty_rows")
+    assert case.user.nbytes > 4 << 20
+    check_parity(case, "cpu")
+
+
+@pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))
+@pytest.mark.parametrize("batch", [1023, 1100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("ids", [False, True], ids=["dense", "ids"])
+def test_cpu_blocks(batch, dtype, ids):
+    """From 1024 rows with both weights the C++ kernel runs in blocks of 128 rows (a last block of
+    76 rows here): the forward pools, projects (one GEMM per side) and combines a block at a
+    time, the backward forms a block's d_proj, d_pooled and sequence gradient; below, each pass
+    runs on the whole batch.  Both match the reference, gradients (tables, weights, biases)
+    included.  The blocks are fixed and each block's GEMM is
+    single-threaded, so a blocked forward gives the same outputs on one thread as on several
+    (the whole-batch GEMMs, and the weight gradients' GEMMs, are MKL's to split)."""
+    case = make_case(batch=batch, seq_len=3, user_dim=40, h_mf=24, h_mlp=16, dtype=dtype, user_ids=ids, item_ids=ids,
+                     mask="empty_rows", num_user_rows=300, num_item_rows=200)
+    if dtype == torch.float32:
+        check_parity(case, "cpu")
+    else:
+        assert_flash_attention_rule(case, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        got = run(case, "cpu")
+        torch.set_num_threads(1)
+        single = run(case, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    if batch >= 1024:
+        for name in ("gmf", "mlp_in"):
+            assert torch.equal(got[name], single[name]), name
 
 
 @pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason=str(_library.EXTENSION_ERROR))

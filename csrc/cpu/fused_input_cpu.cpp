@@ -10,35 +10,48 @@
 // Tiling: rows are split across threads with at::parallel_for; each row of a pooled sum is
 // accumulated in the op-math type (fp32 for bf16/fp16, else the input type) with at::vec
 // vectors, and is never rounded to the input dtype before the projection.  The projections
-// are one BLAS GEMM per side against the stacked [H_mf + H_mlp, D] weight (MKL runs them at
-// ~160 GFLOP/s on the 2-core dev CPU, near its peak); at serving batch sizes, where each GEMM
-// is one thread's work, the two sides' GEMMs run at once.  The GMF product and the cat are one
-// epilogue pass; with no weight on either side it runs in the pooling pass, block by block.
+// are one BLAS GEMM per side against the stacked [H_mf + H_mlp, D] weight, without the bias:
+// the epilogue adds it, forms the GMF product and the cat, and writes the saved MF halves, in
+// one pass per row.  From 1024 rows with both weights (runs_in_blocks) a call runs in fixed
+// blocks of 128 rows, one parallel region per pass: the forward pools a block, projects it
+// (single-threaded GEMMs into the task's own buffers) and runs the epilogue while it is in
+// cache; the backward forms the block's d_proj, d_pooled and sequence gradient the same way.
+// Smaller batches run each pass over the whole batch, and at serving sizes (one GEMM being one
+// thread's work) the two sides' GEMMs run at once.  With no weight on either side the epilogue
+// runs in the pooling pass.  Outputs over 4 MB that nothing reads soon (the dense sequence
+// gradient, large table gradients) are written with non-temporal stores.
 //
 // Saved for backward (returned as extra outputs, op-math dtype, when `save`): what the backward
 // reads and nothing more (csrc/ops.h: check_fused_backward): pooled_user, pooled_item for a side
 // with a weight (inputs of its weight gradient; empty without), and mf_user, mf_item, the first
-// h_mf columns of each side's projection (of its pooled rows with no weight), the other factor
-// of each GMF gradient: [B, h_mf] copies, so the full projections are freed after the call.
-// Nothing of size [B, L, D] is saved.
+// h_mf columns of each side's projection with its bias (of its pooled rows with no weight), the
+// other factor of each GMF gradient, written by the epilogue: the full projections are never
+// kept.  Nothing of size [B, L, D] is saved.
 //
-// Backward: one pass forms d_proj from d_gmf and d_mlp_in; GEMMs give dW, d_pooled; db is a
-// column sum.  The dense sequence gradient broadcasts d_pooled over L under the mask.  A table
-// gradient row is the sum of its contributions in position order: each thread owns a range of
-// table rows and either scatters into it (small tables) or writes it row by row from the
-// positions bucketed by row (large ones; see table_grad), so the result does not depend on the
-// thread count.  All offsets are int64.
+// Backward: one pass forms d_proj from d_gmf and d_mlp_in and sums it for db in fixed 128-row
+// chunks; GEMMs give dW (one per side over the batch) and d_pooled.  The dense sequence
+// gradient broadcasts d_pooled over L under the mask.  A table gradient row is the sum of its
+// contributions in position order: each thread owns a range of table rows and either scatters
+// into it (small tables) or writes it row by row from the positions bucketed by row (large
+// ones; see table_grad), so the result does not depend on the thread count.  All offsets are
+// int64.
 #include "../ops.h"
+#include "rows.h"
+#include "table_grad.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/record_function.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -46,129 +59,7 @@ namespace neumf_fast {
 namespace {
 
 using at::Tensor;
-template <typename T>
-using opmath_t = at::opmath_type<T>;
-
-// One vector of op-math values from src[0:size] in its storage type.
-template <typename scalar_t>
-inline at::vec::Vectorized<opmath_t<scalar_t>> load_opmath(const scalar_t* src) {
-  using Vec = at::vec::Vectorized<opmath_t<scalar_t>>;
-  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
-    return Vec::loadu(src);
-  } else {
-    Vec v;
-    at::vec::load_to_float<scalar_t>(src, v);
-    return v;
-  }
-}
-
-// acc[0:n] += w * src[0:n], reading src in its storage type and accumulating in op-math.
-template <typename scalar_t>
-inline void axpy_row(opmath_t<scalar_t>* acc, const scalar_t* src, opmath_t<scalar_t> w, int64_t n) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  const Vec wv(w);
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    at::vec::fmadd(wv, load_opmath(src + i), Vec::loadu(acc + i)).store(acc + i);
-  }
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    // the tail as one partial vector (widths such as 40 leave 8 of 16 lanes)
-    if (i < n) at::vec::fmadd(wv, Vec::loadu(src + i, n - i), Vec::loadu(acc + i, n - i)).store(acc + i, n - i);
-    return;
-  }
-  for (; i < n; ++i) acc[i] += w * static_cast<acc_t>(src[i]);
-}
-
-// dst[0:n] = w * src[0:n], rounding once to the storage type.
-template <typename scalar_t>
-inline void scale_store_row(scalar_t* dst, const opmath_t<scalar_t>* src, opmath_t<scalar_t> w, int64_t n) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  const Vec wv(w);
-  int64_t i = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    for (; i + Vec::size() <= n; i += Vec::size()) (wv * Vec::loadu(src + i)).store(dst + i);
-    if (i < n) (wv * Vec::loadu(src + i, n - i)).store(dst + i, n - i);
-    return;
-  } else {
-    for (; i + 2 * Vec::size() <= n; i += 2 * Vec::size()) {
-      auto lo = wv * Vec::loadu(src + i);
-      auto hi = wv * Vec::loadu(src + i + Vec::size());
-      at::vec::convert_from_float<scalar_t>(lo, hi).store(dst + i);
-    }
-  }
-  for (; i < n; ++i) dst[i] = static_cast<scalar_t>(w * src[i]);
-}
-
-// dst[0:n] = a[0:n] * b[0:n]: a in its storage type, b and dst in op-math.
-template <typename scalar_t>
-inline void mul_row(opmath_t<scalar_t>* dst, const scalar_t* a, const opmath_t<scalar_t>* b, int64_t n) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) (load_opmath(a + i) * Vec::loadu(b + i)).store(dst + i);
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (i < n) (Vec::loadu(a + i, n - i) * Vec::loadu(b + i, n - i)).store(dst + i, n - i);
-    return;
-  }
-  for (; i < n; ++i) dst[i] = static_cast<acc_t>(a[i]) * b[i];
-}
-
-template <typename scalar_t>
-inline void fill_zero(scalar_t* dst, int64_t n) {
-  std::fill(dst, dst + n, scalar_t(0));
-}
-
-// out[0:D] = scale * sum_r rows[r][0:D], summing in row order.  Blocked over D so that four
-// vector accumulators stay in registers across all rows: x is read once, out written once.
-template <typename scalar_t>
-inline void sum_rows(opmath_t<scalar_t>* out, const scalar_t* const* rows, int64_t n, int64_t D,
-                     opmath_t<scalar_t> scale) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  auto load = [](const scalar_t* p) { return load_opmath(p); };
-  const Vec sv(scale);
-  int64_t i = 0;
-  for (; i + 4 * V <= D; i += 4 * V) {
-    Vec a0(0), a1(0), a2(0), a3(0);
-    for (int64_t r = 0; r < n; ++r) {
-      const scalar_t* p = rows[r] + i;
-      a0 += load(p);
-      a1 += load(p + V);
-      a2 += load(p + 2 * V);
-      a3 += load(p + 3 * V);
-    }
-    (a0 * sv).store(out + i);
-    (a1 * sv).store(out + i + V);
-    (a2 * sv).store(out + i + 2 * V);
-    (a3 * sv).store(out + i + 3 * V);
-  }
-  for (; i + V <= D; i += V) {
-    Vec a(0);
-    for (int64_t r = 0; r < n; ++r) a += load(rows[r] + i);
-    (a * sv).store(out + i);
-  }
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (i < D) {
-      Vec a(0);
-      for (int64_t r = 0; r < n; ++r) a += Vec::loadu(rows[r] + i, D - i);
-      (a * sv).store(out + i, D - i);
-    }
-    return;
-  }
-  for (; i < D; ++i) {
-    acc_t a(0);
-    for (int64_t r = 0; r < n; ++r) a += static_cast<acc_t>(rows[r][i]);
-    out[i] = a * scale;
-  }
-}
-
-// Rows per parallel task so that a task does roughly 32K element updates.
-inline int64_t grain_for(int64_t work_per_row) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_row));
-}
+using namespace cpu;  // rows.h, table_grad.h
 
 // Per-row pooling scale: 1 for sum; 1/max(1, kept) for mean.  Also used by backward.
 template <typename acc_t, typename index_t>
@@ -206,6 +97,21 @@ inline int64_t checked_id(index_t raw, int64_t rows, const char* name) {
   return id;
 }
 
+// Asks for the table rows of ids[0..n) ahead of their use: the rows of a sequence lie anywhere in
+// the table, so the hardware prefetcher cannot guess them; asking for the next user's rows while
+// this one's are summed keeps many reads in flight.  Ids out of range are skipped here (the
+// pooling itself raises on them).
+template <typename scalar_t, typename index_t>
+inline void prefetch_rows(const scalar_t* table, const index_t* ids, int64_t n, int64_t rows, int64_t dim) {
+  const int64_t bytes = dim * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t l = 0; l < n; ++l) {
+    const auto id = static_cast<int64_t>(ids[l]);
+    if (id < 0 || id >= rows) continue;
+    const char* row = reinterpret_cast<const char*>(table + id * dim);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off);
+  }
+}
+
 // pooled[b, :] (op-math) for b in [b0, b1), from the dense or id user sequence.
 template <typename scalar_t, typename index_t>
 void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<Tensor>& mask,
@@ -233,6 +139,7 @@ void pool_user_rows(const FusedDims& d, const Tensor& user, const std::optional<
         rows_of_b[n++] = x + p * D;
       }
     }
+    if (ids != nullptr && b + 1 < b1) prefetch_rows(x, ids + (b + 1) * L, L, rows, D);
     sum_rows<scalar_t>(out + b * D, rows_of_b.data(), n, D, scale[b]);
   }
 }
@@ -253,24 +160,92 @@ void gather_item_rows(const FusedDims& d, const Tensor& item, const std::optiona
   }
 }
 
-// The epilogue for b in [b0, b1): gmf[b] = proj_user[b, :h_mf] * proj_item[b, :h_mf] and
-// mlp_in[b] = [proj_user[b, h_mf:] | proj_item[b, h_mf:]], from op-math rows, rounded once.
+// The epilogue, one pass over each row of both sides' projections (op-math, bias not yet added:
+// the GEMMs run without it, so the bias is added here while the row is in registers instead of
+// being broadcast into each GEMM's output first):
+//   gmf[b]    = (proj_user[b, :h_mf] + bias) * (proj_item[b, :h_mf] + bias), rounded once;
+//   mlp_in[b] = [proj_user[b, h_mf:] + bias | proj_item[b, h_mf:] + bias], rounded once;
+//   mf_user[b], mf_item[b] = the MF halves with their biases, op-math (saved for backward; null
+//   pointers when nothing is saved), written here rather than copied out afterwards.
 template <typename scalar_t>
-void combine_rows(const FusedDims& d, const Tensor& proj_user_rows, const Tensor& proj_item_rows, Tensor& gmf,
-                  Tensor& mlp_in, int64_t b0, int64_t b1) {
+struct Epilogue {
   using acc_t = opmath_t<scalar_t>;
-  const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
-  const acc_t* pu = proj_user_rows.data_ptr<acc_t>();
-  const acc_t* pi = proj_item_rows.data_ptr<acc_t>();
-  scalar_t* g = gmf.data_ptr<scalar_t>();
-  scalar_t* mlp = mlp_in.data_ptr<scalar_t>();
-  for (int64_t b = b0; b < b1; ++b) {
-    const acc_t* u = pu + b * Hu;
-    const acc_t* v = pi + b * Hi;
-    for (int64_t j = 0; j < Hm; ++j) g[b * Hm + j] = static_cast<scalar_t>(u[j] * v[j]);
-    scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi), u + Hm, acc_t(1), Hmu);
-    scale_store_row<scalar_t>(mlp + b * (Hmu + Hmi) + Hmu, v + Hm, acc_t(1), Hmi);
+  const FusedDims& d;
+  const acc_t *user, *item;                // [B, user_proj], [B, item_proj]: row b at b - row0
+  const acc_t *user_bias, *item_bias;      // [user_proj], [item_proj] or null
+  scalar_t *gmf, *mlp_in;
+  acc_t *mf_user, *mf_item;                // [B, h_mf] or null
+  int64_t row0 = 0;                        // the batch row of user[0] and item[0]
+
+  void rows(int64_t b0, int64_t b1) const {
+    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+    // columns [i, i + w) of a projection row plus its bias
+    auto col = [](const acc_t* row, const acc_t* bias, int64_t i, int64_t w) {
+      auto v = load_part(row + i, w);
+      return bias != nullptr ? v + load_part(bias + i, w) : v;
+    };
+    const acc_t* bu_mlp = user_bias != nullptr ? user_bias + Hm : nullptr;
+    const acc_t* bi_mlp = item_bias != nullptr ? item_bias + Hm : nullptr;
+    for (int64_t b = b0; b < b1; ++b) {
+      const acc_t* u = user + (b - row0) * Hu;
+      const acc_t* v = item + (b - row0) * Hi;
+      scalar_t* mlp = mlp_in + b * (Hmu + Hmi);
+      store_row(gmf + b * Hm, Hm, [&](int64_t i, int64_t w) { return col(u, user_bias, i, w) * col(v, item_bias, i, w); });
+      store_row(mlp, Hmu, [&](int64_t i, int64_t w) { return col(u + Hm, bu_mlp, i, w); });
+      store_row(mlp + Hmu, Hmi, [&](int64_t i, int64_t w) { return col(v + Hm, bi_mlp, i, w); });
+      if (mf_user != nullptr) {
+        store_row(mf_user + b * Hm, Hm, [&](int64_t i, int64_t w) { return col(u, user_bias, i, w); });
+        store_row(mf_item + b * Hm, Hm, [&](int64_t i, int64_t w) { return col(v, item_bias, i, w); });
+      }
+    }
   }
+};
+
+// Rows per block of a blocked forward and backward (below), and per chunk of the bias gradients'
+// sums; a fixed number, so results do not depend on the thread count.  A block's two
+// projections, [128, 256] each at the design shape, stay in cache.
+constexpr int64_t kBlockRows = 128;
+
+// Whether a call runs block by block (forward and backward): both sides projected, and at least 8 blocks (smaller
+// batches take the whole-batch GEMMs, two sides at once when tiny).  Not a function of the
+// thread count, so neither is the path a batch takes.
+inline bool runs_in_blocks(const FusedDims& d, bool both_weights) {
+  return both_weights && d.batch >= 8 * kBlockRows && !at::in_parallel_region();
+}
+
+// The forward block by block: each task pools a block of rows (pool(b0, b1)), projects it with
+// one GEMM per side (stacked [H_mf + H_mlp, D] weights, no bias) into its own buffers and runs
+// the epilogue on them while they are in cache: the [B, H] projections are never written out
+// and read back.  Each GEMM is single-threaded (MKL inside a parallel region), the blocks are
+// spread over the threads.
+template <typename scalar_t, typename Pool>
+void forward_blocks(const FusedDims& d, const Pool& pool, const Tensor& pooled_user, const Tensor& pooled_item,
+                    const Tensor& user_weight, const Tensor& item_weight, Epilogue<scalar_t> epilogue) {
+  using acc_t = opmath_t<scalar_t>;
+  const auto acc_opts = pooled_user.options();
+  // the GEMMs stay in op-math whatever autocast says (as in project())
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const Tensor wu = user_weight.to(acc_opts.dtype()).t(), wi = item_weight.to(acc_opts.dtype()).t();
+  const int64_t R = kBlockRows, blocks = (d.batch + R - 1) / R;
+  // Worker threads start with default thread-local state; the GEMMs need the caller's (below
+  // autograd: an out= GEMM on a weight that requires grad would otherwise raise; no autocast).
+  const at::ThreadLocalState caller;
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+    at::ThreadLocalStateGuard same_state(caller);
+    Tensor proj_user = at::empty({R, d.user_proj}, acc_opts), proj_item = at::empty({R, d.item_proj}, acc_opts);
+    Epilogue<scalar_t> e = epilogue;
+    e.user = proj_user.data_ptr<acc_t>();
+    e.item = proj_item.data_ptr<acc_t>();
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b0 = k * R, n = std::min(R, d.batch - b0);
+      pool(b0, b0 + n);
+      Tensor user_rows = proj_user.narrow(0, 0, n), item_rows = proj_item.narrow(0, 0, n);
+      at::mm_out(user_rows, pooled_user.narrow(0, b0, n), wu);
+      at::mm_out(item_rows, pooled_item.narrow(0, b0, n), wi);
+      e.row0 = b0;
+      e.rows(b0, b0 + n);
+    }
+  });
 }
 
 // Dispatch on (float dtype, user index dtype, item index dtype); index types default to int64
@@ -319,177 +294,181 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
   const auto acc_opts = user.options().dtype(acc_dtype);
   const auto out_opts = user.options().dtype(dtype);
   Tensor pooled_user = at::empty({d.batch, d.user_dim}, acc_opts);
-  Tensor pooled_item = at::empty({d.batch, d.item_dim}, acc_opts);
+  // An inference call on a dense op-math item projects the item itself: its pooled row would be
+  // a copy, needed only as a saved output (an output must not alias an input).
+  const bool item_itself = !save && !d.item_ids && item_weight && dtype == acc_dtype;
+  Tensor pooled_item = item_itself ? item : at::empty({d.batch, d.item_dim}, acc_opts);
   Tensor gmf = at::empty({d.batch, d.h_mf}, out_opts);
   Tensor mlp_in = at::empty({d.batch, d.h_mlp_user() + d.h_mlp_item()}, out_opts);
+  auto none = [&] { return at::empty({0}, acc_opts); };
+  Tensor mf_user = save ? at::empty({d.batch, d.h_mf}, acc_opts) : none();
+  Tensor mf_item = save ? at::empty({d.batch, d.h_mf}, acc_opts) : none();
   // With no weight on either side the pooled rows are the projections, and each block of rows
   // is pooled, gathered and combined in one pass while it is in cache (NeuMF, GMF and MLP have
   // no projection: their tables are the projections).
   const bool one_pass = !user_weight && !item_weight;
+  // the biases in op-math, added by the epilogue (a no-op conversion for fp32 and fp64)
+  const Tensor user_bias_acc = user_bias ? user_bias->to(acc_dtype).contiguous() : Tensor();
+  const Tensor item_bias_acc = item_bias ? item_bias->to(acc_dtype).contiguous() : Tensor();
   NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item), "neumf_fast.fused_input", [&] {
-    const auto scale = row_scales<opmath_t<scalar_t>, user_index_t>(d, user, mask, padding_idx);
-    const int64_t work = d.seq_len * d.user_dim + d.item_dim + (one_pass ? d.user_proj + d.item_proj : 0);
-    at::parallel_for(0, d.batch, grain_for(work), [&](int64_t b0, int64_t b1) {
+    using acc_t = opmath_t<scalar_t>;
+    auto ptr = [](const Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr<acc_t>() : nullptr; };
+    // (proj rows are filled in below before the epilogue reads them; pooled rows serve one_pass)
+    Epilogue<scalar_t> epilogue{d, ptr(pooled_user), ptr(pooled_item), ptr(user_bias_acc), ptr(item_bias_acc),
+                                gmf.data_ptr<scalar_t>(), mlp_in.data_ptr<scalar_t>(), ptr(mf_user), ptr(mf_item)};
+    const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
+    auto pool = [&](int64_t b0, int64_t b1) {
       pool_user_rows<scalar_t, user_index_t>(d, user, mask, user_table, padding_idx, scale, pooled_user, b0, b1);
-      gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
-      if (one_pass) combine_rows<scalar_t>(d, pooled_user, pooled_item, gmf, mlp_in, b0, b1);
-    });
-  });
-
-  // With no weight a side's projection is its pooled rows; the returned proj is then empty
-  // (outputs of an op must not alias each other).
-  Tensor proj_user, proj_item;
-  if (user_weight && item_weight && sides_concurrently(d)) {
-    // Each worker thread starts with default thread-local state; give it the caller's (below
-    // autograd, grad mode, profiler), as the calling thread has it.
-    const at::ThreadLocalState caller;
-    at::parallel_for(0, 2, 1, [&](int64_t s0, int64_t s1) {
-      at::ThreadLocalStateGuard same_state(caller);
-      for (int64_t side = s0; side < s1; ++side) {
-        if (side == 0) proj_user = project(pooled_user, user_weight, user_bias);
-        else proj_item = project(pooled_item, item_weight, item_bias);
-      }
-    });
-  } else {
-    proj_user = user_weight ? project(pooled_user, user_weight, user_bias) : at::empty({0}, acc_opts);
-    proj_item = item_weight ? project(pooled_item, item_weight, item_bias) : at::empty({0}, acc_opts);
-  }
-  const Tensor& proj_user_rows = user_weight ? proj_user : pooled_user;
-  const Tensor& proj_item_rows = item_weight ? proj_item : pooled_item;
-  if (!one_pass) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_epilogue", [&] {
-      at::parallel_for(0, d.batch, grain_for(d.user_proj + d.item_proj), [&](int64_t b0, int64_t b1) {
-        combine_rows<scalar_t>(d, proj_user_rows, proj_item_rows, gmf, mlp_in, b0, b1);
-      });
-    });
-  }
-  auto none = [&] { return at::empty({0}, acc_opts); };
-  if (!save) return {gmf, mlp_in, none(), none(), none(), none()};  // inference: nothing for backward
-  // the MF halves (contiguous() copies unless the half is the whole row, then it is the row itself,
-  // which is returned only here: no output aliases another)
-  auto mf = [&](const Tensor& rows) { return rows.narrow(1, 0, d.h_mf).contiguous(); };
-  return {gmf, mlp_in, user_weight ? pooled_user : none(), item_weight ? pooled_item : none(), mf(proj_user_rows),
-          mf(proj_item_rows)};
-}
-
-// dst[0:n] = sum_j scale[b_j] * src[b_j * n : (b_j + 1) * n] over b_j = rows[0..k), in op-math: an
-// fmadd chain from zero in j order, rounded once to dst's type.  Blocked over n so that the
-// partial sums stay in registers: dst is written once.
-template <typename scalar_t>
-inline void weighted_sum_store(scalar_t* dst, const opmath_t<scalar_t>* src, const opmath_t<scalar_t>* scale,
-                               const int64_t* rows, int64_t k, int64_t n, opmath_t<scalar_t>* scratch) {
-  using acc_t = opmath_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-  acc_t* out = direct ? reinterpret_cast<acc_t*>(dst) : scratch;
-  int64_t i = 0;
-  for (; i + 4 * V <= n; i += 4 * V) {
-    Vec a0(0), a1(0), a2(0), a3(0);
-    for (int64_t j = 0; j < k; ++j) {
-      const Vec w(scale[rows[j]]);
-      const acc_t* x = src + rows[j] * n + i;
-      a0 = at::vec::fmadd(w, Vec::loadu(x), a0);
-      a1 = at::vec::fmadd(w, Vec::loadu(x + V), a1);
-      a2 = at::vec::fmadd(w, Vec::loadu(x + 2 * V), a2);
-      a3 = at::vec::fmadd(w, Vec::loadu(x + 3 * V), a3);
+      if (!item_itself) gather_item_rows<scalar_t, item_index_t>(d, item, item_table, pooled_item, b0, b1);
+    };
+    if (runs_in_blocks(d, user_weight && item_weight)) {
+      RECORD_FUNCTION("neumf_fast::cpu_forward_blocks", std::vector<c10::IValue>());
+      return forward_blocks<scalar_t>(d, pool, pooled_user, pooled_item, *user_weight, *item_weight, epilogue);
     }
-    a0.store(out + i);
-    a1.store(out + i + V);
-    a2.store(out + i + 2 * V);
-    a3.store(out + i + 3 * V);
-  }
-  for (; i < n; i += V) {
-    const int64_t width = std::min<int64_t>(V, n - i);
-    Vec a(0);
-    for (int64_t j = 0; j < k; ++j) a = at::vec::fmadd(Vec(scale[rows[j]]), Vec::loadu(src + rows[j] * n + i, width), a);
-    a.store(out + i, width);
-  }
-  if constexpr (!direct) scale_store_row<scalar_t>(dst, scratch, acc_t(1), n);
+    {
+      RECORD_FUNCTION("neumf_fast::cpu_pool", std::vector<c10::IValue>());
+      const int64_t work = d.seq_len * d.user_dim + d.item_dim + (one_pass ? d.user_proj + d.item_proj : 0);
+      at::parallel_for(0, d.batch, grain_for(work), [&](int64_t b0, int64_t b1) {
+        pool(b0, b1);
+        if (one_pass) epilogue.rows(b0, b1);
+      });
+    }
+    if (one_pass) return;
+    // The GEMMs, without the bias (the epilogue adds it).  With no weight a side's projection
+    // rows are its pooled rows.
+    Tensor proj_user = pooled_user, proj_item = pooled_item;
+    if (user_weight && item_weight && sides_concurrently(d)) {
+      // Each worker thread starts with default thread-local state; give it the caller's (below
+      // autograd, grad mode, profiler), as the calling thread has it.
+      const at::ThreadLocalState caller;
+      at::parallel_for(0, 2, 1, [&](int64_t s0, int64_t s1) {
+        at::ThreadLocalStateGuard same_state(caller);
+        for (int64_t side = s0; side < s1; ++side) {
+          if (side == 0) proj_user = project(pooled_user, user_weight, std::nullopt);
+          else proj_item = project(pooled_item, item_weight, std::nullopt);
+        }
+      });
+    } else {
+      proj_user = project(pooled_user, user_weight, std::nullopt);
+      proj_item = project(pooled_item, item_weight, std::nullopt);
+    }
+    RECORD_FUNCTION("neumf_fast::cpu_epilogue", std::vector<c10::IValue>());
+    epilogue.user = proj_user.data_ptr<acc_t>();
+    epilogue.item = proj_item.data_ptr<acc_t>();
+    at::parallel_for(0, d.batch, grain_for(d.user_proj + d.item_proj),
+                     [&](int64_t b0, int64_t b1) { epilogue.rows(b0, b1); });
+  });
+  if (!save) return {gmf, mlp_in, none(), none(), none(), none()};  // inference: nothing for backward
+  return {gmf, mlp_in, user_weight ? pooled_user : none(), item_weight ? pooled_item : none(), mf_user, mf_item};
 }
 
-// A table gradient up to this many op-math bytes is zeroed and then scattered into (it stays in
-// cache, so the scatter's reads are cheap); a larger one is written once, row by row.  On the dev
-// CPU, a 966 KB gradient (6040 x 40, ML-1M's user table) took 10% longer written row by row, and
-// a 25.6 MB one (100k x 64) 2.5-3x less time.
-constexpr int64_t kScatteredTableBytes = int64_t{2} << 20;
-
-// The gradient of a table read at rows ids[p] (p over B*L, skipping padding): row r is the sum,
-// over the positions p with ids[p] == r in position order, of scale[p / L] * grad_pooled[p / L]
-// (an fmadd chain from zero, accumulated in op-math), and zero for a row nobody read.  Each task
-// owns a range of rows [r0, r1), so the result does not depend on the thread count.  Two orders
-// of work give the same sums bit for bit:
-// - scatter (small tables): zero the range, then add each position's row into it in turn;
-// - by row (large tables): bucket the range's positions by row with a counting sort (which keeps
-//   position order), then write each row once, in order, from its contributions.  grad_pooled
-//   ([B, dim]) stays in cache and the gradient, as large as the table, is written once and never
-//   read back, where a scatter would write it twice and read it back at random.
-// All offsets are int64.
-template <typename scalar_t, typename index_t>
-Tensor table_grad(const Tensor& ids_t, int64_t L, const std::optional<int64_t>& padding_idx, int64_t rows,
-                  int64_t dim, const Tensor& grad_pooled, const std::vector<opmath_t<scalar_t>>& scale) {
+// The dense sequence gradient for b in [b0, b1): d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b],
+// the broadcast over L.  Each row b is scaled once, then written L times (non-temporal stores
+// when `stream`: the caller fences).
+template <typename scalar_t>
+void broadcast_block(const FusedDims& d, const bool* m, const opmath_t<scalar_t>* scale,
+                     const opmath_t<scalar_t>* dpooled, scalar_t* grad_x, bool stream, int64_t b0, int64_t b1) {
   using acc_t = opmath_t<scalar_t>;
-  constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-  const bool by_row = rows * dim * static_cast<int64_t>(sizeof(acc_t)) > kScatteredTableBytes;
-  Tensor out = at::empty({rows, dim}, ids_t.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
-  scalar_t* o = out.data_ptr<scalar_t>();
-  // A reduced dtype's scatter accumulates in an op-math buffer and rounds once at the end.
-  Tensor buf;
-  if (!direct && !by_row) buf = at::empty({rows, dim}, ids_t.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* acc = by_row ? nullptr : direct ? reinterpret_cast<acc_t*>(o) : buf.data_ptr<acc_t>();
-  const index_t* ids = ids_t.data_ptr<index_t>();
-  const acc_t* gp = grad_pooled.data_ptr<acc_t>();
-  const int64_t positions = ids_t.numel();
-  const bool has_pad = padding_idx.has_value();
-  const int64_t pad = padding_idx.value_or(0);
-  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<int64_t> start, next, order;
-    std::vector<acc_t> scratch(by_row && !direct ? dim : 0);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = rows * t / tasks, r1 = rows * (t + 1) / tasks;
-      auto mine = [&](int64_t id) { return id >= r0 && id < r1 && !(has_pad && id == pad); };
-      if (!by_row) {
-        fill_zero(acc + r0 * dim, (r1 - r0) * dim);
-        for (int64_t p = 0; p < positions; ++p) {
-          const auto id = static_cast<int64_t>(ids[p]);
-          if (!mine(id)) continue;
-          const int64_t b = L == 1 ? p : p / L;  // (a 64-bit division per position costs)
-          axpy_row<acc_t>(acc + id * dim, gp + b * dim, scale[b], dim);
-        }
-        if constexpr (!direct) {
-          for (int64_t r = r0; r < r1; ++r) scale_store_row<scalar_t>(o + r * dim, acc + r * dim, acc_t(1), dim);
-        }
-        continue;
-      }
-      // start[r - r0] .. start[r - r0 + 1]: row r's positions in order[], as rows of grad_pooled
-      start.assign(r1 - r0 + 1, 0);
-      for (int64_t p = 0; p < positions; ++p) {
-        const auto id = static_cast<int64_t>(ids[p]);
-        if (mine(id)) ++start[id - r0 + 1];
-      }
-      for (int64_t r = 0; r < r1 - r0; ++r) start[r + 1] += start[r];
-      order.resize(start.back());
-      next.assign(start.begin(), start.end() - 1);
-      for (int64_t p = 0; p < positions; ++p) {
-        const auto id = static_cast<int64_t>(ids[p]);
-        if (mine(id)) order[next[id - r0]++] = L == 1 ? p : p / L;
-      }
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t k = start[r - r0 + 1] - start[r - r0];
-        if (k == 0) {  // a run of rows nobody read: zeros, in one fill
-          int64_t end = r + 1;
-          while (end < r1 && start[end - r0 + 1] == start[end - r0]) ++end;
-          fill_zero(o + r * dim, (end - r) * dim);
-          r = end - 1;
+  const int64_t L = d.seq_len, D = d.user_dim;
+  std::vector<acc_t> row(D), zeros(D, acc_t(0));
+  for (int64_t b = b0; b < b1; ++b) {
+    scale_store_row<acc_t>(row.data(), dpooled + b * D, scale[b], D);
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t p = b * L + l;
+      const acc_t* src = m != nullptr && !m[p] ? zeros.data() : row.data();
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (stream) {
+          stream_row(grad_x + p * D, src, D);
           continue;
         }
-        weighted_sum_store<scalar_t>(o + r * dim, gp, scale.data(), order.data() + start[r - r0], k, dim,
-                                     scratch.data());
+      }
+      scale_store_row<scalar_t>(grad_x + p * D, src, acc_t(1), D);
+    }
+  }
+}
+
+// Whether the dense sequence gradient is written with non-temporal stores.
+inline bool stream_sequence_grad(const Tensor& grad_x) {
+  return grad_x.scalar_type() == at::kFloat && grad_x.nbytes() > kStreamedBytes;
+}
+
+// d_proj_user[b] = [d_gmf[b] * mf_item[b] | d_mlp_in[b, :H_mlp_u]] and d_proj_item[b] = [d_gmf[b] *
+// mf_user[b] | d_mlp_in[b, H_mlp_u:]], in op-math, chunk by chunk (kBlockRows rows); with
+// `partial`, also each chunk's column sums, the bias gradients' terms, while the chunk is in cache
+// (a separate column sum would read both d_proj buffers again).  The chunks are fixed and
+// bias_sums adds them in order, so the bias gradients do not depend on the thread count.
+template <typename scalar_t>
+struct ProjGrads {
+  using acc_t = opmath_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const FusedDims& d;
+  const scalar_t *grad_gmf, *grad_mlp;
+  const acc_t *mf_user, *mf_item;
+  acc_t *dproj_user, *dproj_item;
+  acc_t* partial;  // [chunks, user_proj + item_proj] or null
+
+  int64_t chunks() const { return (d.batch + kBlockRows - 1) / kBlockRows; }
+
+  void chunk(int64_t c) const {
+    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
+    const int64_t b0 = c * kBlockRows, b1 = std::min(d.batch, b0 + kBlockRows);
+    for (int64_t b = b0; b < b1; ++b) {
+      mul_row<scalar_t>(dproj_user + b * Hu, grad_gmf + b * Hm, mf_item + b * Hm, Hm);
+      mul_row<scalar_t>(dproj_item + b * Hi, grad_gmf + b * Hm, mf_user + b * Hm, Hm);
+      at::vec::convert(grad_mlp + b * (Hmu + Hmi), dproj_user + b * Hu + Hm, Hmu);
+      at::vec::convert(grad_mlp + b * (Hmu + Hmi) + Hmu, dproj_item + b * Hi + Hm, Hmi);
+    }
+    if (partial == nullptr) return;
+    column_sums(dproj_user, Hu, b0, b1, partial + c * (Hu + Hi));
+    column_sums(dproj_item, Hi, b0, b1, partial + c * (Hu + Hi) + Hu);
+  }
+
+  static void column_sums(const acc_t* rows, int64_t n, int64_t b0, int64_t b1, acc_t* out) {
+    for (int64_t i = 0; i < n; i += Vec::size()) {
+      const int64_t w = std::min<int64_t>(Vec::size(), n - i);
+      Vec a(0);
+      for (int64_t b = b0; b < b1; ++b) a += load_part(rows + b * n + i, w);
+      a.store(out + i, w);
+    }
+  }
+
+  // db = [sum_b d_proj_user[b] | sum_b d_proj_item[b]]: the chunks' sums in chunk order
+  void bias_sums(acc_t* db) const { column_sums(partial, d.user_proj + d.item_proj, 0, chunks(), db); }
+};
+
+// The backward of a blocked forward (runs_in_blocks), block by block: each task forms a
+// block's d_proj rows (and bias sums), its d_pooled rows with one single-threaded GEMM per side
+// (d_pooled = d_proj @ W, for the sides whose source gradient is wanted) and, for a dense user,
+// the block's sequence gradient from those rows while they are in cache.  The weight gradients,
+// reductions over the whole batch, are left to one GEMM per side afterwards.
+template <typename scalar_t>
+void backward_blocks(const FusedDims& d, const ProjGrads<scalar_t>& grads, const Tensor& dproj_user,
+                     const Tensor& dproj_item, const Tensor& user_weight, const Tensor& item_weight,
+                     Tensor& dpooled_user, Tensor& dpooled_item, const std::optional<Tensor>& mask,
+                     const std::vector<opmath_t<scalar_t>>& scale, Tensor* grad_x) {
+  using acc_t = opmath_t<scalar_t>;
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in project()
+  const Tensor wu = user_weight.to(dproj_user.scalar_type()), wi = item_weight.to(dproj_item.scalar_type());
+  const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  const bool stream = grad_x != nullptr && stream_sequence_grad(*grad_x);
+  const at::ThreadLocalState caller;  // for the GEMMs on the worker threads (see forward_blocks)
+  at::parallel_for(0, grads.chunks(), 1, [&](int64_t k0, int64_t k1) {
+    at::ThreadLocalStateGuard same_state(caller);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b0 = k * kBlockRows, n = std::min(kBlockRows, d.batch - b0);
+      grads.chunk(k);
+      for (auto [dpooled, dproj, w] : {std::tie(dpooled_user, dproj_user, wu), std::tie(dpooled_item, dproj_item, wi)}) {
+        if (!dpooled.defined()) continue;
+        Tensor rows = dpooled.narrow(0, b0, n);
+        at::mm_out(rows, dproj.narrow(0, b0, n), w);
+      }
+      if (grad_x != nullptr) {
+        broadcast_block<scalar_t>(d, m, scale.data(), dpooled_user.data_ptr<acc_t>(), grad_x->data_ptr<scalar_t>(),
+                                  stream, b0, b0 + n);
       }
     }
+    if (stream) stream_fence();
   });
-  return out;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_cpu(
@@ -515,66 +494,63 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
   const bool want_user_src = output_mask[0], want_item_src = output_mask[1], want_user_w = output_mask[2],
              want_user_b = output_mask[3], want_item_w = output_mask[4], want_item_b = output_mask[5];
 
-  // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math;
-  // mf_side, saved by the forward, is the first h_mf columns of that side's projection rows.
+  // d_proj_user = [d_gmf * mf_item | d_mlp_in[:, :H_mlp_u]], likewise for the item, in op-math
+  // (ProjGrads); mf_side, saved by the forward, is the first h_mf columns of that side's
+  // projection rows.  The bias gradients (column sums of d_proj) come out of the same pass.
   const auto acc_opts = user.options().dtype(acc_dtype);
-  Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
-  Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "neumf_fast.fused_input_backward_dproj", [&] {
-    using acc_t = opmath_t<scalar_t>;
-    const int64_t Hu = d.user_proj, Hi = d.item_proj, Hm = d.h_mf, Hmu = d.h_mlp_user(), Hmi = d.h_mlp_item();
-    const scalar_t* gg = grad_gmf.data_ptr<scalar_t>();
-    const scalar_t* gm = grad_mlp.data_ptr<scalar_t>();
-    const acc_t* mfu = mf_user.data_ptr<acc_t>();
-    const acc_t* mfi = mf_item.data_ptr<acc_t>();
-    acc_t* du = dproj_user.data_ptr<acc_t>();
-    acc_t* di = dproj_item.data_ptr<acc_t>();
-    at::parallel_for(0, d.batch, grain_for(Hu + Hi), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        mul_row<scalar_t>(du + b * Hu, gg + b * Hm, mfi + b * Hm, Hm);
-        mul_row<scalar_t>(di + b * Hi, gg + b * Hm, mfu + b * Hm, Hm);
-        at::vec::convert(gm + b * (Hmu + Hmi), du + b * Hu + Hm, Hmu);
-        at::vec::convert(gm + b * (Hmu + Hmi) + Hmu, di + b * Hi + Hm, Hmi);
-      }
-    });
-  });
-
   const auto out_opts = user.options().dtype(dtype);
   auto none = [&] { return at::empty({0}, out_opts); };
-  auto [dpooled_user, grad_user_w, grad_user_b] = projection_backward(
-      dproj_user, pooled_user, user_weight, want_user_src, want_user_w, want_user_b && user_bias.has_value(), dtype);
-  auto [dpooled_item, grad_item_w, grad_item_b] = projection_backward(
-      dproj_item, pooled_item, item_weight, want_item_src, want_item_w, want_item_b && item_bias.has_value(), dtype);
-
+  const bool want_user_db = want_user_b && user_bias.has_value(), want_item_db = want_item_b && item_bias.has_value();
+  const bool blocked = runs_in_blocks(d, user_weight && item_weight);
+  Tensor dproj_user = at::empty({d.batch, d.user_proj}, acc_opts);
+  Tensor dproj_item = at::empty({d.batch, d.item_proj}, acc_opts);
+  Tensor db = want_user_db || want_item_db ? at::empty({d.user_proj + d.item_proj}, acc_opts) : Tensor();
+  Tensor dpooled_user, dpooled_item, grad_user_w = none(), grad_item_w = none(), unused;
   Tensor grad_user_src = none(), grad_item_src = none();
   NEUMF_DISPATCH(dtype, index_dtype(d.user_ids, user), index_dtype(d.item_ids, item),
                  "neumf_fast.fused_input_backward", [&] {
     using acc_t = opmath_t<scalar_t>;
-    if (want_user_src) {
-      const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
-      if (d.user_ids) {
-        grad_user_src = table_grad<scalar_t, user_index_t>(user, d.seq_len, padding_idx, user_table->size(0),
-                                                           d.user_dim, dpooled_user, scale);
-      } else {
-        // d_x[b, l] = keep[b, l] * scale[b] * d_pooled[b]: the broadcast over L.
-        const int64_t L = d.seq_len, D = d.user_dim;
-        grad_user_src = at::empty({d.batch, L, D}, out_opts);
-        scalar_t* gx = grad_user_src.data_ptr<scalar_t>();
-        const acc_t* gp = dpooled_user.data_ptr<acc_t>();
-        const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
-        at::parallel_for(0, d.batch, grain_for(L * D), [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            for (int64_t l = 0; l < L; ++l) {
-              const int64_t p = b * L + l;
-              if (m != nullptr && !m[p]) {
-                fill_zero(gx + p * D, D);
-              } else {
-                scale_store_row<scalar_t>(gx + p * D, gp + b * D, scale[b], D);
-              }
-            }
-          }
+    const int64_t chunks = (d.batch + kBlockRows - 1) / kBlockRows;
+    std::vector<acc_t> partial(db.defined() ? chunks * (d.user_proj + d.item_proj) : 0);
+    const ProjGrads<scalar_t> grads{d, grad_gmf.data_ptr<scalar_t>(), grad_mlp.data_ptr<scalar_t>(),
+                                    mf_user.data_ptr<acc_t>(), mf_item.data_ptr<acc_t>(),
+                                    dproj_user.data_ptr<acc_t>(), dproj_item.data_ptr<acc_t>(),
+                                    db.defined() ? partial.data() : nullptr};
+    const auto scale = row_scales<acc_t, user_index_t>(d, user, mask, padding_idx);
+    const bool dense_user = want_user_src && !d.user_ids;
+    if (dense_user) grad_user_src = at::empty({d.batch, d.seq_len, d.user_dim}, out_opts);
+    if (blocked) {
+      RECORD_FUNCTION("neumf_fast::cpu_backward_blocks", std::vector<c10::IValue>());
+      if (want_user_src) dpooled_user = at::empty({d.batch, d.user_dim}, acc_opts);
+      if (want_item_src) dpooled_item = at::empty({d.batch, d.item_dim}, acc_opts);
+      backward_blocks<scalar_t>(d, grads, dproj_user, dproj_item, *user_weight, *item_weight, dpooled_user,
+                                dpooled_item, mask, scale, dense_user ? &grad_user_src : nullptr);
+    } else {
+      {
+        RECORD_FUNCTION("neumf_fast::cpu_dproj", std::vector<c10::IValue>());
+        at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c) grads.chunk(c);
         });
       }
+      std::tie(dpooled_user, grad_user_w, unused) =
+          projection_backward(dproj_user, pooled_user, user_weight, want_user_src, want_user_w, false, dtype);
+      std::tie(dpooled_item, grad_item_w, unused) =
+          projection_backward(dproj_item, pooled_item, item_weight, want_item_src, want_item_w, false, dtype);
+      if (dense_user) {
+        RECORD_FUNCTION("neumf_fast::cpu_broadcast", std::vector<c10::IValue>());
+        const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+        const bool stream = stream_sequence_grad(grad_user_src);
+        at::parallel_for(0, d.batch, grain_for(d.seq_len * d.user_dim), [&](int64_t b0, int64_t b1) {
+          broadcast_block<scalar_t>(d, m, scale.data(), dpooled_user.data_ptr<acc_t>(),
+                                    grad_user_src.data_ptr<scalar_t>(), stream, b0, b1);
+          if (stream) stream_fence();
+        });
+      }
+    }
+    if (db.defined()) grads.bias_sums(db.data_ptr<acc_t>());
+    if (want_user_src && d.user_ids) {
+      grad_user_src = table_grad<scalar_t, user_index_t>(user, d.seq_len, padding_idx, user_table->size(0),
+                                                         d.user_dim, dpooled_user, scale);
     }
     if (want_item_src) {
       if (d.item_ids) {
@@ -586,6 +562,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_backward_
       }
     }
   });
+  if (blocked) {  // the weight gradients: one GEMM per side over the whole batch
+    std::tie(unused, grad_user_w, unused) =
+        projection_backward(dproj_user, pooled_user, user_weight, false, want_user_w, false, dtype);
+    std::tie(unused, grad_item_w, unused) =
+        projection_backward(dproj_item, pooled_item, item_weight, false, want_item_w, false, dtype);
+  }
+  Tensor grad_user_b = want_user_db ? db.narrow(0, 0, d.user_proj).to(dtype, false, /*copy=*/true) : none();
+  Tensor grad_item_b = want_item_db ? db.narrow(0, d.user_proj, d.item_proj).to(dtype, false, /*copy=*/true) : none();
   return {grad_user_src, grad_item_src, grad_user_w, grad_user_b, grad_item_w, grad_item_b};
 }
 
