@@ -58,7 +58,7 @@ TILES_PER_WORKER = 2
 def block_sizes(width: int, num_items: int, itemsize: int = 4, cache: int | None = None) -> tuple[int, int]:
     """(user_tile, item_block): a tile of ``user_tile x item_block`` pairs whose tower input
     ``[width + 1, pairs]`` is about ``TILE_L2_CACHES`` L2 caches."""
-    pairs = max(4096, TILE_L2_CACHES * (cache or l2_cache_bytes()) // max(1, (width + 1) * itemsize))
+    pairs = max(4096, int(TILE_L2_CACHES * (cache or l2_cache_bytes())) // max(1, (width + 1) * itemsize))
     item_block = min(num_items, 1024) if num_items else 1
     return max(1, pairs // item_block), item_block
 
@@ -78,13 +78,38 @@ def predict_split(model) -> tuple[Tensor | None, Tensor | None, Tensor]:
     raise TypeError(f"no catalogue scoring for {type(model).__name__}")
 
 
-def add_relu(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
-    """``out = relu(a + b)`` (broadcast) in one pass over ``out``.  ATen's ``_add_relu`` (a CPU
-    kernel, kept for the JIT's add+relu fusion) is the fast path; it computes exactly
-    ``(a + b).clamp_min(0)``, so the fallback (two passes) gives the same numbers."""
-    if out.device.type == "cpu" and hasattr(torch.ops.aten, "_add_relu"):
-        return torch.ops.aten._add_relu.out(a, b, out=out)
-    return torch.add(a, b, out=out).relu_()
+def add_relu(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """``relu(a + b)`` (broadcast) in one pass.  ATen's ``_add_relu`` (a CPU kernel, kept for
+    the JIT's add+relu fusion) is the fast path; it computes exactly ``(a + b).clamp_min(0)``,
+    so the fallback (two passes) gives the same numbers."""
+    if a.device.type == "cpu" and hasattr(torch.ops.aten, "_add_relu"):
+        return torch.ops.aten._add_relu(a, b) if out is None else torch.ops.aten._add_relu.out(a, b, out=out)
+    return (a + b).relu_() if out is None else torch.add(a, b, out=out).relu_()
+
+
+def tower_columns(model, dtype: torch.dtype) -> tuple[list[Tensor], Tensor]:
+    """The tower after its first layer and the prediction's tower weights, for activations with
+    pairs as columns and a last row of ones: each layer ``(W, b)`` becomes ``[[W, b], [0, 1]]``,
+    so ``relu(layer @ x)`` is the layer's output with a last row of ones again (relu(1) = 1) and
+    no bias is copied or added; the prediction's weights get a 0 against that row."""
+    layers = []
+    for layer in list(model.tower)[1:]:
+        w, b = layer.weight.detach(), layer.bias.detach()
+        ones = torch.zeros(1, w.shape[1] + 1, dtype=w.dtype, device=w.device)
+        ones[0, -1] = 1
+        layers.append(torch.cat([torch.cat([w, b[:, None]], 1), ones]).to(dtype))
+    _, w_mlp, _ = predict_split(model)
+    return layers, torch.cat([w_mlp.detach(), w_mlp.new_zeros(1)]).to(dtype)
+
+
+def run_tower(x: Tensor, layers: list[Tensor], w_out: Tensor) -> Tensor:
+    """``[pairs]``: the prediction's tower term of activations ``x`` ``[h1 + 1, pairs]`` (the
+    first layer's output, a last row of ones) through ``tower_columns``'s layers.  Pairs as
+    columns make each GEMM ``[out, width] @ [width, pairs]``, which MKL runs faster than
+    ``[pairs, width] @ [width, out]`` at these widths."""
+    for w in layers:
+        x = torch.mm(w, x).relu_()
+    return w_out @ x
 
 
 class CatalogueScorer:
@@ -116,48 +141,32 @@ class CatalogueScorer:
         self.num_items = len(items)
         self.w_gmf, self.w_mlp, self.bias = (None if t is None else t.detach() for t in predict_split(model))
         mf_i, first_i = model.item_parts(items.to(device))  # once per item, reused by every user block
-        self.gmf_items = None if mf_i is None else mf_i.t().contiguous()            # [f, I]
-        self.first_items = None if first_i is None else first_i.contiguous()          # [I, h1]
-        # the tower runs on pairs as columns ([width, pairs]): its GEMMs are [out, width] @ [width,
-        # pairs], which MKL runs faster than [pairs, width] @ [width, out] at these widths
-        self.first_items_t = None if first_i is None else first_i.t().contiguous()   # [h1, I]
+        self.gmf_items = None if mf_i is None else mf_i.t().contiguous()  # [f, I]
+        # [h1 + 1, I]: a last row of zeros, against user_side's ones, gives the tower's row of ones
+        self.first_items_t = None if first_i is None else torch.cat([first_i.t(), first_i.new_zeros(1, self.num_items)])
+        self.tower, self.w_out = ([], None) if first_i is None else tower_columns(model, self.dtype)
         width = 0 if first_i is None else first_i.shape[1]
         tile, ib = block_sizes(max(width, 1), self.num_items, torch.finfo(self.dtype).bits // 8)
         self.threads = 1 if device.type != "cpu" else threads or torch.get_num_threads()
         self.item_block = item_block or ib
         self.user_block = user_block or tile * self.threads * TILES_PER_WORKER
         self.user_tile = max(1, min(tile, -(-self.user_block // self.threads)))
-        self.tower = [] if self.first_items is None else \
-            [(l.weight.detach().to(self.dtype), l.bias.detach().to(self.dtype)) for l in list(model.tower)[1:]]
-        # each layer's bias as a last weight column, against a row of ones below its input
-        self.tower_ones = [torch.cat([w, b[:, None]], 1) for w, b in self.tower]
-        self.w_out = None if self.w_mlp is None else self.w_mlp.to(self.dtype)
 
     @torch.no_grad()
     def user_side(self, user, **user_kw) -> tuple[Tensor | None, Tensor | None]:
-        """(``h_gmf ⊙ p_u`` ``[U, f]``, the first layer's user half with its bias ``[U, h1]``)."""
+        """(``h_gmf ⊙ p_u`` ``[U, f]``, the first layer's user half with its bias and a last
+        column of ones ``[U, h1 + 1]``)."""
         mf_u, first_u = self.model.user_parts(user, **user_kw)
+        if first_u is not None:
+            first_u = torch.cat([first_u, first_u.new_ones(first_u.shape[0], 1)], 1)
         return (None if mf_u is None else mf_u * self.w_gmf), first_u
 
     def _tower_columns(self, first_u: Tensor, sl: slice) -> Tensor:
-        """``[U * len(sl)]`` tower outputs (``w_out · mlp_out``) of users x items ``sl``, pairs
-        user-major.  Each activation is ``[width + 1, pairs]`` with a last row of ones, so the
-        next layer's bias is a column of its weight: no bias copy or add pass."""
+        """``[U * len(sl)]``: the tower term of users (``user_side``) x items ``sl``, user-major."""
         users, n = first_u.shape[0], sl.stop - sl.start
-        x = torch.empty(first_u.shape[1] + 1, users * n, dtype=self.dtype, device=first_u.device)
-        x[-1].fill_(1)
-        add_relu(first_u.t()[:, :, None], self.first_items_t[:, None, sl], out=x[:-1].view(-1, users, n))
-        for i, w in enumerate(self.tower_ones):
-            last = i == len(self.tower_ones) - 1
-            y = torch.empty(w.shape[0] + (not last), x.shape[1], dtype=self.dtype, device=x.device)
-            if not last:
-                y[-1].fill_(1)
-            torch.mm(w, x, out=y[:w.shape[0]])
-            x = y
-            x[:w.shape[0]].relu_()
-        if not self.tower_ones:  # an MLP of one layer: the first layer's output goes to the prediction
-            x = x[:-1]
-        return self.w_out @ x
+        x = torch.empty(first_u.shape[1], users, n, dtype=self.dtype, device=first_u.device)
+        add_relu(first_u.t()[:, :, None], self.first_items_t[:, None, sl], out=x)
+        return run_tower(x.view(x.shape[0], -1), self.tower, self.w_out)
 
     @torch.no_grad()
     def item_block_scores(self, gmf_u: Tensor | None, first_u: Tensor | None, sl: slice) -> Tensor:
