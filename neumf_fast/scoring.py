@@ -78,11 +78,14 @@ def predict_split(model) -> tuple[Tensor | None, Tensor | None, Tensor]:
     raise TypeError(f"no catalogue scoring for {type(model).__name__}")
 
 
+HAS_ADD_RELU = hasattr(torch.ops.aten, "_add_relu")
+
+
 def add_relu(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """``relu(a + b)`` (broadcast) in one pass.  ATen's ``_add_relu`` (a CPU kernel, kept for
     the JIT's add+relu fusion) is the fast path; it computes exactly ``(a + b).clamp_min(0)``,
     so the fallback (two passes) gives the same numbers."""
-    if a.device.type == "cpu" and hasattr(torch.ops.aten, "_add_relu"):
+    if a.device.type == "cpu" and HAS_ADD_RELU:
         return torch.ops.aten._add_relu(a, b) if out is None else torch.ops.aten._add_relu.out(a, b, out=out)
     return (a + b).relu_() if out is None else torch.add(a, b, out=out).relu_()
 

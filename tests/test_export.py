@@ -149,3 +149,16 @@ def test_aot_package_loads_and_runs_on_the_cpu(run, tmp_path):
         got = compiled(users, items)
     # Inductor may fuse and reorder the float32 sums: a few ulps more than the eager program
     torch.testing.assert_close(got, run.model.score(users, items), atol=1e-5, rtol=0)
+
+
+def test_an_mlp_of_one_tower_layer_exports_and_scores():
+    """No tower layer after the first: the prediction reads the first layer's output (with the
+    row of ones the columns tower carries, weighted 0)."""
+    torch.manual_seed(0)
+    model = models.MLP(13, 37, (10, 4)).eval()
+    with torch.no_grad():
+        model.tower[0].bias.normal_(std=0.3), model.predict.bias.normal_(std=0.3)
+    program = _export(CatalogueScores(model), 1).module()
+    for users, items in [(torch.tensor([4]), torch.tensor([36])), (torch.tensor([12, 0, 3]), torch.tensor([5, 1, 1, 30]))]:
+        with torch.no_grad():
+            torch.testing.assert_close(program(users, items), model.score(users, items), atol=ATOL, rtol=0)
