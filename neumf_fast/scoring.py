@@ -52,7 +52,7 @@ def l2_cache_bytes() -> int:
 TILE_L2_CACHES = 1
 # Tiles per worker in one ``top_k`` call: more than one, so a worker slowed by another process on
 # its core takes fewer of them (the pool hands out tiles as workers free up).
-TILES_PER_WORKER = 2
+TILES_PER_WORKER = 4
 
 
 def block_sizes(width: int, num_items: int, itemsize: int = 4, cache: int | None = None) -> tuple[int, int]:

@@ -235,7 +235,7 @@ def test_recommend_many_on_tiles_and_worker_threads_equals_per_user_recommend(ru
     torch.set_num_threads(2)
     try:
         scorer = run.scorer()
-        assert (scorer.threads, scorer.user_tile, scorer.item_block, scorer.user_block) == (2, 4, 50, 16)
+        assert (scorer.threads, scorer.user_tile, scorer.item_block, scorer.user_block) == (2, 4, 50, 32)
         table = run.recommend_many(None, 10)
         assert torch.get_num_threads() == 2  # put back after every call
     finally:
