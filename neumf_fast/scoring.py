@@ -105,14 +105,16 @@ def tower_columns(model, dtype: torch.dtype) -> tuple[list[Tensor], Tensor]:
     return layers, torch.cat([w_mlp.detach(), w_mlp.new_zeros(1)]).to(dtype)
 
 
-def run_tower(x: Tensor, layers: list[Tensor], w_out: Tensor) -> Tensor:
-    """``[pairs]``: the prediction's tower term of activations ``x`` ``[h1 + 1, pairs]`` (the
-    first layer's output, a last row of ones) through ``tower_columns``'s layers.  Pairs as
-    columns make each GEMM ``[out, width] @ [width, pairs]``, which MKL runs faster than
-    ``[pairs, width] @ [width, out]`` at these widths."""
+def run_tower(x: Tensor, layers: list[Tensor], w_out: Tensor, columns: bool = True) -> Tensor:
+    """``[pairs]``: the prediction's tower term of the first layer's output ``x`` through
+    ``tower_columns``'s layers: ``x`` is ``[h1 + 1, pairs]`` with a last row of ones, or with
+    ``columns=False`` ``[pairs, h1 + 1]`` with a last column of ones (the same weights serve
+    both).  Pairs as columns make each GEMM ``[out, width] @ [width, pairs]``, which MKL runs
+    faster than ``[pairs, width] @ [width, out]`` at these widths; Inductor compiles the rows
+    form better (``export.CatalogueScores``)."""
     for w in layers:
-        x = torch.mm(w, x).relu_()
-    return w_out @ x
+        x = (torch.mm(w, x) if columns else torch.mm(x, w.t())).relu_()
+    return w_out @ x if columns else x @ w_out
 
 
 class CatalogueScorer:
