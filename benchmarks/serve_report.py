@@ -1,5 +1,6 @@
 """Markdown of a serving benchmark JSON (``benchmarks/test_bench_serve.py``): medians per case
-with the ratio of each case's baseline to every provider, and the memory rows."""
+with the ratio of each case's baseline to every provider, the paired (interleaved) cases, and the
+memory rows."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def main(path: str, command: str) -> None:
                       f"| {mib(e['model_bytes'])} | {mib(e['above_model'])} | {b['stats']['median']:.1f} |")
             print()
             continue
+        if "paired" in rows[0]["extra_info"]:
+            _paired_table(case, rows[0]["extra_info"])
+            continue
         base = next((b for b in rows if b["extra_info"].get("baseline")), rows[0])
         scale = lambda b: b["extra_info"].get("scale", 1.0)
         base_t = base["stats"]["median"] * scale(base)
@@ -50,6 +54,19 @@ def main(path: str, command: str) -> None:
                 notes.append(f"max abs error vs score {e['max_abs_error_vs_score']:.2e}")
             print(f"| {e['provider']} | {t * 1e3:,.3f} | {base_t / t:.2f}x | {'; '.join(notes)} |")
         print()
+
+
+def _paired_table(case: str, e: dict) -> None:
+    """Providers timed in alternating rounds of one run: the median per call and the ratios."""
+    paired, base = e["paired"], e["baseline_provider"]
+    first = next(iter(paired.values()))
+    print(f"## {case} ({e['shape']}, threads {e['threads']}; {first['rounds']} rounds of {first['calls_per_round']} "
+          f"call(s) each, alternating: the ratios to read)\n")
+    print(f"| provider | median time (ms) | {base} / provider |")
+    print("|---|---|---|")
+    for provider, t in paired.items():
+        print(f"| {provider} | {t['seconds'] * 1e3:,.3f} | {paired[base]['seconds'] / t['seconds']:.2f}x |")
+    print()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ provider of a case; ``serve_report.py`` prints the ratios to each case's baselin
   exported program (``torch.export.load(...).module()``, and its AOTInductor package) against the
   eager ``model.score``; one
   thread (a serving process runs a request per core).
+- ``..., paired``: the same providers timed in alternating rounds of one run (who goes first
+  alternates), so that the shared VM's load, which moves single runs by 2x and more, slows each
+  alike; the ratios of these medians are the ones to read against a target.
 - ``peak-rss``: ``neumf-fast recommend`` in a subprocess, its peak RSS (``ru_maxrss`` of the
   child, measured by a fresh parent), less the RSS of a process that imports torch and neumf_fast
   and the model's parameter bytes.
@@ -19,9 +22,11 @@ provider of a case; ``serve_report.py`` prints the ratios to each case's baselin
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 import pytest
@@ -51,22 +56,23 @@ def _top10_case(benchmark, provider, fn, rounds=3, **extra):
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
 
-def test_top10_forward_loop(benchmark, ml1m):
-    model, split = ml1m.model, ml1m.split
+def _forward_loop(run):
+    """The model's ``forward`` over every user x item pair, 64 users a batch, then ``torch.topk``."""
+    model, split = run.model, run.split
     items = torch.arange(split.num_items)
+    out = []
+    with torch.no_grad():
+        for start in range(0, split.num_users, 64):
+            users = torch.arange(start, min(start + 64, split.num_users))
+            pairs_u = users.repeat_interleave(len(items))
+            scores = model(pairs_u, items.repeat(len(users))).view(len(users), -1)
+            scores = scores.masked_fill(run._seen.positive_mask(users), float("-inf"))
+            out.append(scores.topk(K, dim=1).indices)
+    return torch.cat(out)
 
-    def forward_loop():
-        out = []
-        with torch.no_grad():
-            for start in range(0, split.num_users, 64):
-                users = torch.arange(start, min(start + 64, split.num_users))
-                pairs_u = users.repeat_interleave(len(items))
-                scores = model(pairs_u, items.repeat(len(users))).view(len(users), -1)
-                scores = scores.masked_fill(ml1m._seen.positive_mask(users), float("-inf"))
-                out.append(scores.topk(K, dim=1).indices)
-        return torch.cat(out)
 
-    _top10_case(benchmark, "forward-loop", forward_loop, rounds=1, baseline=True)
+def test_top10_forward_loop(benchmark, ml1m):
+    _top10_case(benchmark, "forward-loop", lambda: _forward_loop(ml1m), rounds=1, baseline=True)
 
 
 def test_top10_per_user_recommend(benchmark, ml1m):
@@ -85,6 +91,32 @@ def test_top10_recommend_many(benchmark, ml1m, precision):
                                                            table.item.to_numpy().reshape(-1, K))]
         order = float((fp32.item.to_numpy() == table.item.to_numpy()).mean())
         benchmark.extra_info.update(top10_overlap_with_fp32=float(np.mean(same)), same_item_at_rank=order)
+
+
+def _paired(benchmark, fns: dict, rounds: int, calls: int = 1) -> dict:
+    """``fns`` timed in alternating rounds of ``calls`` calls each (the order reversed every other
+    round); the median seconds per call of each, and the rounds."""
+    times = {p: [] for p in fns}
+
+    def paired():
+        for r in range(rounds):
+            for p in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                begin = perf_counter()
+                for _ in range(calls):
+                    fns[p]()
+                times[p].append((perf_counter() - begin) / calls)
+
+    benchmark.pedantic(paired, rounds=1, iterations=1)
+    return {p: {"seconds": statistics.median(t), "rounds": len(t), "calls_per_round": calls} for p, t in times.items()}
+
+
+def test_top10_paired(benchmark, ml1m):
+    """The forward loop and ``recommend_many`` fp32 over every user, alternating."""
+    threads = configure_threads(None, 16384)
+    fns = {"forward-loop": lambda: _forward_loop(ml1m), "recommend_many-fp32": lambda: ml1m.recommend_many(None, K)}
+    paired = _paired(benchmark, fns, rounds=4)
+    benchmark.extra_info.update(case="top10-all-users, paired", shape="6040x3706", provider="+".join(fns),
+                                threads=threads, paired=paired, baseline_provider="forward-loop")
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +141,20 @@ def test_one_user_latency(benchmark, ml1m, exported, provider, candidates):
                                     provider=provider, threads=1, baseline=provider == "eager-score",
                                     max_abs_error_vs_score=err)
         benchmark.pedantic(fn, args=(user, items), rounds=200, iterations=5, warmup_rounds=10)
+
+
+@pytest.mark.parametrize("candidates", [3706, 100])
+def test_one_user_latency_paired(benchmark, ml1m, exported, candidates):
+    """``score``, the exported program and the AOTInductor package, alternating, one thread."""
+    torch.set_num_threads(1)
+    user, items = torch.tensor([17]), torch.arange(candidates) * (3706 // candidates)
+    fns = {"eager-score": ml1m.model.score, **exported}
+    with torch.no_grad():
+        for fn in fns.values():
+            fn(user, items)
+        paired = _paired(benchmark, {p: (lambda fn=fn: fn(user, items)) for p, fn in fns.items()}, rounds=40, calls=25)
+    benchmark.extra_info.update(case=f"one-user-latency, {candidates} candidates, paired", shape=f"1x{candidates}",
+                                provider="+".join(fns), threads=1, paired=paired, baseline_provider="eager-score")
 
 
 RSS = """

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .scoring import CatalogueScorer
+from .scoring import CatalogueScorer, add_relu, run_tower
 
 
 class HistoryUserSide(nn.Module):
@@ -60,14 +60,22 @@ class HistoryUserSide(nn.Module):
 
 class CatalogueScores(nn.Module):
     """Logits of users against candidate items from precomputed user and item halves (for a
-    ``SequenceNeuMF``, the user half is computed from the history: ``HistoryUserSide``)."""
+    ``SequenceNeuMF``, the user half is computed from the history: ``HistoryUserSide``), with
+    the tower of ``neumf_fast.scoring`` (``run_tower``).  Tables are gathered by rows with
+    ``index_select`` (``table[indices]`` is ATen's general ``index``, 40% of a one-user request
+    against the ML-1M catalogue; a gather along dim 1 is twice as slow as along dim 0).
 
-    def __init__(self, model, k: int | None = None):
+    ``columns``: the tower on pairs as columns, the first layer's add turning the item rows into
+    columns (the ``torch.export`` program: 1.2x ``score`` for one user against the catalogue, the
+    rows form 1.05x), or on pairs as rows (the AOTInductor package: Inductor fuses the gather,
+    add and relu of rows and ran them 3.4x ``score``, the columns form 2.0x)."""
+
+    def __init__(self, model, k: int | None = None, *, columns: bool = True):
         super().__init__()
         from .models import SequenceNeuMF
 
         empty = torch.zeros(0)
-        self.k = k
+        self.k, self.columns = k, columns
         self.history = None
         with torch.no_grad():
             scorer = CatalogueScorer(model.eval())
@@ -77,33 +85,36 @@ class CatalogueScores(nn.Module):
             else:
                 users = torch.arange(model.user_embedding.num_embeddings, device=model.predict.weight.device)
                 gmf_u, first_u = scorer.user_side(users)
-        self.has_gmf, self.has_tower = scorer.gmf_items is not None, scorer.first_items is not None
-        self.register_buffer("gmf_user", gmf_u.detach().contiguous() if self.has_gmf else empty)      # h_gmf ⊙ p_u
-        self.register_buffer("gmf_item", scorer.gmf_items.t().contiguous() if self.has_gmf else empty)  # q_i
-        self.register_buffer("first_user", first_u.detach().contiguous() if self.has_tower else empty)  # W1_u u + b1
-        self.register_buffer("first_item", scorer.first_items if self.has_tower else empty)             # W1_i i
-        self.tower = nn.ModuleList(nn.Linear(w.shape[1], w.shape[0]) for w, _ in scorer.tower)
-        with torch.no_grad():
-            for layer, (w, b) in zip(self.tower, scorer.tower):
-                layer.weight.copy_(w), layer.bias.copy_(b)
-        self.register_buffer("w_out", scorer.w_out.detach().clone() if self.has_tower else empty)
-        self.register_buffer("bias", scorer.bias.detach().clone().reshape(1))
+        self.has_gmf, self.has_tower = scorer.gmf_items is not None, scorer.first_items_t is not None
+        buffers = {"gmf_user": gmf_u if self.has_gmf else empty,                 # h_gmf ⊙ p_u [U, f]
+                   "gmf_item": scorer.gmf_items.t() if self.has_gmf else empty,   # q_i [I, f]
+                   "first_user": first_u if self.has_tower else empty,            # [W1_u u + b1, 1] [U, h1 + 1]
+                   "first_item": scorer.first_items_t.t() if self.has_tower else empty,  # [W1_i i, 0] [I, h1 + 1]
+                   "w_out": scorer.w_out if self.has_tower else empty, "bias": scorer.bias.reshape(1)}
+        buffers.update({f"tower_{i}": w for i, w in enumerate(scorer.tower)})
+        self.num_layers = len(scorer.tower)
+        for name, value in buffers.items():
+            self.register_buffer(name, value.detach().clone().contiguous())
 
     def forward(self, users: Tensor, items: Tensor):
         """``users``: user indices ``[U]``, or histories ``[U, L]`` for a ``SequenceNeuMF``."""
         if self.history is not None:
             gmf_u, first_u = self.history(users)
+            first_u = torch.cat([first_u, torch.ones_like(first_u[:, :1])], 1)
         else:
-            gmf_u = self.gmf_user[users] if self.has_gmf else None
-            first_u = self.first_user[users] if self.has_tower else None
+            gmf_u = self.gmf_user.index_select(0, users) if self.has_gmf else None
+            first_u = self.first_user.index_select(0, users) if self.has_tower else None
         out = self.bias.expand(users.shape[0], items.shape[0])
         if self.has_gmf:
-            out = out + gmf_u @ self.gmf_item[items].t()
+            out = torch.addmm(self.bias, gmf_u, self.gmf_item.index_select(0, items).t())
         if self.has_tower:
-            x = torch.relu(first_u[:, None, :] + self.first_item[items][None, :, :])
-            for layer in self.tower:
-                x = torch.relu(layer(x))
-            out = out + x @ self.w_out
+            first_i = self.first_item.index_select(0, items)  # [C, h1 + 1]
+            if self.columns:
+                x = add_relu(first_u.t()[:, :, None], first_i.t()[:, None, :]).reshape(first_i.shape[1], -1)
+            else:
+                x = torch.relu(first_u[:, None, :] + first_i[None, :, :]).view(-1, first_i.shape[1])
+            layers = [getattr(self, f"tower_{i}") for i in range(self.num_layers)]
+            out = out + run_tower(x, layers, self.w_out, self.columns).view(users.shape[0], -1)
         if self.k is None:
             return out
         top = out.topk(self.k, dim=1)
@@ -154,5 +165,8 @@ def export_run(run, out: str | Path, *, k: int = 10, aot: bool = False) -> dict[
     paths["ids"].write_text(json.dumps(ids))
     if aot:
         paths["aoti"] = sibling(out, "aoti.pt2")
-        torch._inductor.aoti_compile_and_package(score_program, package_path=str(paths["aoti"]))
+        # the rows form: faster compiled, and free of aten._add_relu, which AOTInductor's proxy
+        # executor cannot run
+        rows = _export(CatalogueScores(model, columns=False), 1)
+        torch._inductor.aoti_compile_and_package(rows, package_path=str(paths["aoti"]))
     return paths

@@ -196,3 +196,31 @@ def test_the_served_history_example_of_the_docs_runs_torch_only_and_matches_the_
     assert done.returncode == 0, done.stderr
     want = run.recommend(history=history, k=6, exclude_seen=False, skip_unknown=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [i for i, _ in want]
+
+
+def test_an_mlp_of_one_tower_layer_exports_and_scores():
+    """No tower layer after the first: the prediction reads the first layer's output (with the
+    row of ones the columns tower carries, weighted 0)."""
+    torch.manual_seed(0)
+    model = models.MLP(13, 37, (10, 4)).eval()
+    with torch.no_grad():
+        model.tower[0].bias.normal_(std=0.3), model.predict.bias.normal_(std=0.3)
+    for columns in (True, False):
+        program = _export(CatalogueScores(model, columns=columns), 1).module()
+        for users, items in [(torch.tensor([4]), torch.tensor([36])), (torch.tensor([12, 0, 3]), torch.tensor([5, 1, 1, 30]))]:
+            with torch.no_grad():
+                torch.testing.assert_close(program(users, items), model.score(users, items), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["mlp", "neumf", "seq"])
+def test_the_rows_form_of_the_aot_package_scores_as_the_model(name):
+    """``columns=False`` (what the AOTInductor package is compiled from), exported and run."""
+    torch.manual_seed(0)
+    model = {"mlp": lambda: models.MLP(13, 37, (10, 6, 3)), "neumf": lambda: models.NeuMF(13, 37, 3, (10, 6, 3)),
+             "seq": lambda: models.SequenceNeuMF(37, 5, history_items=37)}[name]().eval()
+    program = _export(CatalogueScores(model, columns=False), 1).module()
+    users = torch.randint(0, 38, (13, 4)) if name == "seq" else torch.arange(13)
+    with torch.no_grad():
+        torch.testing.assert_close(program(users, torch.arange(37)), model.score(users, torch.arange(37)), atol=ATOL, rtol=0)
+        torch.testing.assert_close(program(users[:3], torch.tensor([5, 1, 1, 30])),
+                                   model.score(users[:3], torch.tensor([5, 1, 1, 30])), atol=ATOL, rtol=0)

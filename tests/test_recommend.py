@@ -202,3 +202,98 @@ def test_cli_bad_batch_flags_are_one_line(run, tmp_path, monkeypatch, argv, mess
     with pytest.raises(SystemExit) as e:
         cli_main(["recommend", str(run_dir_of(run))] + argv)
     assert message in str(e.value.code)
+
+
+def _assert_rankings_equal_per_user_recommend(run, table):
+    """Each user's rows equal ``run.recommend`` of that user, ties aside, and leave seen items out."""
+    for user, rows in table.groupby("user"):
+        want = run.recommend(user, 10)
+        got = list(zip(rows.item, rows.score))
+        assert len(got) == len(want)
+        for (gi, gs), (wi, ws) in zip(got, want):  # a differing item must tie with the expected one
+            assert gi == wi or abs(gs - ws) <= ATOL, (user, got, want)
+        assert not set(run.item_ids[run.seen(user)[0].numpy()].tolist()) & set(rows.item)
+
+
+def test_recommend_many_on_tiles_and_worker_threads_equals_per_user_recommend(run, monkeypatch):
+    """The all-user path as it runs at ML-1M size: several tiles a call, taken by two worker
+    threads that each run torch on one thread, and several item blocks a tile, the last short."""
+    import threading
+
+    from neumf_fast import scoring
+
+    monkeypatch.setattr(scoring, "block_sizes", lambda *args, **kw: (4, 50))  # 307 items: 6 blocks of 50 and 7
+    seen_by = set()
+    original = CatalogueScorer.item_block_scores
+
+    def spied(self, gmf_u, first_u, sl):
+        seen_by.add((threading.get_ident(), torch.get_num_threads()))
+        return original(self, gmf_u, first_u, sl)
+
+    monkeypatch.setattr(CatalogueScorer, "item_block_scores", spied)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scorer = run.scorer()
+        assert (scorer.threads, scorer.user_tile, scorer.item_block, scorer.user_block) == (2, 4, 50, 32)
+        table = run.recommend_many(None, 10)
+        assert torch.get_num_threads() == 2  # put back after every call
+    finally:
+        torch.set_num_threads(previous)
+    assert set(table.user) == set(run.user_ids.tolist())
+    _assert_rankings_equal_per_user_recommend(run, table)
+    workers = {ident for ident, _ in seen_by}
+    assert threading.get_ident() not in workers and len(workers) >= 2, seen_by
+    assert {threads for _, threads in seen_by} == {1}
+
+
+@pytest.mark.parametrize("name", ["gmf", "mlp", "mlp-one-layer", "neumf", "seq"])
+def test_worker_threads_score_as_model_score(name):
+    """Tiles of 5 users on 3 workers, 8 items a block: scores and top-K as ``model.score``."""
+    made = _models()
+    if name == "mlp-one-layer":  # no tower layer after the first: the prediction reads the first layer
+        torch.manual_seed(0)
+        made[name] = models.MLP(13, 37, (10, 4))
+        with torch.no_grad():
+            made[name].tower[0].bias.normal_(std=0.3), made[name].predict.bias.normal_(std=0.3)
+    model = made[name].eval()
+    user = torch.arange(13) if name != "seq" else torch.randint(0, 38, (13, 5))
+    scorer = CatalogueScorer(model, user_block=13, item_block=8, threads=3)
+    assert scorer.user_tile == 5
+    want = model.score(user, torch.arange(37))
+    torch.testing.assert_close(scorer.scores(user), want, atol=ATOL, rtol=0)
+    excluded = torch.rand(13, 37, generator=torch.Generator().manual_seed(2)) < 0.3
+    values, idx = scorer.top_k(user, 5, lambda sl: excluded[:, sl])
+    masked = want.masked_fill(excluded, float("-inf"))
+    torch.testing.assert_close(values, masked.topk(5, dim=1).values, atol=ATOL, rtol=0)
+    torch.testing.assert_close(masked.gather(1, idx), values, atol=ATOL, rtol=0)
+
+
+def test_worker_threads_put_torch_threads_back_after_an_error():
+    model = _models()["neumf"].eval()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scorer = CatalogueScorer(model, user_block=13)
+        assert scorer.threads == 2
+        with pytest.raises(RuntimeError):  # a mask of the wrong shape fails inside a worker
+            scorer.top_k(torch.arange(13), 5, lambda sl: torch.zeros(13, 2, dtype=torch.bool))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        CatalogueScorer(model, threads=0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_add_relu_is_add_then_relu(fast, monkeypatch):
+    """The one-pass ``aten::_add_relu`` and the fallback give ``(a + b).clamp_min(0)`` exactly."""
+    from neumf_fast import scoring
+
+    assert scoring.HAS_ADD_RELU  # the fast path exists in the torch we pin
+    monkeypatch.setattr(scoring, "HAS_ADD_RELU", fast)
+    a, b = torch.randn(5, 3, 1), torch.randn(5, 1, 7)
+    want = (a + b).clamp_min(0)
+    assert torch.equal(scoring.add_relu(a, b), want)
+    out = torch.empty(5, 3, 7)
+    assert scoring.add_relu(a, b, out=out) is out and torch.equal(out, want)
