@@ -113,6 +113,17 @@ def _extensions():
     return [ext], {"build_ext": BuildAndCheckLink}
 
 
+def _check_setuptools() -> None:
+    """pyproject.toml's SPDX `license` needs setuptools 77; an older one (an isolated build never
+    has one, but `--no-build-isolation` uses the environment's) fails with a schema error instead."""
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        raise SystemExit(f"neumf_fast: the build needs setuptools>=77 (this environment has {setuptools.__version__}); "
+                         "run: pip install -U setuptools")
+
+
+_check_setuptools()
 ext_modules, cmdclass = _extensions()
 
 setup(
