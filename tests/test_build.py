@@ -169,6 +169,21 @@ def test_setup_with_an_old_setuptools_says_to_upgrade_it():
         "neumf_fast: the build needs setuptools>=77 (this environment has 65.5.0); run: pip install -U setuptools")
 
 
+def test_setup_without_torch_says_to_install_torch_then_build_without_isolation():
+    """pip's default isolated build has no torch: setup.py ends with one line that says what to
+    do, and that line's command is the README's install command."""
+    env = {k: v for k, v in os.environ.items() if k != "NEUMF_FAST_SKIP_EXTENSION"}
+    done = subprocess.run([sys.executable, "-c", HIDE_TORCH], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("neumf_fast: the build needs torch") and "install torch first" in last, done.stderr
+    command = last.split("then run: ")[1]
+    assert command == "pip install --no-build-isolation .", last
+    assert command in (ROOT / "README.md").read_text(), "the README's install line is not the one that works"
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 # --- finding the CUDA toolkit ----------------------------------------------------------------
 
 def _fake_toolkit(root: Path) -> Path:
