@@ -295,9 +295,14 @@ def missing_names(path: Path, root: Path = ROOT, tops: set[str] | None = None) -
     missing = []
     for span in code_spans(path):
         for token in span.split():
-            token = re.sub(r"::.*$|:\d+$", "", token.strip("\"'`,;()"))  # a test id or a line number
-            first = token.split("/")[0]
-            if first in tops and not PLACEHOLDER.search(token) and not (root / token).exists():
+            token = re.sub(r":\d+$", "", token.strip("\"'`,;()"))  # a line number
+            file, _, name = token.partition("::")  # file.py::name: a class, function or test in it
+            if file.split("/")[0] not in tops or PLACEHOLDER.search(token):
+                continue
+            if not (root / file).is_file() and not (root / file).is_dir():
+                missing.append(token)
+            elif name and (root / file).is_file() and not re.search(rf"^\s*(def|class)\s+{re.escape(name.split('.')[0])}\b",
+                                        (root / file).read_text(), re.MULTILINE):
                 missing.append(token)
         missing += [m for m in MODULE.findall(span) if not module_exists(m)]
     return missing
@@ -312,13 +317,15 @@ def test_every_named_path_and_module_exists(page):
 def test_the_name_check_sees_a_made_up_path_and_module(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("Real: `neumf_fast/ops/dispatch.py`, `bash benchmarks/gpu_check.sh DIR`, "
-                    "`neumf_fast.ops._library`, `tests/test_docs.py::test_x`, `gpu-<date>.md`, `runs/neumf`, "
+                    "`neumf_fast.ops._library`, `tests/test_docs.py::test_small_rewrites_only_the_size`, "
+                    "`neumf_fast/models.py::NeuMF.forward`, `gpu-<date>.md`, `runs/neumf`, "
                     "`torch.ops.neumf_fast.no_such_op`.\n"
                     "Made up: `neumf_fast/ops/nowhere.py`, `python benchmarks/no_such_tool.py`, "
-                    "`neumf_fast.ops._nowhere`, `neumf_fast.models.NoSuchModel`.\n")
+                    "`neumf_fast/models.py::NoSuchModel`, `neumf_fast.ops._nowhere`, "
+                    "`neumf_fast.models.NoSuchModel`.\n")
     assert missing_names(page, tops={"neumf_fast", "benchmarks", "tests"}) == [
-        "neumf_fast/ops/nowhere.py", "benchmarks/no_such_tool.py", "neumf_fast.ops._nowhere",
-        "neumf_fast.models.NoSuchModel"]
+        "neumf_fast/ops/nowhere.py", "benchmarks/no_such_tool.py", "neumf_fast/models.py::NoSuchModel",
+        "neumf_fast.ops._nowhere", "neumf_fast.models.NoSuchModel"]
 
 
 # ---- results that back claims ------------------------------------------------------------------
