@@ -18,7 +18,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import _library
+from . import models
+from .ops import _library, dispatch
+
+
+def _model_problems(model) -> list[str]:
+    why = []
+    if model.user_embedding.weight.device.type != "cpu" or model.user_embedding.weight.dtype != torch.float32:
+        why.append("not float32 CPU parameters")
+    if _library.EXTENSION_ERROR is not None:
+        return why + [_library.EXTENSION_ERROR]
+    dims = dispatch.probe_dims("cpu", torch.float32)._replace(user_ids=True, item_ids=True)
+    try:
+        if dispatch.select_backend(dims, model.backend).name != "cpu":
+            why.append("the model's backend is not the C++ CPU kernel")
+    except (ValueError, dispatch.BackendUnavailable) as e:
+        why.append(str(e))
+    return why
+
+
+def _optimizer_problems(optimizer, model) -> list[str]:
+    """This path runs ``torch._fused_adam_`` itself: the optimizer must be one plain fused Adam
+    over exactly the model's parameters."""
+    if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+        return ["not one torch.optim.Adam parameter group"]
+    why = []
+    group = optimizer.param_groups[0]
+    if not group.get("fused") or group["amsgrad"] or group["maximize"] or group.get("differentiable") \
+            or group.get("capturable") or group.get("decoupled_weight_decay"):
+        why.append("Adam must be fused=True without amsgrad, maximize, capturable or differentiable")
+    if {id(p) for p in group["params"]} != {id(p) for p in model.parameters()}:
+        why.append("the optimizer does not hold exactly the model's parameters")
+    return why
 
 
 class WrittenOutStep:
@@ -37,34 +68,9 @@ class WrittenOutStep:
     @staticmethod
     def why_not(model, optimizer) -> list[str]:
         """Why this path cannot run ``model`` with ``optimizer`` (empty when it can)."""
-        from . import models
-        from .ops import dispatch
-
-        why = []
         if type(model) not in (models.GMF, models.MLP, models.NeuMF):
-            why.append(f"{type(model).__name__} is not one of the paper's models")
-            return why
-        if model.user_embedding.weight.device.type != "cpu" or model.user_embedding.weight.dtype != torch.float32:
-            why.append("not float32 CPU parameters")
-        if _library.EXTENSION_ERROR is not None:
-            why.append(_library.EXTENSION_ERROR)
-        else:
-            dims = dispatch.probe_dims("cpu", torch.float32)._replace(user_ids=True, item_ids=True)
-            try:
-                if dispatch.select_backend(dims, model.backend).name != "cpu":
-                    why.append("the model's backend is not the C++ CPU kernel")
-            except (ValueError, dispatch.BackendUnavailable) as e:
-                why.append(str(e))
-        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
-            why.append("not one torch.optim.Adam parameter group")
-        else:
-            group = optimizer.param_groups[0]
-            if not group.get("fused") or group["amsgrad"] or group["maximize"] or group.get("differentiable") \
-                    or group.get("capturable") or group.get("decoupled_weight_decay"):
-                why.append("Adam must be fused=True without amsgrad, maximize, capturable or differentiable")
-            if {id(p) for p in group["params"]} != {id(p) for p in model.parameters()}:
-                why.append("the optimizer does not hold exactly the model's parameters")
-        return why
+            return [f"{type(model).__name__} is not one of the paper's models"]
+        return _model_problems(model) + _optimizer_problems(optimizer, model)
 
     def __init__(self, model, optimizer, optimizer_threads: int | None = None):
         self.model, self.optimizer, self.optimizer_threads = model, optimizer, optimizer_threads
