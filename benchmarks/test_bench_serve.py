@@ -18,7 +18,6 @@ provider of a case; ``serve_report.py`` prints the ratios to each case's baselin
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
