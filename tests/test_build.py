@@ -64,6 +64,7 @@ def _static_archive_only_dir(tmp_path: Path) -> str:
     return str(lib)
 
 
+@pytest.mark.slow
 @linux_gxx
 @pytest.mark.skipif(torch.version.cuda is not None,
                     reason="a CUDA torch would build the CUDA kernels too (minutes); the GPU check's own build "

@@ -37,6 +37,7 @@ def tiny_csv(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tiny_csv, tmp_path):
     args = ["--dataset", str(tiny_csv), "--epochs", "2", "--batch-size", "333", "--factors", "4",
             "--layers", "16,8,4", "--neg", "2", "--no-progress"]
