@@ -3,7 +3,9 @@
 #   bash dev.sh train  the main job: train NeuMF on the built-in synthetic data and print its test
 #                      HR@10/NDCG@10 beside the popularity baseline (about 2 minutes on 2 cores);
 #                      bash dev.sh train --paper: the paper's full setting (batch 256, 20 epochs)
-#   bash dev.sh test   run the test suite (what .ci/run runs)
+#   bash dev.sh test   run the test suite (what .ci/run runs, after lint); --quick leaves out the
+#                      tests marked slow (builds, compiles, the distributed run): a few minutes
+#   bash dev.sh lint   ruff check, with pyproject.toml's rules (.ci/run runs it before the tests)
 #   bash dev.sh demo   the fused op alone on the design's shapes (parity and speed)
 #   bash dev.sh bench [op|train|scale|throughput|serve]  run the CPU benchmarks and write benchmarks/results/
 #                      (throughput: training samples/s, ML-1M-sized at batch 256/8192 against the
@@ -64,7 +66,10 @@ case "$cmd" in
     if [ "${1:-}" = --paper ]; then quick=(); shift; fi
     neumf-fast train --model neumf --dataset synthetic ${quick[@]+"${quick[@]}"} "$@" ;;
   demo) python -m neumf_fast.demo "$@" ;;
-  test) python -m pytest tests "$@" ;;
+  test)
+    if [ "${1:-}" = --quick ]; then shift; set -- -m "not slow" "$@"; fi
+    python -m pytest tests "$@" ;;
+  lint) ruff check . "$@" ;;
   bench)
     which="${1:-all}"
     [ $# -gt 0 ] && shift
@@ -90,5 +95,5 @@ case "$cmd" in
       cat "benchmarks/results/$stamp.md"
     done
     ;;
-  *) echo "usage: bash dev.sh {train|test|demo|bench [op|train|scale|throughput|serve]} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash dev.sh {train|test [--quick]|lint|demo|bench [op|train|scale|throughput|serve]} [args...]" >&2; exit 2 ;;
 esac

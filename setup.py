@@ -40,6 +40,12 @@ def _load_build_helpers():
 _build = _load_build_helpers()
 
 
+# pip builds in an isolated environment by default, without the torch the user installed: the
+# extension compiles against torch's headers, so it must see that torch.
+NO_TORCH = ("neumf_fast: the build needs torch and this build environment has none; install torch first, "
+            "then run: pip install --no-build-isolation .")
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
@@ -57,7 +63,12 @@ def _extensions():
     if _env_flag("NEUMF_FAST_SKIP_EXTENSION"):
         print("neumf_fast: NEUMF_FAST_SKIP_EXTENSION=1, building no C++/CUDA extension")
         return [], {}
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        raise SystemExit(NO_TORCH) from None
 
     cuda_home, cuda_home_note = _build.find_cuda_home()
     if cuda_home is not None:
@@ -113,6 +124,17 @@ def _extensions():
     return [ext], {"build_ext": BuildAndCheckLink}
 
 
+def _check_setuptools() -> None:
+    """pyproject.toml's SPDX `license` needs setuptools 77; an older one (an isolated build never
+    has one, but `--no-build-isolation` uses the environment's) fails with a schema error instead."""
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        raise SystemExit(f"neumf_fast: the build needs setuptools>=77 (this environment has {setuptools.__version__}); "
+                         "run: pip install -U setuptools")
+
+
+_check_setuptools()
 ext_modules, cmdclass = _extensions()
 
 setup(

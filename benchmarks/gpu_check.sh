@@ -2,7 +2,7 @@
 # The one GPU call: build, test on CUDA, benchmark, and write the results into a directory, all
 # in at most 5 minutes of wall time, build included (a GPU machine is lent for minutes and starts bare).
 #
-#   bash benchmarks/gpu_check.sh RESULTS_DIR        (with the device tool: bash benchmarks/gpu_check.sh "$OUT")
+#   bash benchmarks/gpu_check.sh RESULTS_DIR        (on a machine with a GPU; RESULTS_DIR is what you copy back)
 #
 # Assumes a machine with no network where torch (CUDA), triton, pybind11, ninja, pytest and
 # pytest-benchmark are installed (pytest-xdist is used when present): nothing is downloaded.
@@ -42,7 +42,7 @@
 # GPU_CHECK_CAP_<STEP> (BUILD, TESTS, KERNELS, COMPILED, FIRST, TRAIN, SCALE) replaces a step's
 # cap in seconds, GPU_CHECK_TESTS the test files, GPU_CHECK_COMPILE_MODE torch.compile's mode.
 #
-# Writes 2 files into RESULTS_DIR (the device tool brings back at most 8): gpu-<date>.md, which is
+# Writes 2 files into RESULTS_DIR (few, so that a job that returns few files keeps both): gpu-<date>.md, which is
 # also printed last and ends with the one table (it fits in the last 12,000 characters of
 # output), and gpu-<date>.tgz, rewritten after every step, with everything: that summary,
 # build.log, tests.log, bench.log, auto_table.json (what "auto" should take here, by
@@ -73,7 +73,7 @@ want() { [[ "$steps" == *" $1 "* ]]; }
 step "environment"
 gpu=$(python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 {
-  # a copy of a working tree can carry an older .git than its files (the device tool's did): say so
+  # a copy of a working tree can carry an older .git than its files (a copy sent to a GPU machine did): say so
   tree=""
   git diff --quiet HEAD -- . 2>/dev/null || tree=", with uncommitted changes to tracked files"
   [ -z "$(git ls-files --others --exclude-standard 2>/dev/null | head -1)" ] || tree="$tree, with untracked files"

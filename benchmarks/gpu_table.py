@@ -80,8 +80,8 @@ def gpu_table(benchmarks: list[dict], auto_backend: str | None = None) -> str:
             op.setdefault(("serving_B16_L10_D128", "float32", "forward in a CUDA graph"), {})[
                 provider.removesuffix("_graph")] = median
             moved[("serving_B16_L10_D128", "float32", "forward in a CUDA graph")] = e.get("bytes")
-    lines = [f"Cells: median time, x = eager's time over it (above 1 is faster than the user's code), % of the "
-             f"device-to-device copy bandwidth "
+    lines = ["Cells: median time, x = eager's time over it (above 1 is faster than the user's code), % of the "
+             "device-to-device copy bandwidth "
              + (f"({copy_rate / 1e9:.0f} GB/s, measured in this run)" if copy_rate else "(copy bandwidth not measured)")
              + f". torch.compile mode: {', '.join(sorted(modes)) or NOT_MEASURED}. First calls: fresh process, empty "
                "Triton and Inductor caches; first pass / steady pass. Training: samples/s, x = over the plain loop.",

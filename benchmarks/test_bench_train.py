@@ -35,11 +35,13 @@ import functools
 import pytest
 import torch
 
+from neumf_fast.config import TrainConfig
 from neumf_fast.data import NegativeSampler, leave_one_out, synthetic
 from neumf_fast.evaluate import evaluate_candidates, evaluate_full
 from neumf_fast.models import NeuMF
 from neumf_fast.ops import _library
-from neumf_fast.train import TrainConfig, configure_threads, epoch_samples, train_epoch
+from neumf_fast.parallel import configure_threads
+from neumf_fast.train import epoch_samples, train_epoch
 from neumf_fast.train_step import TrainStep
 
 

@@ -100,7 +100,7 @@ def main() -> int:
     with open(args.log, "w") as log:
         for r in results:
             log.write(f"===== {r['file']}: {r['outcome']} in {r['seconds']:.0f} s =====\n{r['output']}\n")
-    print(f"| test file | outcome | passed | failed | errors | skipped | seconds |\n|---|---|---|---|---|---|---|")
+    print("| test file | outcome | passed | failed | errors | skipped | seconds |\n|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {Path(r['file']).name} | {r['outcome']} | {r['passed']} | {r['failed']} | {r['error']} | "
               f"{r['skipped']} | {r['seconds']:.0f} |")

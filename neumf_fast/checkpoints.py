@@ -47,7 +47,6 @@ def model_config(config: TrainConfig, model) -> TrainConfig:
     return config
 
 
-
 def load_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -71,5 +70,3 @@ def load_model(path, *, backend: str | None = None, device="cpu"):
     model = build_model(config, ckpt["num_users"], ckpt["num_items"])
     model.load_state_dict(ckpt["model"])
     return model.to(device), config, ckpt
-
-

@@ -66,8 +66,14 @@ def _as_candidates(users: int, items: Tensor) -> Tensor:
 
 
 class _Ranker(nn.Module):
-    """Shared scoring: ``user_parts`` and ``item_parts`` give each side's GMF vector and its share
-    of the first tower layer's pre-activation; ``head`` combines them with broadcasting."""
+    """The prediction layer, and shared scoring: ``user_parts`` and ``item_parts`` give each
+    side's GMF vector and its share of the first tower layer's pre-activation; ``head`` combines
+    them with broadcasting."""
+
+    # What the prediction layer reads, in this order: "gmf" (the GMF product) and/or "mlp" (the
+    # tower's output).  forward, score and the written-out training step (written_out.py, which
+    # differentiates it by hand) all follow it, so a head cannot change in one of them alone.
+    HEAD: tuple[str, ...] = ()
 
     def user_parts(self, user, **kw) -> tuple[Tensor | None, Tensor | None]:
         raise NotImplementedError
@@ -75,8 +81,27 @@ class _Ranker(nn.Module):
     def item_parts(self, items: Tensor) -> tuple[Tensor | None, Tensor | None]:
         raise NotImplementedError
 
+    def head_columns(self) -> dict[str, slice]:
+        """The columns of the prediction layer's input that each part of ``HEAD`` fills."""
+        mlp = self.tower[-1].out_features if "mlp" in self.HEAD else 0
+        widths = {"gmf": self.predict.in_features - mlp, "mlp": mlp}
+        starts = [0]
+        for part in self.HEAD:
+            starts.append(starts[-1] + widths[part])
+        return {part: slice(a, b) for part, a, b in zip(self.HEAD, starts, starts[1:])}
+
+    def predict_logit(self, gmf: Tensor | None, mlp_out: Tensor | None) -> Tensor:
+        """The prediction layer on ``HEAD``'s parts; in scoring one part is broadcast over the other."""
+        parts = [gmf if part == "gmf" else mlp_out for part in self.HEAD]
+        if len(parts) > 1 and parts[0].shape[:-1] != parts[1].shape[:-1]:
+            lead = torch.broadcast_shapes(parts[0].shape[:-1], parts[1].shape[:-1])
+            parts = [p.expand(*lead, -1) for p in parts]
+        return self.predict(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]).squeeze(-1)
+
     def head(self, gmf: Tensor | None, first: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """The logit from the GMF product and the first tower layer's pre-activation."""
+        mlp_out = None if first is None else _run_tower(self.tower, first, first_done=True)
+        return self.predict_logit(gmf, mlp_out)
 
     @torch.no_grad()
     def score(self, user, items: Tensor, **user_kw) -> Tensor:
@@ -103,6 +128,8 @@ class _Ranker(nn.Module):
 class GMF(_Ranker):
     """Generalized Matrix Factorization: ``logit = h · (p_u ⊙ q_i) + b``."""
 
+    HEAD = ("gmf",)
+
     def __init__(self, num_users: int, num_items: int, factors: int = 8, *, backend: str = "auto"):
         super().__init__()
         self.backend, self.factors = backend, factors
@@ -116,7 +143,7 @@ class GMF(_Ranker):
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         gmf, _ = neumf_input(user[:, None], item, h_mf=self.factors, user_table=self.user_embedding.weight,
                              item_table=self.item_embedding.weight, backend=self.backend)
-        return self.predict(gmf).squeeze(-1)
+        return self.predict_logit(gmf, None)
 
     def user_parts(self, user):
         return self.user_embedding(user), None
@@ -124,13 +151,12 @@ class GMF(_Ranker):
     def item_parts(self, items):
         return self.item_embedding(items), None
 
-    def head(self, gmf, first):
-        return self.predict(gmf).squeeze(-1)
-
 
 class MLP(_Ranker):
     """The paper's MLP: ``layers[0]`` is the width of ``cat(p_u, q_i)`` (so each embedding is
     ``layers[0] // 2`` wide), followed by ReLU layers of the remaining widths and a logit."""
+
+    HEAD = ("mlp",)
 
     def __init__(self, num_users: int, num_items: int, layers: Sequence[int] = PAPER_LAYERS, *, backend: str = "auto"):
         super().__init__()
@@ -150,7 +176,7 @@ class MLP(_Ranker):
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         _, mlp_in = neumf_input(user[:, None], item, h_mf=0, user_table=self.user_embedding.weight,
                                 item_table=self.item_embedding.weight, backend=self.backend)
-        return self.predict(_run_tower(self.tower, mlp_in)).squeeze(-1)
+        return self.predict_logit(None, _run_tower(self.tower, mlp_in))
 
     def _split_first(self):
         dim = self.user_embedding.embedding_dim
@@ -165,9 +191,6 @@ class MLP(_Ranker):
         _, w_i = self._split_first()
         return None, F.linear(self.item_embedding(items), w_i)
 
-    def head(self, gmf, first):
-        return self.predict(_run_tower(self.tower, first, first_done=True)).squeeze(-1)
-
 
 class NeuMF(_Ranker):
     """Neural Matrix Factorization: GMF and MLP with separate embeddings, fused in the last layer.
@@ -177,6 +200,8 @@ class NeuMF(_Ranker):
     produces both the GMF product and the MLP input in one call.
     ``logit = h · cat(p_u ⊙ q_i, mlp_out) + b``.
     """
+
+    HEAD = ("gmf", "mlp")
 
     def __init__(self, num_users: int, num_items: int, factors: int = 8, layers: Sequence[int] = PAPER_LAYERS,
                  *, backend: str = "auto"):
@@ -197,7 +222,7 @@ class NeuMF(_Ranker):
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         gmf, mlp_in = neumf_input(user[:, None], item, h_mf=self.factors, user_table=self.user_embedding.weight,
                                   item_table=self.item_embedding.weight, backend=self.backend)
-        return self.predict(torch.cat([gmf, _run_tower(self.tower, mlp_in)], dim=-1)).squeeze(-1)
+        return self.predict_logit(gmf, _run_tower(self.tower, mlp_in))
 
     @classmethod
     def from_pretrained(cls, gmf: GMF, mlp: MLP, alpha: float = 0.5, *, backend: str = "auto") -> "NeuMF":
@@ -233,10 +258,6 @@ class NeuMF(_Ranker):
         _, w_i = self._split_first()
         return row[:, :self.factors], F.linear(row[:, self.factors:], w_i)
 
-    def head(self, gmf, first):
-        mlp_out = _run_tower(self.tower, first, first_done=True)
-        return self.predict(torch.cat([gmf, mlp_out.expand(*gmf.shape[:-1], -1)], dim=-1)).squeeze(-1)
-
 
 class SequenceNeuMF(StackedProjections, _Ranker):
     """NeuMF whose user is a pooled sequence: item ids from the user's history (gathered from
@@ -255,6 +276,8 @@ class SequenceNeuMF(StackedProjections, _Ranker):
         user_dim: width of dense user features (with ``history_items=None``).
         mode: ``"mean"`` (default) or ``"sum"`` pooling.
     """
+
+    HEAD = ("mlp", "gmf")  # the design's order; the paper's NeuMF has the GMF product first
 
     def __init__(self, num_items: int, dim: int = 32, *, history_items: int | None = None, user_dim: int | None = None,
                  tower_mult: Sequence[int] = (2, 8, 4, 2, 1), mode: str = "mean", backend: str = "auto"):
@@ -291,7 +314,7 @@ class SequenceNeuMF(StackedProjections, _Ranker):
                                   user_weight=self.user_weight, user_bias=self.user_bias, item_weight=self.item_weight,
                                   item_bias=self.item_bias, mode=self.mode, backend=self.backend,
                                   **self._user_kw(user, user_mask))
-        return self.predict(torch.cat([_run_tower(self.tower, mlp_in), gmf], dim=-1)).squeeze(-1)
+        return self.predict_logit(gmf, _run_tower(self.tower, mlp_in))
 
     def _pool(self, user: Tensor, user_mask: Tensor | None) -> Tensor:
         # scoring is inference only; the reference pooling is the op's own definition of it
@@ -309,10 +332,6 @@ class SequenceNeuMF(StackedProjections, _Ranker):
         row = self.item_embedding(items)
         w = self.tower[0].weight
         return self.mf_item(row), F.linear(self.mlp_item(row), w[:, self.dim:])
-
-    def head(self, gmf, first):
-        mlp_out = _run_tower(self.tower, first, first_done=True)
-        return self.predict(torch.cat([mlp_out, gmf.expand(*mlp_out.shape[:-1], -1)], dim=-1)).squeeze(-1)
 
 
 MODELS = {"gmf": GMF, "mlp": MLP, "neumf": NeuMF, "seq": SequenceNeuMF}

@@ -37,13 +37,11 @@ def configure_threads(threads: int | None, batch_size: int) -> int:
     return threads
 
 
-
 def world() -> tuple[int, int]:
     """(rank, world size) of the initialised process group, or (0, 1)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
 
 
 def init_distributed(device: str) -> str:

@@ -8,8 +8,10 @@ checkpoint (written atomically at the end of every epoch) therefore repeats the 
 epoch exactly and ends with the same metrics as an uninterrupted run.
 
 The run's configuration is ``config.TrainConfig``, its checkpoints ``checkpoints``, its files
-``run_files`` and its threads and processes ``parallel``; the names users import from here
-(``TrainConfig``, ``fit``, ``load_model``, ...) are re-exported.
+``run_files``, its threads and processes ``parallel`` and one step ``train_step``; import those
+names from their modules.  ``fit`` runs in four steps: ``_resume`` (may this directory be used,
+and what does last.pt hold), ``_build`` (model, optimizer, training step), ``_train_epochs``
+(with ``_end_epoch``'s validation and checkpoints) and ``_finish`` (test metrics and files).
 """
 
 from __future__ import annotations
@@ -26,14 +28,9 @@ from .checkpoints import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_m
 from .config import TrainConfig, config_differences, resumed_config
 from .data import NegativeSampler, Split, leave_one_out, load_dataset
 from .evaluate import UserInput, evaluate_candidates, evaluate_full, popularity_scores
-from .malloc import configure_malloc
-from .parallel import SMALL_BATCH, configure_threads, core_share, world
+from .parallel import world
 from .run_files import RunExistsError, fresh_run_dir, holds_run, plot_curves, save_atomic, write_json
-from .train_step import PRECISIONS, TrainStep
-
-__all__ = ["SMALL_BATCH", "RunExistsError", "TrainConfig", "build_model", "configure_malloc", "configure_threads",
-           "core_share", "epoch_samples", "fit", "fresh_run_dir", "holds_run", "load_checkpoint", "load_model",
-           "prepare_split", "save_atomic", "test_metrics", "train_epoch", "world"]
+from .train_step import PRECISIONS, TrainStep, use_cuda_graphs
 
 
 def epoch_samples(train_user: torch.Tensor, train_item: torch.Tensor, sampler: NegativeSampler, neg: int,
@@ -124,6 +121,21 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     lead = rank == 0  # evaluation, checkpoints, logs and files: rank 0 only
     log, progress = log and lead, progress and lead
     out_dir = Path(out_dir)
+    config, state = _resume(config, out_dir, resume, overwrite, lead)
+    split = _shared_split(config, out_dir, split, lead, size, log, reuse=state is not None)
+    if state is not None and state["data_fingerprint"] != split.fingerprint:
+        raise ValueError(f"--resume: {out_dir}'s checkpoint was trained on different data")
+    run = _build(config, split, state, size, out_dir)
+    _train_epochs(run, rank, progress, log, on_step)
+    if not lead:
+        torch.distributed.barrier()  # wait for rank 0's final evaluation and files
+        return {}
+    return _finish(run, size)
+
+
+def _resume(config: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, lead: bool):
+    """(the run's config, last.pt's state or None): checks that ``out_dir`` may be used, and with
+    ``resume`` that the saved run is this one (``resumed_config``: what a resumed run may change)."""
     # rank 0 only: the other ranks may start after rank 0 has written split.npz
     if lead and not resume and not overwrite and holds_run(out_dir):
         raise RunExistsError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to replace "
@@ -131,28 +143,70 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
     if config.epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {config.epochs}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    state = None
-    if resume:
-        if not last_path.exists():
-            raise FileNotFoundError(f"--resume: {last_path} does not exist")
-        state = load_checkpoint(last_path)
-        saved = TrainConfig.from_dict(state["config"])
-        differs = config_differences(saved, config)
-        if differs:
-            raise ValueError(f"--resume: the run in {out_dir} was started with a different configuration "
-                             f"({'; '.join(differs)})")
-        config = resumed_config(saved, config)
-    if split is None:
-        if lead:
-            split = prepare_split(config, out_dir, log, reuse=state is not None)
-        if size > 1:  # the other ranks read the split rank 0 wrote, so every rank has the same one
-            torch.distributed.barrier()
-            if not lead:
-                split = Split.load(out_dir / "split.npz")
-    if state is not None and state["data_fingerprint"] != split.fingerprint:
-        raise ValueError(f"--resume: {out_dir}'s checkpoint was trained on different data")
+    if not resume:
+        return config, None
+    last_path = out_dir / "last.pt"
+    if not last_path.exists():
+        raise FileNotFoundError(f"--resume: {last_path} does not exist")
+    state = load_checkpoint(last_path)
+    saved = TrainConfig.from_dict(state["config"])
+    differs = config_differences(saved, config)
+    if differs:
+        raise ValueError(f"--resume: the run in {out_dir} was started with a different configuration "
+                         f"({'; '.join(differs)})")
+    return resumed_config(saved, config), state
 
+
+def _shared_split(config: TrainConfig, out_dir: Path, split: Split | None, lead: bool, size: int, log: bool,
+                  reuse: bool) -> Split:
+    """The given split, or the one rank 0 builds (or reloads) and saves, read by every other rank."""
+    if split is not None:
+        return split
+    if lead:
+        split = prepare_split(config, out_dir, log, reuse=reuse)
+    if size > 1:  # the other ranks read the split rank 0 wrote, so every rank has the same one
+        torch.distributed.barrier()
+        if not lead:
+            split = Split.load(out_dir / "split.npz")
+    return split
+
+
+@dataclasses.dataclass
+class _Run:
+    """What fit's steps share: the run's settings and data, its model and optimizer, and its
+    validation history so far."""
+
+    config: TrainConfig
+    split: Split
+    out_dir: Path
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    step: TrainStep  # built once: with cuda_graphs it holds the captured step across epochs
+    user_input: UserInput
+    history: list = dataclasses.field(default_factory=list)
+    best: dict | None = None
+    start_epoch: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def validate(self) -> dict:
+        return evaluate_candidates(self.model, self.split, "valid", k=self.config.k, user_input=self.user_input,
+                                   device=self.device)
+
+    def save(self, epoch: int, *names: str) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.config),
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                 "history": self.history, "best": self.best, "data_fingerprint": self.split.fingerprint,
+                 "num_users": self.split.num_users, "num_items": self.split.num_items}
+        for name in names:
+            save_atomic(state, self.out_dir / name)
+
+
+def _build(config: TrainConfig, split: Split, state: dict | None, size: int, out_dir: Path) -> _Run:
+    """The model, optimizer and training step, restored from ``state`` when resuming."""
     device = torch.device(config.device)
     # resuming loads every weight from last.pt, so the pretrained checkpoints are not needed again
     model = build_model(config if state is None else dataclasses.replace(config, pretrain=None),
@@ -162,94 +216,88 @@ def fit(config: TrainConfig, out_dir, *, resume: bool = False, overwrite: bool =
         raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if config.precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs a CUDA device (and its GradScaler); use --precision bf16 on the CPU")
-    capture = config.cuda_graphs and device.type == "cuda"
-    if config.cuda_graphs and not capture:
-        import warnings
-
-        warnings.warn(f"neumf_fast: cuda_graphs ignored: CUDA graphs need a CUDA device, training on {device}",
-                      RuntimeWarning, stacklevel=2)
-    if capture and (config.precision == "fp16" or size > 1):
-        raise ValueError("--cuda-graphs captures single-process fp32 or bf16 training; "
-                         + ("fp16's GradScaler reads its inf check on the host every step (use --precision bf16)"
-                            if config.precision == "fp16" else "with --nproc > 1, DDP's gradient hooks are not captured"))
+    capture = use_cuda_graphs(config.cuda_graphs, device, config.precision, size)
     optimizer = _optimizer(config, model, capturable=capture)
-    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
-    history, best, start_epoch = [], None, 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # this restores the saved run's "capturable" too
         for group in optimizer.param_groups:
             if "capturable" in group:
                 group["capturable"] = capture
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-
     train_model = model
     if size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     user_input = UserInput(split, model, config.history_len, device)
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+    step = TrainStep(train_model, optimizer, config.batch_size,
+                     user_input=user_input if user_input.history is not None else None,
+                     precision=config.precision, scaler=scaler, world=size, capture=capture)
+    run = _Run(config, split, out_dir, model, train_model, optimizer, step, user_input)
+    if state is not None:
+        run.history, run.best, run.start_epoch = state["history"], state["best"], state["epoch"] + 1
+    return run
+
+
+def _train_epochs(run: _Run, rank: int, progress: bool, log: bool, on_step) -> None:
+    """From ``run.start_epoch`` to the last epoch; rank 0 validates, keeps ``best.pt`` and
+    ``last.pt`` and logs after each (and before the first, the untrained model)."""
+    config, split, device = run.config, run.split, run.device
     sampler = NegativeSampler(split.train_user, split.train_item, split.num_items, split.num_users, device=device)
     train_user = torch.from_numpy(split.train_user).to(device)
     train_item = torch.from_numpy(split.train_item).to(device)
-    # built once: with --cuda-graphs it holds the captured step from one epoch to the next
-    train_step = TrainStep(train_model, optimizer, config.batch_size,
-                           user_input=user_input if user_input.history is not None else None,
-                           precision=config.precision, scaler=scaler, world=size, capture=capture)
-
-    def checkpoint(epoch: int) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
-                "data_fingerprint": split.fingerprint, "num_users": split.num_users, "num_items": split.num_items}
-
-    if start_epoch == 0 and lead:
+    if run.start_epoch == 0 and rank == 0:
         # the untrained model's validation metrics (and, with pretraining, the starting point)
         t0 = time.perf_counter()
-        m = evaluate_candidates(model, split, "valid", k=config.k, user_input=user_input, device=device)
-        history.append({"epoch": 0, "loss": None, "train_s": 0.0, "eval_s": time.perf_counter() - t0, **m})
+        m = run.validate()
+        run.history.append({"epoch": 0, "loss": None, "train_s": 0.0, "eval_s": time.perf_counter() - t0, **m})
         if log:
             print(f"epoch 0: HR@{config.k} {m[f'hr@{config.k}']:.4f}  NDCG@{config.k} {m[f'ndcg@{config.k}']:.4f}")
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(run.start_epoch, config.epochs):
         t0 = time.perf_counter()
         samples = epoch_samples(train_user, train_item, sampler, config.neg, config.seed, epoch)
-        loss = train_epoch(train_model, optimizer, samples, config.batch_size, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           progress=progress, rank=rank, step=train_step,
+        loss = train_epoch(run.train_model, run.optimizer, samples, config.batch_size,
+                           desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress, rank=rank, step=run.step,
                            on_step=None if on_step is None else (lambda step, e=epoch: on_step(e, step)))
-        train_s = time.perf_counter() - t0
-        if not lead:
-            continue
-        t1 = time.perf_counter()
-        m = evaluate_candidates(model, split, "valid", k=config.k, user_input=user_input, device=device)
-        row = {"epoch": epoch + 1, "loss": loss, "train_s": train_s,
-               "eval_s": time.perf_counter() - t1, **m}
-        history.append(row)
-        hr = m[f"hr@{config.k}"]
-        if best is None or hr > best[f"hr@{config.k}"]:
-            best = dict(row)
-            save_atomic(checkpoint(epoch), best_path)
-        save_atomic(checkpoint(epoch), last_path)
-        if log:
-            print(f"epoch {epoch + 1}: loss {row['loss']:.4f}  HR@{config.k} {hr:.4f}  "
-                  f"NDCG@{config.k} {m[f'ndcg@{config.k}']:.4f}  [{train_s:.1f} s train, {row['eval_s']:.1f} s eval]")
-    if not lead:
-        torch.distributed.barrier()  # wait for rank 0's final evaluation and files
-        return {}
-    if best is None:  # zero epochs: the untrained model is the result
-        best = dict(history[-1]) if history else None
-        save_atomic(checkpoint(-1), best_path)
-        save_atomic(checkpoint(-1), last_path)
+        if rank == 0:
+            _end_epoch(run, epoch, loss, time.perf_counter() - t0, log)
 
-    result = {"config": dataclasses.asdict(config), "processes": size, "history": history, "best_valid": best,
-              "dataset": split.name, "data_fingerprint": split.fingerprint}
-    best_model, _, _ = load_model(best_path, backend=config.backend, device=device)
+
+def _end_epoch(run: _Run, epoch: int, loss: float, train_s: float, log: bool) -> None:
+    """Rank 0 after an epoch: validate, keep the best checkpoint and the last one, log."""
+    k = run.config.k
+    t1 = time.perf_counter()
+    m = run.validate()
+    row = {"epoch": epoch + 1, "loss": loss, "train_s": train_s, "eval_s": time.perf_counter() - t1, **m}
+    run.history.append(row)
+    if run.best is None or m[f"hr@{k}"] > run.best[f"hr@{k}"]:
+        run.best = dict(row)
+        run.save(epoch, "best.pt")
+    run.save(epoch, "last.pt")
+    if log:
+        print(f"epoch {epoch + 1}: loss {loss:.4f}  HR@{k} {m[f'hr@{k}']:.4f}  NDCG@{k} {m[f'ndcg@{k}']:.4f}  "
+              f"[{train_s:.1f} s train, {row['eval_s']:.1f} s eval]")
+
+
+def _finish(run: _Run, size: int) -> dict:
+    """Rank 0 at the end: test metrics of the best checkpoint and of popularity, metrics.json and
+    curves.png; returns the metrics."""
+    config, split, device = run.config, run.split, run.device
+    if run.best is None:  # zero epochs: the untrained model is the result
+        run.best = dict(run.history[-1]) if run.history else None
+        run.save(-1, "best.pt", "last.pt")
+    result = {"config": dataclasses.asdict(config), "processes": size, "history": run.history,
+              "best_valid": run.best, "dataset": split.name, "data_fingerprint": split.fingerprint}
+    best_model, _, _ = load_model(run.out_dir / "best.pt", backend=config.backend, device=device)
     result["test"] = test_metrics(best_model, split, config, device)
     pop = popularity_scores(split)
     result["popularity_test"] = {
         "candidates": evaluate_candidates(None, split, "test", k=config.k, popularity=pop),
         "full": evaluate_full(None, split, "test", k=config.k, popularity=pop, device=device),
     }
-    write_json(result, out_dir / "metrics.json")
-    plot_curves(history, out_dir / "curves.png", config.k)
+    write_json(result, run.out_dir / "metrics.json")
+    plot_curves(run.history, run.out_dir / "curves.png", config.k)
     if size > 1:
         torch.distributed.barrier()
     return result
@@ -259,6 +307,3 @@ def test_metrics(model, split: Split, config: TrainConfig, device="cpu") -> dict
     ui = UserInput(split, model, config.history_len, device)
     return {"candidates": evaluate_candidates(model, split, "test", k=config.k, user_input=ui, device=device),
             "full": evaluate_full(model, split, "test", k=config.k, user_input=ui, device=device)}
-
-
-

@@ -64,6 +64,7 @@ def _static_archive_only_dir(tmp_path: Path) -> str:
     return str(lib)
 
 
+@pytest.mark.slow
 @linux_gxx
 @pytest.mark.skipif(torch.version.cuda is not None,
                     reason="a CUDA torch would build the CUDA kernels too (minutes); the GPU check's own build "
@@ -81,7 +82,7 @@ def test_extension_built_in_a_static_libstdcxx_environment_still_raises_whole_me
         env["LDFLAGS"] = f"-L{_static_archive_only_dir(tmp_path)}"
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "csrc", src / "csrc")
     shutil.copytree(ROOT / "neumf_fast", src / "neumf_fast",
@@ -107,6 +108,81 @@ def test_extension_built_in_a_static_libstdcxx_environment_still_raises_whole_me
     assert run.returncode == 0, run.stdout + run.stderr
     assert "MESSAGE: neumf_fast: user id 12 is out of range for a table with 10 rows" in run.stdout, run.stdout
     assert "after: [[2.0, 2.0]]" in run.stdout, run.stdout  # the process goes on and computes
+
+
+def test_the_license_is_mit_and_named_by_the_metadata():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"], project
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n") and "Copyright (c) 2026 the neumf_fast authors" in text
+    assert "MIT licence" in (ROOT / "README.md").read_text()
+
+
+def test_the_wheel_and_the_sdist_carry_the_license(tmp_path):
+    """Built as a user would (pip, the backend's sdist), without the extension: a few seconds."""
+    import tarfile
+    import zipfile
+
+    env = dict(os.environ, NEUMF_FAST_SKIP_EXTENSION="1")
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
+                            str(ROOT), "-w", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert wheel.returncode == 0, wheel.stdout[-3000:] + wheel.stderr[-3000:]
+    (built,) = tmp_path.glob("neumf_fast-*.whl")
+    with zipfile.ZipFile(built) as z:
+        dist_info = {n.split("/", 1)[1]: n for n in z.namelist() if ".dist-info/" in n}
+        assert "licenses/LICENSE" in dist_info, sorted(dist_info)
+        assert z.read(dist_info["licenses/LICENSE"]) == (ROOT / "LICENSE").read_bytes()
+        metadata = z.read(dist_info["METADATA"]).decode()
+    assert "License-Expression: MIT\n" in metadata and "License-File: LICENSE\n" in metadata, metadata[:800]
+    sdist = subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; "
+                            f"print(build_meta.build_sdist({str(tmp_path)!r}))"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert sdist.returncode == 0, sdist.stdout[-3000:] + sdist.stderr[-3000:]
+    with tarfile.open(tmp_path / sdist.stdout.split()[-1]) as tar:
+        names = tar.getnames()
+    assert "neumf_fast-0.1.0/LICENSE" in names, names[:20]
+
+
+# A finder that makes `import torch` fail as it does in pip's isolated build environment.
+HIDE_TORCH = textwrap.dedent("""
+    import runpy, sys
+
+    class HideTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "torch":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, HideTorch())
+    sys.argv = ["setup.py", "--name"]
+    runpy.run_path("setup.py", run_name="__main__")
+""")
+
+
+def test_setup_with_an_old_setuptools_says_to_upgrade_it():
+    """``--no-build-isolation`` uses the environment's setuptools; below 77 it cannot read the
+    SPDX licence, and setup.py says so in one line before setuptools fails on the schema."""
+    script = "import setuptools; setuptools.__version__ = '65.5.0'\n" + HIDE_TORCH
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "neumf_fast: the build needs setuptools>=77 (this environment has 65.5.0); run: pip install -U setuptools")
+
+
+def test_setup_without_torch_says_to_install_torch_then_build_without_isolation():
+    """pip's default isolated build has no torch: setup.py ends with one line that says what to
+    do, and that line's command is the README's install command."""
+    env = {k: v for k, v in os.environ.items() if k != "NEUMF_FAST_SKIP_EXTENSION"}
+    done = subprocess.run([sys.executable, "-c", HIDE_TORCH], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("neumf_fast: the build needs torch") and "install torch first" in last, done.stderr
+    command = last.split("then run: ")[1]
+    assert command == "pip install --no-build-isolation .", last
+    assert command in (ROOT / "README.md").read_text(), "the README's install line is not the one that works"
+    assert "Traceback" not in done.stderr, done.stderr
 
 
 # --- finding the CUDA toolkit ----------------------------------------------------------------

@@ -19,9 +19,13 @@ pytest.importorskip("tqdm", reason="the data pipeline needs tqdm")
 pytest.importorskip("matplotlib", reason="the data pipeline needs matplotlib")
 
 import neumf_fast
+from neumf_fast.checkpoints import load_checkpoint
 from neumf_fast.cli import main as cli_main
+from neumf_fast.config import TrainConfig
 from neumf_fast.data import synthetic
-from neumf_fast.train import RunExistsError, TrainConfig, configure_threads, fit, load_checkpoint
+from neumf_fast.parallel import configure_threads
+from neumf_fast.run_files import RunExistsError
+from neumf_fast.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--batch-size", "512", "--factors", "4", "--layers", "16,8,4", "--neg", "2", "--no-progress"]

@@ -72,7 +72,7 @@ def emulated_library(tmp_path_factory):
     return _Emulated()
 
 
-@pytest.fixture(params=["gpu", "emulated"])
+@pytest.fixture(params=["gpu", pytest.param("emulated", marks=pytest.mark.slow)])  # the emulator builds first
 def target(request):
     """(device, op or backend name) for the parity cases."""
     if request.param == "gpu":
@@ -369,6 +369,7 @@ def test_an_unknown_check_mode_is_a_value_error(target, monkeypatch):
 
 
 @pytest.mark.skipif(ON_GPU, reason="counts the emulated runtime calls")
+@pytest.mark.slow
 def test_host_never_waits_for_the_calls_own_kernels(emulated_library, monkeypatch):
     """What the CUDA host code asks of the runtime (emulator counters), with ids on both sides:
     in deferred mode a training step never waits (no stream sync, no event wait: the backward
@@ -498,6 +499,7 @@ def test_models_train_on_the_cuda_backend():
 
 # --- without a GPU ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the kernels themselves run")
 @pytest.mark.skipif(os.environ.get("NEUMF_EMU_ASAN") == "1", reason="this is the run under the sanitizer")
 def test_emulated_kernels_under_address_sanitizer(tmp_path):
@@ -588,6 +590,7 @@ def _scatter_sass(obj: Path) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ON_GPU, reason="on a GPU machine the extension build compiles these for real")
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed, so the CUDA sources cannot be compiled")
 def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):

@@ -19,8 +19,10 @@ import torch
 pytest.importorskip("pandas", reason="the data pipeline needs pandas")
 pytest.importorskip("matplotlib", reason="the data pipeline needs matplotlib")
 
+from neumf_fast.checkpoints import load_model  # noqa: E402
+from neumf_fast.config import TrainConfig  # noqa: E402
 from neumf_fast.data import synthetic  # noqa: E402
-from neumf_fast.train import TrainConfig, fit, load_model  # noqa: E402
+from neumf_fast.train import fit  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -35,6 +37,7 @@ def tiny_csv(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tiny_csv, tmp_path):
     args = ["--dataset", str(tiny_csv), "--epochs", "2", "--batch-size", "333", "--factors", "4",
             "--layers", "16,8,4", "--neg", "2", "--no-progress"]

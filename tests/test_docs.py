@@ -1,8 +1,9 @@
 """The docs stay true because they are run: every ``python`` and ``bash`` block of README.md and
 docs/*.md is executed (with Sybil), unless a ``<!-- skip: next "reason" -->`` comment before it
 says why it cannot be; a block in any other language (bar ``text``) or without one fails, and so
-does a skip without a reason.  Every relative link resolves (files and #anchors), and
-benchmarks/results/ holds one run per suite and machine, each listed in its index.
+does a skip without a reason.  Every relative link resolves (files and #anchors), every
+repository path or ``neumf_fast`` module named in backticks exists, and benchmarks/results/ holds
+one run per suite and machine, each listed in its index.
 
 Shell blocks run at a small size, in a fresh directory per page, with the user's commands as they
 are written except for these rewrites (``small``): ``neumf-fast`` is this checkout's CLI
@@ -244,6 +245,87 @@ def test_the_link_check_sees_a_broken_link(tmp_path):
     page.write_text("# A `title`: here\n\n[ok](#a-title-here) [bad](#nowhere) [file](missing.md) `[code](x.md)`\n")
     assert anchors(page) == {"a-title-here"}
     assert list(links(page)) == ["#a-title-here", "#nowhere", "missing.md"]
+
+
+# ---- paths and modules named in backticks -----------------------------------------------------
+
+# A token that names a file by pattern or placeholder (`gpu-<date>.md`, `csrc/cuda/*.cu`) is not a path.
+PLACEHOLDER = re.compile(r"[*<>{}$\[\]|]")
+MODULE = re.compile(r"(?<![\w.])neumf_fast(?:\.\w+)+")  # not torch.ops.neumf_fast.fused_input, the op
+
+
+def top_level() -> set[str]:
+    """The repository's own top-level files and folders (git's, so that runs/ or .venv/ is not one)."""
+    done = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:  # not a git checkout (an sdist): what is there
+        return {p.name for p in ROOT.iterdir() if not p.name.startswith(".") and p.name not in ("build", "runs")}
+    return {line.split("/")[0] for line in done.stdout.splitlines()}
+
+
+def code_spans(path: Path):
+    """The text of every inline `code` span of a page (fenced blocks are run instead)."""
+    for token in markdown_it.MarkdownIt().parse(path.read_text()):
+        for child in token.children or []:
+            if child.type == "code_inline":
+                yield child.content
+
+
+def module_exists(dotted: str) -> bool:
+    """``neumf_fast.a.b``: a module, or an attribute of one (``neumf_fast.ops.neumf_input``)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def missing_names(path: Path, root: Path = ROOT, tops: set[str] | None = None) -> list[str]:
+    """The repository paths (``neumf_fast/ops/dispatch.py``, ``setup.py``) and modules
+    (``neumf_fast.ops._library``) that the page's code spans name but that do not exist."""
+    tops = top_level() if tops is None else tops
+    missing = []
+    for span in code_spans(path):
+        for token in span.split():
+            token = re.sub(r":\d+$", "", token.strip("\"'`,;()"))  # a line number
+            file, _, name = token.partition("::")  # file.py::name: a class, function or test in it
+            if file.split("/")[0] not in tops or PLACEHOLDER.search(token):
+                continue
+            if not (root / file).is_file() and not (root / file).is_dir():
+                missing.append(token)
+            elif name and (root / file).is_file() and not re.search(rf"^\s*(def|class)\s+{re.escape(name.split('.')[0])}\b",
+                                        (root / file).read_text(), re.MULTILINE):
+                missing.append(token)
+        missing += [m for m in MODULE.findall(span) if not module_exists(m)]
+    return missing
+
+
+@pytest.mark.parametrize("page", DOCS, ids=_id)
+def test_every_named_path_and_module_exists(page):
+    missing = missing_names(page)
+    assert not missing, f"{_id(page)} names, in backticks, paths or modules that do not exist: {missing}"
+
+
+def test_the_name_check_sees_a_made_up_path_and_module(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Real: `neumf_fast/ops/dispatch.py`, `bash benchmarks/gpu_check.sh DIR`, "
+                    "`neumf_fast.ops._library`, `tests/test_docs.py::test_small_rewrites_only_the_size`, "
+                    "`neumf_fast/models.py::NeuMF.forward`, `gpu-<date>.md`, `runs/neumf`, "
+                    "`torch.ops.neumf_fast.no_such_op`.\n"
+                    "Made up: `neumf_fast/ops/nowhere.py`, `python benchmarks/no_such_tool.py`, "
+                    "`neumf_fast/models.py::NoSuchModel`, `neumf_fast.ops._nowhere`, "
+                    "`neumf_fast.models.NoSuchModel`.\n")
+    assert missing_names(page, tops={"neumf_fast", "benchmarks", "tests"}) == [
+        "neumf_fast/ops/nowhere.py", "benchmarks/no_such_tool.py", "neumf_fast/models.py::NoSuchModel",
+        "neumf_fast.ops._nowhere", "neumf_fast.models.NoSuchModel"]
 
 
 # ---- results that back claims ------------------------------------------------------------------

@@ -162,6 +162,7 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_compiler() is None, reason="AOTInductor compiles C++: no c++/g++ compiler on PATH")
 @pytest.mark.skipif(not hasattr(torch._inductor, "aoti_compile_and_package"),
                     reason=f"torch {torch.__version__} has no torch._inductor.aoti_compile_and_package")

@@ -114,6 +114,7 @@ def _aot(*args):
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels are compiled and run by the other tests")
 def test_shipped_kernels_compile_for_sm80_and_sm90_without_spills_or_fences():
     """Every kernel the launchers ship for the benchmark shapes and ML-20M NeuMF, compiled for
@@ -128,6 +129,7 @@ def test_shipped_kernels_compile_for_sm80_and_sm90_without_spills_or_fences():
     print(outs["90"].splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_neumf_training_run_compiles_three_kernels():
     """train.py's epoch loop (ragged last batch included) and scoring compile: the forward that
     saves for backward, the backward with the atomic table scatter, and the inference forward

@@ -13,11 +13,14 @@ pytest.importorskip("pandas", reason="the data pipeline needs pandas")
 pytest.importorskip("tqdm", reason="the data pipeline needs tqdm")
 pytest.importorskip("matplotlib", reason="the data pipeline needs matplotlib")
 
+from neumf_fast.checkpoints import load_checkpoint, load_model
 from neumf_fast.cli import main as cli_main
+from neumf_fast.config import TrainConfig
 from neumf_fast.data import leave_one_out, synthetic
 from neumf_fast.evaluate import UserInput, training_history
 from neumf_fast.models import SequenceNeuMF
-from neumf_fast.train import TrainConfig, fit, load_checkpoint, load_model, save_atomic
+from neumf_fast.run_files import save_atomic
+from neumf_fast.train import fit
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from neumf_fast import models
 from neumf_fast.ops import _checks, _library
-from neumf_fast.train import epoch_samples, train_epoch
+from neumf_fast.train import train_epoch
 from neumf_fast.train_step import TrainStep
 
 needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason="C++ extension not built")
@@ -91,12 +91,16 @@ def test_the_autograd_step_is_the_plain_loop(kind):
 
 
 @needs_extension
-@pytest.mark.parametrize("kind", ["neumf", "gmf", "mlp"])
+@pytest.mark.parametrize("kind", ["neumf", "gmf", "mlp", "neumf-mlp-first"])
 def test_the_written_out_gradients_are_autograds(kind):
     """The hand-written backward against autograd's on one batch.  Tolerance: float32 rounding of
     GEMMs summed in another order (the loss gradient's formula is autograd's own), relative
-    1e-5 of each gradient's scale."""
-    model = _model(kind, "cpu")
+    1e-5 of each gradient's scale.  "neumf-mlp-first" turns NeuMF's head around (the tower's
+    output first, as SequenceNeuMF has it): the written-out step reads the order from the model."""
+    model = _model(kind.split("-")[0], "cpu")
+    if kind == "neumf-mlp-first":
+        model.HEAD = ("mlp", "gmf")
+        assert model.head_columns() == {"mlp": slice(0, 8), "gmf": slice(8, 16)}
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
     user, item, label = _samples(37)
     F.binary_cross_entropy_with_logits(model(user, item), label).backward()
@@ -328,7 +332,8 @@ def test_fit_with_cuda_graphs(tmp_path):
     import dataclasses
 
     from neumf_fast.data import leave_one_out, synthetic
-    from neumf_fast.train import TrainConfig, fit
+    from neumf_fast.config import TrainConfig
+    from neumf_fast.train import fit
 
     split = leave_one_out(synthetic(0, num_users=300, num_items=200, num_interactions=20_000), num_negatives=99)
     base = TrainConfig(model="neumf", epochs=2, batch_size=256, device="cuda")

@@ -18,7 +18,7 @@ the pooled row never goes to memory between pooling and projection.  The sequenc
 ``tl.range`` with ``NUM_STAGES`` so the next position's ids and rows are in flight while one is
 added.  The user side's MLP half is stored as soon as it is done, so only its MF half stays in
 registers while the item side runs.  Block sizes and warps come from a rule on the shapes
-(``triton_backend._forward_config``), not a search.
+(``_triton_configs._forward_config``), not a search.
 
 Ids are checked where they are read: an id outside ``[0, rows)`` (padding excepted) is never
 dereferenced (its load is masked: it adds zeros and does not count for mean pooling) and the
