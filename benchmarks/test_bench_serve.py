@@ -21,7 +21,6 @@ provider of a case; ``serve_report.py`` prints the ratios to each case's baselin
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import neumf_fast
-from neumf_fast import ops
 from neumf_fast.ops import _id_check, _library, dispatch
 from neumf_fast.ops.dispatch import unavailable_reasons
 from conftest import make_case

@@ -189,6 +189,5 @@ def test_cpu_kernel_saves_only_what_the_backward_reads(project):
     [B, h_mf] MF halves (before: the full projections, and the pooled rows with no weight too)."""
     case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
                      project=project, requires_grad=False)
-    kw = case.kwargs
     out = torch.ops.neumf_fast.fused_input(*case.args(h_mf=2, mode="sum"), True)
     assert [tuple(t.shape) for t in out[2:]] == saved_shapes(case, 2)
