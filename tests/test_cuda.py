@@ -1,23 +1,21 @@
-"""``backend="cuda"`` (csrc/cuda/) against the reference, forward and backward.
+"""What only ``backend="cuda"`` (csrc/cuda/) has: its parity with the reference runs in
+tests/test_parity.py, on the ``cuda`` target on a GPU and the ``cuda-emu`` target without one.
 
-The parity cases run on one of two targets:
-
-- ``gpu``: the built extension on CUDA tensors, where there is a GPU and the CUDA kernels are
-  built;
-- ``emulated``: where there is no GPU, the same CUDA sources compiled for the CPU emulator
-  (tests/cuda_emu: every CUDA thread an OS thread, warp shuffles and ``__syncthreads`` as
-  barriers, WMMA tiles computed in full) and called on CPU tensors.  It runs the host code, the
-  index arithmetic, the tiling, the masks and the shared-memory layout (unwritten shared memory
-  reads as NaN; WMMA alignment is checked), but not the hardware.
+``cuda-emu`` is the same CUDA sources compiled for the CPU emulator (tests/cuda_emu: every CUDA
+thread an OS thread, warp shuffles and ``__syncthreads`` as barriers, WMMA tiles computed in
+full) and called on CPU tensors.  It runs the host code, the index arithmetic, the tiling, the
+masks and the shared-memory layout (unwritten shared memory reads as NaN; WMMA alignment is
+checked), but not the hardware.  Here: the emulator's counters (float4 atomics, what the host
+waits for), a compute capability below sm_80, the id record's check modes on both targets, the
+parity cases rerun under AddressSanitizer, and on a GPU opcheck, torch.compile and CUDA graphs.
 
 Without a GPU, ``test_cuda_sources_compile_for_sm80_and_sm90`` also compiles every ``.cu`` file
-with nvcc for sm_80 and sm_90 against torch's headers, as setup.py would on a CUDA machine.
+with nvcc for sm_80 and sm_90 against torch's headers, as setup.py would on a CUDA machine, and
+reads the table scatter's SASS.
 
-Tolerances (tests/test_parity.py explains them): float32 atol = rtol = 2e-5 normwise; float64
-1e-10; float16 / bfloat16 by flash-attention's rule (error against the float64 truth at most 2x
-PyTorch's own error in that dtype, plus one eps of the largest magnitude).  TF32 (fp32 on tensor
-cores, only with ``allow_tf32``): 2e-3 normwise, about four TF32 rounding units (2^-11) of the
-largest output: the reference multiplies in full fp32, the kernel with 10-bit mantissas.
+Tolerances as tests/test_parity.py states them: float32 atol = rtol = 2e-5 normwise; float16 /
+bfloat16 by flash-attention's rule (error against the float64 truth at most 2x PyTorch's own
+error in that dtype, plus one eps of the largest magnitude).
 """
 
 from __future__ import annotations
@@ -34,9 +32,8 @@ import pytest
 import torch
 
 import neumf_fast
-from conftest import SIZE_CASES, assert_close, assert_flash_attention_rule, make_case, run, saved_shapes, sized_case
-from neumf_fast.ops import BackendUnavailable, FusedArgs, _library, check_inputs
-from neumf_fast.ops._autograd import Kernels, run_kernels
+from conftest import assert_flash_attention_rule, make_case, popular_id_case, run
+from neumf_fast.ops import BackendUnavailable, _library, check_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
@@ -45,249 +42,40 @@ GPU_READY = ON_GPU and _library.CUDA_KERNELS_BUILT
 TOL = 2e-5
 
 
-def _as_op(fused_input):
-    """(user, item, **kwargs) -> (gmf, mlp_in) with autograd, for an op outside the dispatcher."""
-    kernels = Kernels(fused_input, getattr(torch.ops, fused_input.namespace).fused_input_backward, None)
-
-    def op(user, item, *, h_mf, user_mask=None, user_table=None, padding_idx=None, item_table=None,
-           user_weight=None, user_bias=None, item_weight=None, item_bias=None, mode="sum"):
-        return run_kernels(kernels, FusedArgs(user, user_mask, user_table, padding_idx, item, item_table,
-                                              user_weight, user_bias, item_weight, item_bias, h_mf, mode))
-
-    return op
+_EMU = pytest.param("cuda-emu", marks=pytest.mark.slow)  # the emulator builds first: the full loop only
+EMULATED = pytest.mark.parametrize("backend", [_EMU], indirect=True)
+CUDA_TARGETS = pytest.mark.parametrize("backend", [_EMU, "cuda"], indirect=True)
 
 
-class _Emulated:
-    namespace = "neumf_fast_emu"
-
-    def __call__(self, *args):
-        return torch.ops.neumf_fast_emu.fused_input(*args)
-
-
-@pytest.fixture(scope="session")
-def emulated_library(tmp_path_factory):
-    from cuda_emu.build import build
-
-    build(tmp_path_factory.mktemp("cuda_emu"), sanitize=os.environ.get("NEUMF_EMU_ASAN") == "1")
-    return _Emulated()
-
-
-@pytest.fixture(params=["gpu", pytest.param("emulated", marks=pytest.mark.slow)])  # the emulator builds first
-def target(request):
-    """(device, op or backend name) for the parity cases."""
-    if request.param == "gpu":
-        if not GPU_READY:
-            pytest.skip("no GPU" if not ON_GPU else "the CUDA kernels are not built")
-        return "cuda", lambda u, i, **kw: neumf_fast.neumf_input(u, i, backend="cuda", **kw)
-    if ON_GPU:
-        pytest.skip("on a GPU the kernels themselves run (target gpu)")
-    return "cpu", _as_op(request.getfixturevalue("emulated_library"))
-
-
-def parity(case, target, atol=TOL):
-    device, op = target
-    case = case.on(device)
-    assert_close(run(case, op), run(case, "torch"), atol=atol, rtol=atol)
-
-
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-@pytest.mark.parametrize("mask", ["none", "random", "empty_rows", "all"])
-@pytest.mark.parametrize("mode", ["sum", "mean"])
-def test_masks_and_modes(target, user_ids, mask, mode):
-    case = make_case(batch=7, seq_len=35, user_dim=37, h_mf=3, h_mlp=5, h_mlp_item=3, user_ids=user_ids,
-                     item_ids=user_ids, mode=mode, mask=mask)  # "all": every position masked
-    parity(case, target)
-
-
-# plus D = 128 with H over 64: more than one K tile and one output step of the GEMM
-@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", SIZE_CASES + [(33, 2, 128, 37, 64, 70, 1)])
-@pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-def test_sizes_and_projection(target, batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project, bias,
-                              user_ids):
-    parity(sized_case(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project=project, bias=bias,
-                      user_ids=user_ids), target)
-
-
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-def test_rows_too_wide_for_shared_memory_take_the_unfused_path(target, user_ids):
-    """D = 1800: the [32, D] pooled tile needs more than the 227 KiB of shared memory a block
-    may have, so the pooling kernel, a cuBLAS GEMM and the epilogue kernel run instead."""
-    case = make_case(batch=5, seq_len=3, user_dim=1800, item_dim=1800, h_mf=4, h_mlp=4, user_ids=user_ids,
-                     item_ids=user_ids, mode="mean")
-    parity(case, target)
-
-
-@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("padding_idx", [0, 29, -1])
-def test_ids_index_dtypes_and_padding(target, index_dtype, padding_idx):
-    case = make_case(batch=9, seq_len=6, user_dim=5, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
-                     padding_idx=padding_idx, mode="mean", mask="empty_rows", num_user_rows=30)
-    case.user, case.item = case.user.to(index_dtype), case.item.to(index_dtype)
-    parity(case, target)
-
-
-def _check_table_gradients(case, target, deterministic: bool) -> int:
-    """Two runs of ``case`` in the given table-gradient mode match the reference, bitwise equal to
-    each other when deterministic; returns the float4 atomics the emulator counted (0 on a GPU)."""
-    device, op = target
-    counted = device == "cpu"
+@EMULATED
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "sorted"])
+def test_the_atomic_scatter_takes_float4_atomics(backend, deterministic):
+    """fp32 with D % 4 == 0 (test_parity's popular id, whose sums are checked there): the atomic
+    scatter takes float4 atomics, counted by the emulator (on 1847267 there were none), two per
+    position that is not padding (user) and per item position; the sorted sum takes none."""
+    case = popular_id_case(backend.device)
+    counters = torch.ops.neumf_fast_emu._emu_counters
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
     try:
-        before = torch.ops.neumf_fast_emu._emu_counters()[5] if counted else 0
-        first, second = run(case, op), run(case, op)
-        vector_atomics = torch.ops.neumf_fast_emu._emu_counters()[5] - before if counted else 0
+        before = counters()[5]
+        run(case, backend.op)
+        vector_atomics = counters()[5] - before
     finally:
         torch.use_deterministic_algorithms(previous)
-    assert_close(first, run(case, "torch"), atol=TOL, rtol=TOL)
-    if deterministic:
-        for name in ("grad_user_table", "grad_item_table"):
-            assert torch.equal(first[name], second[name]), name
-    return vector_atomics
+    kept = int((case.user != case.kwargs["padding_idx"]).sum())
+    assert vector_atomics == (0 if deterministic else (kept + 300) * 2), vector_atomics
 
 
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "sorted"])
-def test_table_gradient_modes(target, deterministic):
-    """Atomic scatter and the sorted segment sum both match the reference; the latter is bitwise
-    reproducible.  Few rows, many repeats: every row collects many contributions."""
-    case = make_case(batch=40, seq_len=9, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
-                     num_user_rows=5, num_item_rows=3, mode="mean").on(target[0])
-    _check_table_gradients(case, target, deterministic)
-
-
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "sorted"])
-def test_a_popular_id_spread_over_many_chunks(target, deterministic):
-    """One user id at nine positions of ten (a popular item in every history): in the sorted
-    sum its run crosses many of the 128-position chunks, whole chunks included, and the item side
-    is one id everywhere.  fp32 with D % 4 == 0: the atomic scatter takes float4 atomics, counted
-    by the emulator (on 1847267 there were none)."""
-    case = make_case(batch=300, seq_len=4, user_dim=8, h_mf=2, h_mlp=4, user_ids=True, item_ids=True,
-                     num_user_rows=7, num_item_rows=5, project=True).on(target[0])
-    popular = torch.rand(case.user.shape, generator=torch.Generator().manual_seed(1)) < 0.9
-    case.user[popular.to(case.user.device)] = 3
-    case.item.fill_(2)
-    vector_atomics = _check_table_gradients(case, target, deterministic)
-    if target[0] == "cpu":  # two runs, each over the user positions that are not padding and the
-        # 300 item positions, two float4 columns each; none in the sorted sum
-        kept = int((case.user != case.kwargs["padding_idx"]).sum())
-        assert vector_atomics == (0 if deterministic else 2 * (kept + 300) * 2), vector_atomics
-
-
-def test_float64(target):
-    device, op = target
-    case = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3, user_ids=True,
-                     dtype=torch.float64).on(device)
-    assert_close(run(case, op), run(case, "torch"), atol=1e-10, rtol=1e-10)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-@pytest.mark.parametrize("project", [True, False], ids=["proj", "noproj"])
-def test_reduced_precision_on_tensor_cores(target, dtype, user_ids, project):
-    device, op = target
-    low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3 if project else 16, h_mlp=37, h_mlp_item=3,
-                    user_ids=user_ids, item_ids=user_ids, project=project, mode="mean", dtype=dtype).on(device)
-    assert_flash_attention_rule(low, op)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_reduced_precision_without_tensor_cores(target, dtype, monkeypatch):
+@EMULATED
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_reduced_precision_without_tensor_cores(backend, dtype, monkeypatch):
     """Before sm_80 the projection runs on FFMA in fp32 (emulated device only: a real GPU is
     what it is)."""
-    device, op = target
-    if device == "cuda":
-        pytest.skip("the compute capability of a real GPU cannot be changed")
     monkeypatch.setenv("NEUMF_EMU_SM", "75")
     monkeypatch.setenv("NEUMF_EMU_DEVICE", "1")  # device 0's attributes are cached by its first call
-    low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3, dtype=dtype).on(device)
-    assert_flash_attention_rule(low, op)
-
-
-def test_tf32_when_allowed(target):
-    device, op = target
-    case = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3).on(device)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        tf32 = run(case, op)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-    assert_close(tf32, run(case, "torch"), atol=2e-3, rtol=2e-3)
-
-
-def test_non_contiguous_inputs(target):
-    device, op = target
-    case = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(device)
-    strided = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(device)
-    with torch.no_grad():
-        strided.user = case.user.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
-        strided.item = torch.cat([case.item.detach(), case.item.detach()], 1)[:, :8].requires_grad_()
-        strided.kwargs["user_weight"] = case.kwargs["user_weight"].detach().t().contiguous().t().requires_grad_()
-    assert not strided.user.is_contiguous() and not strided.item.is_contiguous()
-    assert_close(run(strided, op), run(case, "torch"), atol=TOL, rtol=TOL)
-
-
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-def test_inputs_off_a_16_byte_boundary(target, user_ids):
-    """Contiguous views that start one element into their storage cannot take 16-byte loads:
-    the kernels must notice and fall back to element loads (the emulator fails any misaligned
-    vector access, as the GPU would)."""
-    device, op = target
-    case = make_case(batch=5, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, user_ids=user_ids, item_ids=user_ids).on(device)
-
-    def shifted(t):
-        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-        view = flat[1:].view(t.shape)
-        with torch.no_grad():
-            view.copy_(t)
-        return view.detach().requires_grad_(t.requires_grad)
-
-    moved = make_case(batch=5, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, user_ids=user_ids, item_ids=user_ids).on(device)
-    if user_ids:
-        moved.kwargs["user_table"], moved.kwargs["item_table"] = (shifted(case.kwargs["user_table"]),
-                                                                  shifted(case.kwargs["item_table"]))
-    else:
-        moved.user, moved.item = shifted(case.user), shifted(case.item)
-    assert moved.float_inputs()["user_table" if user_ids else "user"].data_ptr() % 16 != 0
-    assert_close(run(moved, op), run(case, "torch"), atol=TOL, rtol=TOL)
-
-
-def _op_args(case, h_mf, mode="sum"):
-    return case.args(h_mf=h_mf, mode=mode)
-
-
-def _raw_op(target):
-    device, op = target
-    return torch.ops.neumf_fast.fused_input if device == "cuda" else torch.ops.neumf_fast_emu.fused_input
-
-
-@pytest.mark.parametrize("project", [True, False], ids=["weights", "no-weights"])
-@pytest.mark.parametrize("user_dim", [6, 1800], ids=["fused", "unfused"])
-def test_training_saves_only_what_the_backward_reads(target, project, user_dim):
-    """The pooled rows only for a side with a weight, and the [B, h_mf] MF halves, equal to the
-    reference's (on 1847267 the full [B, H] projections and the pooled rows of both sides)."""
-    case = make_case(batch=5, seq_len=3, user_dim=user_dim, item_dim=user_dim, h_mf=2, h_mlp=3, user_ids=True,
-                     project=project, requires_grad=False).on(target[0])
-    gmf, mlp_in, *saved = _raw_op(target)(*_op_args(case, 2), True)
-    assert [tuple(t.shape) for t in saved] == saved_shapes(case, 2)
-    kw = case.kwargs
-    ref = neumf_fast.reference
-    for mf, pooled, weight, bias in [
-            (saved[2], ref.pool_user(case.user, None, kw["user_table"], kw["padding_idx"]), "user_weight", "user_bias"),
-            (saved[3], case.item, "item_weight", "item_bias")]:
-        proj = ref.project(pooled, kw.get(weight), kw.get(bias))
-        torch.testing.assert_close(mf, proj[:, :2], atol=TOL, rtol=TOL)
-
-
-def test_inference_saves_nothing_and_matches(target):
-    case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, requires_grad=False)
-    case = case.on(target[0])
-    gmf, mlp_in, *saved = _raw_op(target)(*_op_args(case, 2), False)
-    assert all(t.numel() == 0 for t in saved)
-    ref_gmf, ref_mlp = neumf_fast.reference.neumf_input(case.user, case.item, **case.kwargs)
-    torch.testing.assert_close(gmf, ref_gmf, atol=TOL, rtol=TOL)
-    torch.testing.assert_close(mlp_in, ref_mlp, atol=TOL, rtol=TOL)
+    low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3, h_mlp=37, h_mlp_item=3, dtype=dtype).on(backend.device)
+    assert_flash_attention_rule(low, backend.op)
 
 
 @pytest.fixture(autouse=True)
@@ -309,9 +97,10 @@ def _bad_id_case(device, side):
     return case, "item id -3 is out of range for a table with 7 rows"
 
 
+@CUDA_TARGETS
 @pytest.mark.parametrize("side", ["user", "item"])
-def test_ids_out_of_range_sync_mode_raises_at_the_call(target, side, monkeypatch):
-    device, op = target
+def test_ids_out_of_range_sync_mode_raises_at_the_call(backend, side, monkeypatch):
+    device, op = backend.device, backend.op
     monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "sync")
     case, match = _bad_id_case(device, side)
     with pytest.raises(IndexError, match=match):
@@ -321,11 +110,12 @@ def test_ids_out_of_range_sync_mode_raises_at_the_call(target, side, monkeypatch
     op(good.user, good.item, **good.kwargs)  # reported and cleared: the next call runs
 
 
+@CUDA_TARGETS
 @pytest.mark.parametrize("side", ["user", "item"])
-def test_ids_out_of_range_deferred_mode_raises_at_the_next_call(target, side, monkeypatch):
+def test_ids_out_of_range_deferred_mode_raises_at_the_next_call(backend, side, monkeypatch):
     """The default mode: the call with the bad id returns (its row pooled as zeros, never read),
     the next call raises, naming the id and the table, and the one after runs again."""
-    device, op = target
+    device, op = backend.device, backend.op
     monkeypatch.delenv("NEUMF_FAST_CHECK_IDS", raising=False)
     case, match = _bad_id_case(device, side)
     with torch.no_grad():
@@ -338,11 +128,12 @@ def test_ids_out_of_range_deferred_mode_raises_at_the_next_call(target, side, mo
     op(good.user, good.item, **good.kwargs)
 
 
+@CUDA_TARGETS
 @pytest.mark.parametrize("landed", [True, False], ids=["read-back-landed", "read-back-pending"])
-def test_ids_out_of_range_deferred_mode_raises_in_the_backward(target, landed, monkeypatch):
+def test_ids_out_of_range_deferred_mode_raises_in_the_backward(backend, landed, monkeypatch):
     """Training: the step's backward raises when the forward's read-back has landed; while it
     has not (the GPU still busy), the backward does not wait and the next forward raises."""
-    device, op = target
+    device, op = backend.device, backend.op
     if device == "cuda" and not landed:
         pytest.skip("only the emulator can hold an event back")
     monkeypatch.delenv("NEUMF_FAST_CHECK_IDS", raising=False)
@@ -360,24 +151,24 @@ def test_ids_out_of_range_deferred_mode_raises_in_the_backward(target, landed, m
         op(case.user, case.item, **case.kwargs)
 
 
-def test_an_unknown_check_mode_is_a_value_error(target, monkeypatch):
-    device, op = target
+@CUDA_TARGETS
+def test_an_unknown_check_mode_is_a_value_error(backend, monkeypatch):
+    device, op = backend.device, backend.op
     monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", "always")
     case, _ = _bad_id_case(device, "user")
     with pytest.raises(ValueError, match=r"NEUMF_FAST_CHECK_IDS must be one of \('deferred', 'sync'\), got 'always'"):
         op(case.user, case.item, **case.kwargs)
 
 
-@pytest.mark.skipif(ON_GPU, reason="counts the emulated runtime calls")
-@pytest.mark.slow
-def test_host_never_waits_for_the_calls_own_kernels(emulated_library, monkeypatch):
+@EMULATED
+def test_host_never_waits_for_the_calls_own_kernels(backend, monkeypatch):
     """What the CUDA host code asks of the runtime (emulator counters), with ids on both sides:
     in deferred mode a training step never waits (no stream sync, no event wait: the backward
     only queries the forward's event) and queries no device attribute after the first call;
     forward-only calls wait on the previous call's read-back, normally long done, never on their
     own kernels; sync mode waits once per call.  On 1847267 every call with ids blocked on
     ``err.cpu()`` and queried the compute capability."""
-    op = _as_op(emulated_library)
+    op = backend.op
     case = make_case(batch=5, seq_len=3, user_dim=8, h_mf=2, h_mlp=4, user_ids=True, item_ids=True,
                      project=True)
     counters = torch.ops.neumf_fast_emu._emu_counters
@@ -429,15 +220,6 @@ def test_cuda_host_code_has_no_hidden_sync():
     assert not found, found
 
 
-def test_backward_refuses_a_forward_that_saved_nothing(target):
-    case = make_case(batch=3, seq_len=2, user_dim=4, h_mf=2, h_mlp=2, requires_grad=False).on(target[0])
-    args = _op_args(case, 2)
-    gmf, mlp_in, *saved = _raw_op(target)(*args, False)
-    backward = (torch.ops.neumf_fast if target[0] == "cuda" else torch.ops.neumf_fast_emu).fused_input_backward
-    with pytest.raises(RuntimeError, match="save=False"):
-        backward(torch.ones_like(gmf), torch.ones_like(mlp_in), *args, *saved, [True] * 6)
-
-
 # --- on a GPU only -------------------------------------------------------------------------
 
 gpu_only = pytest.mark.skipif(not GPU_READY, reason="needs a GPU and the CUDA kernels built")
@@ -447,7 +229,7 @@ gpu_only = pytest.mark.skipif(not GPU_READY, reason="needs a GPU and the CUDA ke
 @pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
 def test_opcheck(user_ids):
     case = make_case(batch=4, seq_len=3, user_dim=5, h_mf=2, h_mlp=3, user_ids=user_ids, item_ids=user_ids).on("cuda")
-    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, (*_op_args(case, 2, "mean"), True))
+    torch.library.opcheck(torch.ops.neumf_fast.fused_input.default, (*case.args(h_mf=2, mode="mean"), True))
 
 
 @gpu_only
@@ -467,7 +249,7 @@ def test_cuda_graph_capture_with_ids():
     the op must see the capture and check on the device instead, and replay the same result."""
     case = make_case(batch=33, seq_len=5, user_dim=16, h_mf=4, h_mlp=4, user_ids=True, item_ids=True,
                      requires_grad=False).on("cuda")
-    args = (*_op_args(case, 4), False)
+    args = (*case.args(h_mf=4), False)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graphs asks
@@ -503,8 +285,9 @@ def test_models_train_on_the_cuda_backend():
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the kernels themselves run")
 @pytest.mark.skipif(os.environ.get("NEUMF_EMU_ASAN") == "1", reason="this is the run under the sanitizer")
 def test_emulated_kernels_under_address_sanitizer(tmp_path):
-    """The emulated parity cases with odd sizes, masks, the unfused path and both table-gradient
-    modes, rerun with the emulator built under AddressSanitizer in a subprocess: an access past
+    """The emulated parity cases (tests/test_parity.py's ``cuda-emu`` target) with odd sizes,
+    masks, the unfused path, both table-gradient modes and fp16/bf16 with and without tensor
+    cores, rerun with the emulator built under AddressSanitizer in a subprocess: an access past
     the end of any tensor (a ragged tile read too far, an id past its table) aborts with a
     report.  The other tests cannot see such reads: they land on other heap memory.  (Cases that
     raise are left out: a preloaded ASan cannot intercept C++ throws here.)"""
@@ -514,10 +297,11 @@ def test_emulated_kernels_under_address_sanitizer(tmp_path):
     # the report goes to a file: the child's stderr is pytest's capture file, lost when ASan exits
     env = dict(os.environ, NEUMF_EMU_ASAN="1", LD_PRELOAD=libasan,
                ASAN_OPTIONS=f"detect_leaks=0:log_path={tmp_path / 'asan'}")
-    selection = ("emulated and (sizes_and_projection or masks_and_modes or too_wide or table_gradient or "
-                 "index_dtypes or tensor_cores or boundary)")
-    done = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-x", "-p", "no:cacheprovider",
-                           "-k", selection], env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    selection = ("cuda-emu and (sizes_and_projection or masks_and_modes or too_wide or table_gradient or "
+                 "index_dtypes or reduced_precision or boundary)")
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_parity.py"), str(Path(__file__)),
+                           "-q", "-x", "-p", "no:cacheprovider", "-k", selection],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     reports = "".join(p.read_text()[:6000] for p in tmp_path.glob("asan*"))
     assert done.returncode == 0 and not reports, reports + done.stdout[-4000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
@@ -530,7 +314,7 @@ def test_cuda_backend_says_why_it_cannot_run_on_cpu_tensors():
         "the CUDA kernels run on CUDA tensors, these are on cpu"
     with pytest.raises(BackendUnavailable, match=why):
         neumf_fast.neumf_input(case.user, case.item, backend="cuda", **case.kwargs)
-    dims = check_inputs(_op_args(case, 2))
+    dims = check_inputs(case.args())
     assert "cuda" not in neumf_fast.ops.available_backends(dims)
 
 

@@ -105,8 +105,28 @@ def test_auto_takes_a_measured_backend_that_can_run_and_else_the_preference(monk
     assert select_backend(dims).name == "cpu"
 
 
-def test_the_package_ships_a_readable_auto_table():
-    assert isinstance(dispatch.AutoTable().table, dict)
+def test_the_package_ships_a_readable_auto_table(tmp_path):
+    """The committed auto_table.json is the one read, and every entry is one "auto" can use: a
+    kernel backend per "<shape class> <dtype>", from a named result file; a missing file is no
+    measurement at all."""
+    path = dispatch.AutoTable.PATH
+    assert path.is_file(), f"{path} is not shipped"
+    committed = json.loads(path.read_text())
+    assert {"source", "choices"} <= set(committed), sorted(committed)
+    assert dispatch.AutoTable().table == committed["choices"]
+    assert dispatch.AUTO_TABLE.table == committed["choices"]
+    classes = {"serving", "ids", "dense"}
+    dtypes = {"float32", "bfloat16", "float16", "float64"}
+    for gpu, by_class in committed["choices"].items():
+        for key, backend in by_class.items():
+            shape_class, _, dtype = key.partition(" ")
+            assert shape_class in classes and dtype in dtypes, f"{gpu}: unknown entry {key!r}"
+            assert backend in ("cuda", "triton"), f"{gpu} {key}: {backend!r} is not a GPU kernel backend"
+    if committed["choices"]:  # each GPU's measurement names the gpu_check.sh run it came from
+        assert set(committed["source"] or {}) == set(committed["choices"]), committed["source"]
+    else:
+        assert committed["source"] is None, "a source but no choices"
+    assert dispatch.AutoTable(tmp_path / "missing.json").table == {}
 
 
 @needs_extension

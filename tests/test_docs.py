@@ -354,11 +354,41 @@ def test_the_results_hold_one_run_per_suite_and_machine_each_indexed():
     assert present <= linked, f"results not in the index (a new run? remove the old one and index it): {present - linked}"
 
 
-def test_the_front_page_picture_is_drawn_from_the_committed_results(tmp_path):
+def test_the_front_page_picture_is_drawn_from_the_committed_results(tmp_path, monkeypatch, capsys):
+    """The script, run as its command, writes a PNG of the figure's size (11 x 3.6 in at 110
+    dpi) with both panels' bars drawn, and each bar is a number of the result files the figure
+    and the README's caption name."""
+    import json
+    import runpy
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    script = ROOT / "benchmarks" / "plot_front_page.py"
     out = tmp_path / "throughput.png"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_front_page.py"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ, MPLBACKEND="Agg"))
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert out.stat().st_size > 10_000
-    for name in re.findall(r"from (\S+\.json) and (\S+\.json)", done.stdout)[0]:
+    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(out)])
+    plot = runpy.run_path(str(script), run_name="__main__")
+    fig = plt.gcf()
+    try:
+        named = re.findall(r"from (\S+\.json) and (\S+\.json)", capsys.readouterr().out)[0]
+        ax_cpu, ax_gpu = fig.axes
+        heights = lambda ax: [round(bar.get_height(), 6) for bar in ax.patches]
+        cpu, gpu = (json.loads((RESULTS / name).read_text()) for name in named)
+        plain, fast = zip(*[(p, f) for _, p, f in plot["cpu_bars"](cpu)])
+        assert heights(ax_cpu) == [round(v / 1e6, 6) for v in plain + fast]
+        rows = [r for _, r in plot["gpu_bars"](gpu)]
+        assert heights(ax_gpu) == [round(r[k] / 1e6, 6) for k in ("eager", "eager_graphs", "fused_graphs") for r in rows]
+        assert min(heights(ax_cpu) + heights(ax_gpu)) > 0
+        assert f"from benchmarks/results/{named[0]} and {named[1]}" in [t.get_text() for t in fig.texts]
+    finally:
+        plt.close(fig)
+    for name in named:
         assert name in (ROOT / "README.md").read_text(), f"the README's caption does not name {name}"
+    image = matplotlib.image.imread(out)
+    assert image.shape == (396, 1210, 4), image.shape
+    red = (abs(image[..., :3] - [0xd6 / 255, 0x27 / 255, 0x28 / 255]).max(axis=-1) < 0.02).mean()
+    grey = (abs(image[..., :3] - 0x99 / 255).max(axis=-1) < 0.02).mean()
+    assert red > 0.01 and grey > 0.01, f"the bars cover {red:.2%} (neumf_fast) and {grey:.2%} (PyTorch) of the image"

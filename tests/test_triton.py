@@ -1,13 +1,10 @@
-"""``backend="triton"`` against the reference, forward and backward.
+"""What only ``backend="triton"`` has: its parity with the reference runs in
+tests/test_parity.py, on the ``triton-interpret`` target (CPU tensors under
+``TRITON_INTERPRET=1``, set in conftest.py) without a GPU and ``triton-cuda`` on one.  Here: the
+bad-id check modes and the backward of a bad id, opcheck, the dtype it refuses, what "auto"
+takes, and on a GPU torch.compile with the kernels kept in the graph.
 
-On a machine without CUDA these run on CPU tensors under ``TRITON_INTERPRET=1`` (set in
-conftest.py), which is slow, so the shapes are small but still odd-sized (1, 3, 37, 1000 rows;
-widths 3 and 37, never a multiple of the 16-wide tiles).  On a GPU the same cases run on CUDA.
-
-Tolerances (as tests/test_parity.py, which explains them): float32 atol = rtol = 2e-5 normwise;
-float16 by flash-attention's rule (kernel error against the float64 truth at most 2x PyTorch's
-own float16 error, plus one float16 eps of the largest magnitude).  The interpreter has no
-bfloat16 arithmetic, so bfloat16 runs only on a GPU.
+Tolerances as tests/test_parity.py states them: float32 atol = rtol = 2e-5 normwise.
 """
 
 from __future__ import annotations
@@ -16,8 +13,7 @@ import pytest
 import torch
 
 import neumf_fast
-from conftest import (SIZE_CASES, assert_backward_ignores_autocast, assert_close, assert_flash_attention_rule,
-                      make_case, run, sized_case)
+from conftest import make_case, run
 from neumf_fast.ops import BackendUnavailable, _id_check, check_inputs, select_backend
 from neumf_fast.ops.dispatch import BACKENDS
 
@@ -25,88 +21,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _probe = make_case(batch=1, seq_len=1, user_dim=3, h_mf=1, h_mlp=1).on(DEVICE)
 REASONS = BACKENDS["triton"].not_supported_reasons(check_inputs(_probe.args()))
 pytestmark = pytest.mark.skipif(bool(REASONS), reason="; ".join(REASONS))
-
-
-def parity(case, atol=2e-5):
-    case = case.on(DEVICE)
-    assert_close(run(case, "triton"), run(case, "torch"), atol=atol, rtol=atol)
-
-
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-@pytest.mark.parametrize("mask", ["none", "random", "empty_rows", "all"])
-@pytest.mark.parametrize("mode", ["sum", "mean"])
-def test_masks_and_modes(user_ids, mask, mode):
-    case = make_case(batch=7, seq_len=5, user_dim=37, h_mf=3, h_mlp=5, h_mlp_item=3, user_ids=user_ids,
-                     item_ids=user_ids, mode=mode, mask=mask)  # "all": every position masked
-    parity(case)
-
-
-@pytest.mark.parametrize("batch,seq_len,user_dim,item_dim,h_mf,h_mlp,h_mlp_item", SIZE_CASES)
-@pytest.mark.parametrize("project,bias", [(True, True), (True, False), (False, False)], ids=["bias", "nobias", "noproj"])
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-def test_sizes_and_projection(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project, bias, user_ids):
-    parity(sized_case(batch, seq_len, user_dim, item_dim, h_mf, h_mlp, h_mlp_item, project=project, bias=bias,
-                      user_ids=user_ids))
-
-
-@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("padding_idx", [0, 29, -1])
-def test_ids_index_dtypes_and_padding(index_dtype, padding_idx):
-    case = make_case(batch=9, seq_len=6, user_dim=5, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
-                     padding_idx=padding_idx, mode="mean", mask="empty_rows", num_user_rows=30)
-    case.user, case.item = case.user.to(index_dtype), case.item.to(index_dtype)
-    parity(case)
-
-
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "sorted"])
-def test_table_gradient_modes(deterministic):
-    """Atomic scatter and the sort-based segment sum both match the reference; the latter is
-    bitwise reproducible.  Few rows, many repeats: every row collects many contributions."""
-    case = make_case(batch=40, seq_len=9, user_dim=6, h_mf=2, h_mlp=3, user_ids=True, item_ids=True,
-                     num_user_rows=5, num_item_rows=3).on(DEVICE)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        first = run(case, "triton")
-        second = run(case, "triton")
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    assert_close(first, run(case, "torch"), atol=2e-5, rtol=2e-5)
-    if deterministic:
-        for name in ("grad_user_table", "grad_item_table"):
-            assert torch.equal(first[name], second[name]), name
-
-
-LOW = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-
-
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("user_ids", [False, True], ids=["dense", "ids"])
-@pytest.mark.parametrize("project", [True, False], ids=["proj", "noproj"])
-def test_reduced_precision(dtype, user_ids, project):
-    low = make_case(batch=37, seq_len=5, user_dim=37, h_mf=3 if project else 16, h_mlp=37, h_mlp_item=3,
-                    user_ids=user_ids, item_ids=user_ids, project=project, mode="mean", dtype=dtype).on(DEVICE)
-    assert_flash_attention_rule(low, "triton")
-
-
-def test_non_contiguous_inputs():
-    case = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(DEVICE)
-    strided = make_case(batch=6, seq_len=4, user_dim=8, h_mf=4, h_mlp=4, mask="random").on(DEVICE)
-    with torch.no_grad():
-        strided.user = case.user.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
-        strided.item = torch.cat([case.item.detach(), case.item.detach()], 1)[:, :8].requires_grad_()
-        strided.kwargs["user_weight"] = case.kwargs["user_weight"].detach().t().contiguous().t().requires_grad_()
-    assert not strided.user.is_contiguous() and not strided.item.is_contiguous()
-    assert_close(run(strided, "triton"), run(case, "torch"), atol=2e-5, rtol=2e-5)
-
-
-def test_inference_saves_nothing_and_matches():
-    case = make_case(batch=5, seq_len=3, user_dim=6, h_mf=2, h_mlp=3, requires_grad=False).on(DEVICE)
-    gmf, mlp_in, *saved = torch.ops.neumf_fast.triton_fused_input(*case.args(h_mf=2, mode="sum"), False)
-    assert all(t.numel() == 0 for t in saved)
-    ref_gmf, ref_mlp = neumf_fast.reference.neumf_input(case.user, case.item, **case.kwargs)
-    torch.testing.assert_close(gmf, ref_gmf, atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(mlp_in, ref_mlp, atol=2e-5, rtol=2e-5)
 
 
 def test_opcheck():
@@ -244,10 +158,3 @@ def test_compile_fullgraph_keeps_the_kernel(user_ids):
 
 
 # Compiling for real GPUs (sm_80, sm_90) and reading the SASS: tests/test_gpu_offline.py.
-
-
-def test_backward_inside_autocast_keeps_float32_gradients():
-    """A float32 call whose backward runs inside ``torch.autocast`` gets the gradients it gets
-    outside it, bit for bit (``assert_backward_ignores_autocast``): Triton's weight-gradient GEMM
-    on the saved fp32 tensors is not turned bf16 by autocast."""
-    assert_backward_ignores_autocast(make_case(batch=37, seq_len=3, user_dim=16, h_mf=8, h_mlp=8), "triton", DEVICE)
