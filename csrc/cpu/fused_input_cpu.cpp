@@ -16,8 +16,10 @@
 // blocks of 128 rows, one parallel region per pass: the forward pools a block, projects it
 // (single-threaded GEMMs into the task's own buffers) and runs the epilogue while it is in
 // cache; the backward forms the block's d_proj, d_pooled and sequence gradient the same way.
-// Smaller batches run each pass over the whole batch, and at serving sizes (one GEMM being one
-// thread's work) the two sides' GEMMs run at once.  With no weight on either side the epilogue
+// Smaller batches run each pass over the whole batch, the two sides' GEMMs one after the other
+// (at serving sizes each is one thread's work in MKL; running the two on two threads at once
+// measured slower on the 2-core VM, 36 against 45 µs at B=16, 2026-12-06, and slower still in a
+// model whose tower has just evicted the caches).  With no weight on either side the epilogue
 // runs in the pooling pass.  Outputs over 4 MB that nothing reads soon (the dense sequence
 // gradient, large table gradients) are written with non-temporal stores.
 //
@@ -207,7 +209,7 @@ struct Epilogue {
 constexpr int64_t kBlockRows = 128;
 
 // Whether a call runs block by block (forward and backward): both sides projected, and at least 8 blocks (smaller
-// batches take the whole-batch GEMMs, two sides at once when tiny).  Not a function of the
+// batches take the whole-batch GEMMs).  Not a function of the
 // thread count, so neither is the path a batch takes.
 inline bool runs_in_blocks(const FusedDims& d, bool both_weights) {
   return both_weights && d.batch >= 8 * kBlockRows && !at::in_parallel_region();
@@ -260,16 +262,6 @@ void forward_blocks(const FusedDims& d, const Pool& pool, const Tensor& pooled_u
       });                                                                                             \
     });                                                                                               \
   })
-
-// Whether the two sides' projection GEMMs run at once, one per thread.  A GEMM this small (under
-// 2^20 multiply-adds: a batch of 32 rows at D = 128, H = 256) runs on one thread in MKL whatever
-// the thread count, so at serving batch sizes the second thread would otherwise sit idle: with
-// two threads the pair costs about one GEMM instead of two.  Larger GEMMs use every thread
-// themselves and run one after the other.
-bool sides_concurrently(const FusedDims& d) {
-  const int64_t work = d.batch * std::max(d.user_proj * d.user_dim, d.item_proj * d.item_dim);
-  return work <= (int64_t{1} << 20) && at::get_num_threads() > 1 && !at::in_parallel_region();
-}
 
 at::ScalarType index_dtype(bool is_ids, const Tensor& t) { return is_ids ? t.scalar_type() : at::kLong; }
 
@@ -336,22 +328,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_input_cpu(
     if (one_pass) return;
     // The GEMMs, without the bias (the epilogue adds it).  With no weight a side's projection
     // rows are its pooled rows.
-    Tensor proj_user = pooled_user, proj_item = pooled_item;
-    if (user_weight && item_weight && sides_concurrently(d)) {
-      // Each worker thread starts with default thread-local state; give it the caller's (below
-      // autograd, grad mode, profiler), as the calling thread has it.
-      const at::ThreadLocalState caller;
-      at::parallel_for(0, 2, 1, [&](int64_t s0, int64_t s1) {
-        at::ThreadLocalStateGuard same_state(caller);
-        for (int64_t side = s0; side < s1; ++side) {
-          if (side == 0) proj_user = project(pooled_user, user_weight, std::nullopt);
-          else proj_item = project(pooled_item, item_weight, std::nullopt);
-        }
-      });
-    } else {
-      proj_user = project(pooled_user, user_weight, std::nullopt);
-      proj_item = project(pooled_item, item_weight, std::nullopt);
-    }
+    const Tensor proj_user = project(pooled_user, user_weight, std::nullopt);
+    const Tensor proj_item = project(pooled_item, item_weight, std::nullopt);
     RECORD_FUNCTION("neumf_fast::cpu_epilogue", std::vector<c10::IValue>());
     epilogue.user = proj_user.data_ptr<acc_t>();
     epilogue.item = proj_item.data_ptr<acc_t>();
