@@ -63,7 +63,10 @@ def kind_of(args: FusedArgs) -> CallKind:
     try:
         user_ids = user.dtype in INDEX_DTYPES
         source = args.user_table if user_ids else user
-        return CallKind(user.shape[0], user_ids, args.item.dtype in INDEX_DTYPES, source.dtype, user.device)
+        # tuple.__new__, not CallKind(...): a NamedTuple's __new__ is a Python frame, a few µs of
+        # a serving call when a model's tower has just evicted the caches
+        return tuple.__new__(CallKind, (user.shape[0], user_ids, args.item.dtype in INDEX_DTYPES, source.dtype,
+                                        user.device))
     except (AttributeError, IndexError):
         check_inputs(args)
         raise
@@ -213,12 +216,27 @@ AUTO_TABLE = AutoTable()
 _selected: dict[tuple, Backend] = {}
 
 
+_ENVIRON = getattr(os.environ, "_data", None)  # os.environ's own dict of encoded names and values
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if _ENVIRON is not None else None
+
+
+def requested_backend(backend: str) -> str:
+    """``NEUMF_FAST_BACKEND`` if set, else ``backend``.  Fast path: one lookup in os.environ's
+    own dict, which its setters (and ``monkeypatch.setenv``) keep current, where
+    ``os.environ.get`` raises and catches a KeyError whenever the variable is unset (about 10 µs
+    of a serving call when a model's tower has just evicted the caches)."""
+    if _ENVIRON is None:
+        return os.environ.get(ENV_VAR) or backend
+    value = _ENVIRON.get(_ENV_KEY)
+    return os.environ.decodevalue(value) if value else backend
+
+
 def select_backend(kind: CallKind, backend: str = "auto") -> Backend:
     """The backend that will run a call of this kind (a ``CallKind`` or ``FusedDims``),
     honouring ``NEUMF_FAST_BACKEND``.  Every backend's reasons depend only on the device type,
     the dtype and the process, ``AutoTable`` on the shape class, and the order without a
     measurement on whether torch.compile is tracing: a selection is cached on those."""
-    requested = os.environ.get(ENV_VAR) or backend
+    requested = requested_backend(backend)
     compiling = torch.compiler.is_compiling()
     key = (requested, kind.device.type, kind.dtype, class_of(kind.batch, kind.user_ids or kind.item_ids),
            _library.EXTENSION_ERROR, compiling)
@@ -241,7 +259,7 @@ def _select(kind: CallKind, requested: str, backend: str, compiling: bool = Fals
                 return chosen
         raise BackendUnavailable("neumf_fast: no backend can run these inputs")  # torch always can
     if requested not in BACKENDS:
-        source = f"{ENV_VAR}={requested!r}" if os.environ.get(ENV_VAR) else f"backend={backend!r}"
+        source = f"{ENV_VAR}={requested!r}" if requested != backend else f"backend={backend!r}"
         raise ValueError(f"neumf_fast: unknown {source}; choose 'auto' or one of {sorted(BACKENDS)}")
     chosen = BACKENDS[requested]
     reasons = chosen.not_supported_reasons(kind)
