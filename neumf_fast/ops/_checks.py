@@ -35,9 +35,6 @@ class FusedArgs(NamedTuple):
     h_mf: int
     mode: str
 
-    def tensors(self) -> list[Tensor]:
-        return [t for t in self if isinstance(t, Tensor)]
-
     def needs_grad(self) -> bool:
         """Whether autograd must record this call: grad mode on and a differentiable input."""
         return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in self)

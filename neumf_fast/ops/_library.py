@@ -12,9 +12,7 @@ one.  The kernels validate their own calls (``check_fused_input``).
   rows with no weight: the other factor of the GMF gradient).  The Triton launcher saves the
   same.  With ``save=False`` (inference) all four are empty tensors and the kernels do not
   write them.
-- ``fused_input_backward`` returns the gradients of the user source (dense sequence or user
-  table), the item source (dense item or item table), and both weights and biases; a gradient
-  nobody asked for comes back as an empty tensor.
+- ``fused_input_backward`` returns the six gradients that ``ops/_autograd.py`` describes.
 """
 
 from __future__ import annotations

@@ -8,19 +8,10 @@ that can run in ``PREFERENCE`` (eager calls) or ``COMPILED_PREFERENCE`` (while
 listing its reasons.  ``NEUMF_FAST_BACKEND`` in the environment forces a backend for the whole
 process, overriding the ``backend=`` argument.
 
-Why the two orders differ where nothing is measured, on CUDA tensors:
-
-- *Eager calls take the CUDA C++ kernels.*  They are compiled when the package is built, so the
-  first call of a new shape runs at once and every call launches from C++.  Triton compiles
-  each new kernel variant on its first call (seconds each, in the caller's thread) and launches
-  through Python.  No GPU measurement shows Triton's kernels faster: the last one (1addeb7) had
-  its forward slower than eager PyTorch.
-- *Under torch.compile, Triton first.*  Neither of those costs holds there: the compile is
-  already being paid, and Inductor compiles a ``triton_op``'s kernels with its own (in its
-  parallel workers, kept in its caches across processes) and launches them from its generated
-  wrapper, with none of the op's Python launcher; the CUDA op stays an opaque call that
-  Inductor cannot look into.  What is left between them is kernel time, which only a
-  measurement settles, and a measured entry outranks both orders.
+Why the two orders differ (docs/op.md says more): eager calls take the CUDA C++ kernels, built
+ahead and launched from C++, where Triton compiles each new variant at its first call and
+launches through Python; under torch.compile neither cost holds, and Inductor compiles and
+launches a ``triton_op``'s kernels itself, where the CUDA op stays opaque.
 
 Every backend's reasons depend only on the device type, the dtype and how the process was set
 up, so a selection is cached per (request, device, dtype, shape class, compiling): a call pays
@@ -89,10 +80,6 @@ class Backend:
         return self._reasons(kind)
 
 
-def _torch_reasons(kind: CallKind) -> list[str]:
-    return []
-
-
 def _cpu_reasons(kind: CallKind) -> list[str]:
     reasons = []
     if _library.EXTENSION_ERROR is not None:
@@ -146,19 +133,13 @@ BACKENDS: dict[str, Backend] = {
     # "auto" takes Triton for CUDA tensors only: on the CPU it exists for the interpreter's tests
     "triton": Backend("triton", _triton_reasons, _run_triton, auto=lambda kind: kind.device.type == "cuda"),
     "cpu": Backend("cpu", _cpu_reasons, _run_kernels),
-    "torch": Backend("torch", _torch_reasons, _run_reference),
+    "torch": Backend("torch", lambda kind: [], _run_reference),  # the reference runs anything
 }
 # What "auto" takes where AUTO_TABLE has no measurement: the first of these that can run (see
 # the module's docstring for why the orders differ).  Eager calls: the CUDA kernels first, the
 # backend with no compile at its first call; under torch.compile, Triton first.
 PREFERENCE = ["cuda", "triton", "cpu", "torch"]
 COMPILED_PREFERENCE = ["triton", "cuda", "cpu", "torch"]
-
-
-def preference(compiling: bool) -> list[str]:
-    """The order ``"auto"`` tries where nothing is measured: ``COMPILED_PREFERENCE`` while
-    ``torch.compile`` traces the call, else ``PREFERENCE``."""
-    return COMPILED_PREFERENCE if compiling else PREFERENCE
 
 
 _warned_fallback = False
@@ -168,12 +149,8 @@ def _warn_fallback_once(kind: CallKind) -> None:
     global _warned_fallback
     if not _warned_fallback and _library.EXTENSION_ERROR is not None and kind.device.type == "cpu":
         _warned_fallback = True
-        warnings.warn(
-            f"neumf_fast: {_library.EXTENSION_ERROR}; falling back to the PyTorch reference "
-            "(reinstall with `pip install --no-build-isolation -e .` to build it)",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        warnings.warn(f"neumf_fast: {_library.EXTENSION_ERROR}; falling back to the PyTorch reference (reinstall "
+                      "with `pip install --no-build-isolation -e .` to build it)", RuntimeWarning, stacklevel=4)
 
 
 def shape_class(kind: CallKind) -> str:
@@ -238,8 +215,7 @@ def select_backend(kind: CallKind, backend: str = "auto") -> Backend:
     measurement on whether torch.compile is tracing: a selection is cached on those."""
     requested = requested_backend(backend)
     compiling = torch.compiler.is_compiling()
-    key = (requested, kind.device.type, kind.dtype, class_of(kind.batch, kind.user_ids or kind.item_ids),
-           _library.EXTENSION_ERROR, compiling)
+    key = (requested, kind.device.type, kind.dtype, shape_class(kind), _library.EXTENSION_ERROR, compiling)
     chosen = _selected.get(key)
     if chosen is None:
         chosen = _selected[key] = _select(kind, requested, backend, compiling)
@@ -253,7 +229,7 @@ def _select(kind: CallKind, requested: str, backend: str, compiling: bool = Fals
         measured = AUTO_TABLE.choice(kind)
         if measured in BACKENDS and not BACKENDS[measured].not_supported_reasons(kind):
             return BACKENDS[measured]
-        for name in preference(compiling):
+        for name in COMPILED_PREFERENCE if compiling else PREFERENCE:
             chosen = BACKENDS[name]
             if chosen.auto(kind) and not chosen.not_supported_reasons(kind):
                 return chosen
@@ -289,7 +265,7 @@ def available_backends(device: str | torch.device | CallKind = "cpu", dtype: tor
         >>> neumf_fast.available_backends("cuda", compiled=True)     # doctest: +SKIP
         ['triton', 'cuda', 'torch']"""
     kind = probe_kind(device, dtype) if isinstance(device, (str, torch.device)) else device
-    return [n for n in preference(compiled) if not BACKENDS[n].not_supported_reasons(kind)]
+    return [n for n in (COMPILED_PREFERENCE if compiled else PREFERENCE) if not BACKENDS[n].not_supported_reasons(kind)]
 
 
 def unavailable_reasons(backend: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:

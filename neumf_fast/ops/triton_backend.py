@@ -1,21 +1,13 @@
 """``backend="triton"``: launchers for the kernels in ``_triton_kernels``, their registration as
 ``torch.library.triton_op`` (so ``torch.compile(fullgraph=True)`` keeps the kernels), and autograd.
 
-Layers, as in Liger-Kernel: ``_triton_kernels`` (the ``@triton.jit`` kernels) → the launchers
-here (validate once, pick block sizes by a rule, allocate only outputs and saves) registered as
-ops → autograd → ``neumf_input`` and the modules.  On the CPU the kernels run only under
-``TRITON_INTERPRET=1`` (tests).
-
-Compiling: one config per shape, from ``_forward_config`` / ``_backward_config`` (a rule on the
-widths, as Liger-Kernel's ``calculate_settings``), so a new shape compiles each kernel once and
-times nothing.  ``NEUMF_FAST_TRITON_AUTOTUNE=1`` searches a few configs around the rule instead
-(``triton.autotune`` with ``cache_results``).  ``warmup`` compiles what a training run needs.
-
-Ids: checked in the kernels (``_id_check``): no host sync in the eager path.
-
-Table gradients: ``tl.atomic_add(sem="relaxed")`` scatter by default; with
-``torch.use_deterministic_algorithms(True)`` a sort-based segment reduction that adds each row's
-contributions in a fixed order instead.
+Layers, as in Liger-Kernel: the ``@triton.jit`` kernels → the launchers here (validate once,
+block sizes by a rule, allocate only outputs and saves) → ``Kernels`` and the registered ops →
+``run_kernels``.  On the CPU the kernels run only under ``TRITON_INTERPRET=1`` (tests).
+One config per shape from ``_triton_configs`` (a rule on the widths, as Liger-Kernel's
+``calculate_settings``); ``NEUMF_FAST_TRITON_AUTOTUNE=1`` searches a few configs instead.  Ids are
+checked in the kernels (``_id_check``), with no host sync.  Table gradients: a relaxed atomic
+scatter, or under ``torch.use_deterministic_algorithms(True)`` a sorted segment sum.
 """
 
 from __future__ import annotations
