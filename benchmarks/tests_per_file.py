@@ -79,7 +79,7 @@ def main() -> int:
     parser.add_argument("files", nargs="+")
     parser.add_argument("--deadline", type=float, required=True, help="seconds from now for the whole run")
     parser.add_argument("--jobs", type=int, default=4, help="files run at the same time")
-    parser.add_argument("--xdist", default="tests/test_triton.py,tests/test_cuda.py",
+    parser.add_argument("--xdist", default="tests/test_parity.py,tests/test_triton.py,tests/test_cuda.py",
                         help="comma-separated files run with pytest-xdist workers")
     parser.add_argument("--workers", type=int, default=4, help="xdist workers for those files")
     parser.add_argument("--log", required=True, help="file for the whole output of every test file")
