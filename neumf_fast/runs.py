@@ -81,37 +81,37 @@ class Run:
         return self.split.item_ids
 
     @staticmethod
-    def _index(table: np.ndarray, ids, what: str) -> torch.Tensor:
+    def _as_ids(table: np.ndarray, ids) -> np.ndarray:
+        """``ids`` as an array, as integers where the table's ids are and they convert (so errors
+        name 1193, not '1193', for ids read from a file; text is never cast to the table's width,
+        which would cut it); ``lookup`` is the one lookup of original ids."""
         wanted = np.atleast_1d(np.asarray(ids))
+        if table.dtype.kind not in "iu":
+            return wanted
         try:
-            wanted = wanted.astype(table.dtype)
-        except ValueError:
-            raise KeyError(f"{what} id {ids!r} is not of the dataset's id type ({'integer' if table.dtype.kind == 'i' else 'text'})") from None
-        pos = np.searchsorted(table, wanted)  # the id tables are sorted (np.unique)
-        pos_c = np.minimum(pos, len(table) - 1)
-        missing = (pos >= len(table)) | (table[pos_c] != wanted)
-        if missing.any():
-            raise KeyError(f"unknown {what} id {wanted[missing][0].item()!r}")
-        return torch.from_numpy(pos_c.astype(np.int64))
+            return wanted.astype(table.dtype)
+        except (ValueError, OverflowError):
+            return wanted
+
+    def _index(self, table: np.ndarray, ids, what: str) -> torch.Tensor:
+        wanted = self._as_ids(table, ids)
+        pos, unknown = lookup(table, wanted)
+        if unknown.any():
+            raise KeyError(f"unknown {what} id {wanted[unknown][0].item()!r}")
+        return torch.from_numpy(pos)
 
     def find_users(self, ids, *, skip_unknown: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(model indices, the original ids found, the ids not in the data) of many user ids.
         Unknown ids raise a ``KeyError`` naming them, unless ``skip_unknown``."""
-        table = self.split.user_ids
-        wanted = np.atleast_1d(np.asarray(ids))
+        wanted = self._as_ids(self.split.user_ids, ids)
         if wanted.size == 0:
             raise ValueError("no user ids given")
-        try:
-            wanted = wanted.astype(table.dtype)
-        except ValueError:
-            raise KeyError(f"user ids {ids!r} are not of the dataset's id type") from None
-        pos = np.minimum(np.searchsorted(table, wanted), len(table) - 1)
-        missing = table[pos] != wanted
-        if missing.any() and not skip_unknown:
-            bad = wanted[missing]
+        pos, unknown = lookup(self.split.user_ids, wanted)
+        if unknown.any() and not skip_unknown:
+            bad = wanted[unknown]
             more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
             raise KeyError(f"{len(bad)} unknown user ids: {', '.join(repr(v.item()) for v in bad[:5])}{more}")
-        return torch.from_numpy(pos[~missing].astype(np.int64)), wanted[~missing], wanted[missing]
+        return torch.from_numpy(pos[~unknown]), self.split.user_ids[pos[~unknown]], wanted[unknown]
 
     def user_index(self, ids) -> torch.Tensor:
         """Model indices ``[N]`` of original user ids (one id or a sequence); ``KeyError`` for unknown ids."""
@@ -137,9 +137,13 @@ class Run:
 
     def seen(self, users) -> torch.Tensor:
         """Bool ``[len(users), num_items]``: the items each user interacted with in the data."""
+        return self._seen_items().positive_mask(self.user_index(users))
+
+    def _seen_items(self) -> NegativeSampler:
+        """The data's positives by user, built once (a sampler's ``positive_mask``)."""
         if self._seen is None:
             self._seen = NegativeSampler(*self.split.all_positives(), self.split.num_items, self.split.num_users)
-        return self._seen.positive_mask(self.user_index(users))
+        return self._seen
 
     @torch.no_grad()
     def recommend(self, user=None, k: int = 10, *, history=None, exclude_seen: bool = True,
@@ -216,8 +220,7 @@ class Run:
         else:
             index, ids, unknown = self.find_users(users, skip_unknown=skip_unknown or unknown_users == "popular")
         scorer = self.scorer(precision, user_block=user_block)
-        if exclude_seen and self._seen is None:
-            self._seen = NegativeSampler(*self.split.all_positives(), self.split.num_items, self.split.num_users)
+        seen_items = self._seen_items() if exclude_seen else None
         blocks = range(0, len(index), scorer.user_block)
         if progress:
             from tqdm import tqdm
@@ -225,7 +228,7 @@ class Run:
             blocks = tqdm(blocks, desc="recommend", unit="block", total=len(blocks))
         for start in blocks:
             u = index[start:start + scorer.user_block]
-            seen = self._seen.positive_mask(u).to(self.device) if exclude_seen else None
+            seen = seen_items.positive_mask(u).to(self.device) if exclude_seen else None
             values, items = scorer.top_k(self._user_input(u), k, (lambda sl: seen[:, sl]) if exclude_seen else None)
             yield self._frame(ids[start:start + len(u)], values, items)
         if unknown_users == "popular" and len(unknown):
