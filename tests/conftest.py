@@ -333,7 +333,8 @@ def tiny_run(out, *, num_users: int, num_items: int, num_interactions: int, mode
     """A trained run in ``out``: one epoch of a small NeuMF (or ``model``) on synthetic events
     written as a CSV (original ids, a split, a trained-ish model), loaded with ``neumf_fast.load_run``."""
     from neumf_fast.data import synthetic
-    from neumf_fast.train import TrainConfig, fit
+    from neumf_fast.config import TrainConfig
+    from neumf_fast.train import fit
 
     data = synthetic(0, num_users=num_users, num_items=num_items, num_interactions=num_interactions)
     csv = out.parent / f"{out.name}-events.csv"
