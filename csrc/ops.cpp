@@ -191,6 +191,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> projection_backward(const at::Ten
   return {dpooled, gw, gb};
 }
 
+TableUpdateDims check_table_update(const at::Tensor& table, const at::Tensor& moment1, const at::Tensor& moment2,
+                                   const at::Tensor& step, const at::Tensor& ids, const at::Tensor& grad,
+                                   std::string_view optimizer, double lr, double beta1, double beta2, double eps,
+                                   double weight_decay) {
+  TableUpdateDims d;
+  if (optimizer == "adam") {
+    d.optimizer = TableOptimizer::kAdam;
+  } else if (optimizer == "rowwise_adagrad") {
+    d.optimizer = TableOptimizer::kRowwiseAdagrad;
+  } else {
+    TORCH_CHECK_VALUE(optimizer == "sgd", "neumf_fast: optimizer must be one of ('sgd', 'adam', "
+                      "'rowwise_adagrad'), got '", std::string(optimizer), "'");
+  }
+  TORCH_CHECK_TYPE(is_float_dtype(table.scalar_type()), "neumf_fast: table must be float, got ",
+                   py_dtype(table.scalar_type()));
+  TORCH_CHECK_VALUE(table.dim() == 2 && table.is_contiguous(), "neumf_fast: table must be a contiguous [R, D], got ",
+                    table.sizes());
+  d.rows = table.size(0);
+  d.dim = table.size(1);
+  const auto device = table.device();
+  TORCH_CHECK_TYPE(is_index_dtype(ids.scalar_type()), "neumf_fast: ids must be int32/int64, got ",
+                   py_dtype(ids.scalar_type()));
+  TORCH_CHECK_VALUE(ids.dim() == 2, "neumf_fast: ids must be [M, K], got ", ids.sizes());
+  d.groups = ids.size(0);
+  d.per_group = ids.size(1);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == d.groups && grad.size(1) == d.dim, "neumf_fast: grad must be [",
+                    d.groups, ", ", d.dim, "] (one row per row of ids), got ", grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == table.scalar_type(), "neumf_fast: grad has dtype ",
+                   py_dtype(grad.scalar_type()), " but table has ", py_dtype(table.scalar_type()));
+  const auto acc = at::toOpMathType(table.scalar_type());
+  auto check_state = [&](const at::Tensor& t, const char* name, bool used, at::IntArrayRef shape) {
+    if (!used) {
+      TORCH_CHECK_VALUE(t.numel() == 0, "neumf_fast: ", name, " must be empty for optimizer '",
+                        std::string(optimizer), "', got ", t.sizes());
+      return;
+    }
+    TORCH_CHECK_TYPE(t.scalar_type() == acc, "neumf_fast: ", name, " must be ", py_dtype(acc), " for a ",
+                     py_dtype(table.scalar_type()), " table, got ", py_dtype(t.scalar_type()));
+    TORCH_CHECK_VALUE(t.sizes() == shape && t.is_contiguous(), "neumf_fast: ", name, " must be a contiguous ",
+                      shape, ", got ", t.sizes());
+  };
+  const bool adam = d.optimizer == TableOptimizer::kAdam;
+  check_state(moment1, "moment1", adam, table.sizes());
+  check_state(moment2, "moment2", d.optimizer != TableOptimizer::kSgd,
+              adam ? table.sizes() : at::IntArrayRef(table.sizes().data(), 1));
+  TORCH_CHECK_TYPE(step.scalar_type() == at::kLong, "neumf_fast: step must be int64, got ",
+                   py_dtype(step.scalar_type()));
+  TORCH_CHECK_VALUE(step.numel() == 1, "neumf_fast: step must hold one count, got ", step.sizes());
+  for (const auto& [t, name] : {std::pair{&moment1, "moment1"}, {&moment2, "moment2"}, {&step, "step"},
+                                {&ids, "ids"}, {&grad, "grad"}}) {
+    TORCH_CHECK_VALUE(t->device() == device, "neumf_fast: ", name, " is on ", t->device(), " but table is on ", device);
+  }
+  TORCH_CHECK_VALUE(lr >= 0 && weight_decay >= 0, "neumf_fast: lr and weight_decay must be >= 0, got ", lr, " and ",
+                    weight_decay);
+  TORCH_CHECK_VALUE(eps > 0 && beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1,
+                    "neumf_fast: need eps > 0 and betas in [0, 1), got eps=", eps, ", betas=(", beta1, ", ", beta2, ")");
+  return d;
+}
+
 TORCH_LIBRARY(neumf_fast, m) {
   m.def(
       "fused_input(Tensor user, Tensor? user_mask, Tensor? user_table, int? padding_idx, Tensor item, "
@@ -204,6 +263,12 @@ TORCH_LIBRARY(neumf_fast, m) {
       "Tensor pooled_item, Tensor mf_user, Tensor mf_item, bool[6] output_mask) -> (Tensor grad_user_source, "
       "Tensor grad_item_source, Tensor grad_user_weight, Tensor grad_user_bias, Tensor grad_item_weight, "
       "Tensor grad_item_bias)");
+  // One optimizer step on the rows of `table` that `ids` names (neumf_fast/reference.py:
+  // table_update_); mutates the table, its state and its step count.
+  m.def(
+      "table_update_(Tensor(a!) table, Tensor(b!) moment1, Tensor(c!) moment2, Tensor(d!) step, Tensor ids, "
+      "Tensor grad, int? padding_idx, str optimizer, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay) -> ()");
 }
 
 }  // namespace neumf_fast

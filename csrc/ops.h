@@ -62,4 +62,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> projection_backward(const at::Ten
 // The dtype of the float inputs (all share one).
 at::ScalarType float_dtype(const at::Tensor& user, const std::optional<at::Tensor>& user_table);
 
+// table_update_: the row-wise optimizers (neumf_fast/reference.py: table_update_ is the spec).
+enum class TableOptimizer { kSgd, kAdam, kRowwiseAdagrad };
+
+struct TableUpdateDims {
+  int64_t rows = 0;       // R, the table's rows
+  int64_t dim = 0;        // D
+  int64_t groups = 0;     // M, the rows of ids and grad
+  int64_t per_group = 0;  // K, the ids of a group (each receives the group's gradient)
+  TableOptimizer optimizer = TableOptimizer::kSgd;
+};
+
+// Validates a table_update_ call's metadata and hyper-parameters (ids' range is data: each
+// kernel checks it where it reads the ids).
+TableUpdateDims check_table_update(const at::Tensor& table, const at::Tensor& moment1, const at::Tensor& moment2,
+                                   const at::Tensor& step, const at::Tensor& ids, const at::Tensor& grad,
+                                   std::string_view optimizer, double lr, double beta1, double beta2, double eps,
+                                   double weight_decay);
+
 }  // namespace neumf_fast

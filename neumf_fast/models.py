@@ -74,6 +74,19 @@ class _Ranker(nn.Module):
     # tower's output).  forward, score and the written-out training step (written_out.py, which
     # differentiates it by hand) all follow it, so a head cannot change in one of them alone.
     HEAD: tuple[str, ...] = ()
+    # A neumf_fast.TableOptimizer that updates the embedding tables in the fused op's backward, or
+    # None (dense: the tables get a .grad like any parameter).  Not a submodule: the state_dict
+    # stays the model's, and the optimizer's state is saved beside it (checkpoints.py).
+    table_optimizer = None
+
+    def tables(self) -> dict[str, nn.Parameter]:
+        """The embedding tables by parameter name: what a ``TableOptimizer`` updates."""
+        return {f"{name}.weight": m.weight for name, m in self.named_children() if isinstance(m, nn.Embedding)}
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``torch.optim`` updates when a ``TableOptimizer`` has the tables."""
+        held = {id(t) for t in self.tables().values()} if self.table_optimizer is not None else set()
+        return [p for p in self.parameters() if id(p) not in held]
 
     def user_parts(self, user, **kw) -> tuple[Tensor | None, Tensor | None]:
         raise NotImplementedError
@@ -142,7 +155,7 @@ class GMF(_Ranker):
 
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         gmf, _ = neumf_input(user[:, None], item, h_mf=self.factors, user_table=self.user_embedding.weight,
-                             item_table=self.item_embedding.weight, backend=self.backend)
+                             item_table=self.item_embedding.weight, backend=self.backend, table_optimizer=self.table_optimizer)
         return self.predict_logit(gmf, None)
 
     def user_parts(self, user):
@@ -175,7 +188,7 @@ class MLP(_Ranker):
 
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         _, mlp_in = neumf_input(user[:, None], item, h_mf=0, user_table=self.user_embedding.weight,
-                                item_table=self.item_embedding.weight, backend=self.backend)
+                                item_table=self.item_embedding.weight, backend=self.backend, table_optimizer=self.table_optimizer)
         return self.predict_logit(None, _run_tower(self.tower, mlp_in))
 
     def _split_first(self):
@@ -221,7 +234,7 @@ class NeuMF(_Ranker):
 
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         gmf, mlp_in = neumf_input(user[:, None], item, h_mf=self.factors, user_table=self.user_embedding.weight,
-                                  item_table=self.item_embedding.weight, backend=self.backend)
+                                  item_table=self.item_embedding.weight, backend=self.backend, table_optimizer=self.table_optimizer)
         return self.predict_logit(gmf, _run_tower(self.tower, mlp_in))
 
     @classmethod
@@ -312,7 +325,7 @@ class SequenceNeuMF(StackedProjections, _Ranker):
     def forward(self, user: Tensor, item: Tensor, user_mask: Tensor | None = None) -> Tensor:
         gmf, mlp_in = neumf_input(user, item, h_mf=self.dim, item_table=self.item_embedding.weight,
                                   user_weight=self.user_weight, user_bias=self.user_bias, item_weight=self.item_weight,
-                                  item_bias=self.item_bias, mode=self.mode, backend=self.backend,
+                                  item_bias=self.item_bias, mode=self.mode, backend=self.backend, table_optimizer=self.table_optimizer,
                                   **self._user_kw(user, user_mask))
         return self.predict_logit(gmf, _run_tower(self.tower, mlp_in))
 

@@ -91,3 +91,56 @@ def neumf_input(
     gmf = proj_user[:, :h_mf] * proj_item[:, :h_mf]
     mlp_in = torch.cat([proj_user[:, h_mf:], proj_item[:, h_mf:]], dim=-1)
     return gmf, mlp_in
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-wise table optimizers: the update the op's backward applies to a table in place
+# (neumf_fast/ops/table_update.py), in plain torch on the rows gathered from the table.
+
+TABLE_OPTIMIZERS = ("sgd", "adam", "rowwise_adagrad")
+
+
+def table_update_(table: Tensor, moment1: Tensor, moment2: Tensor, step: Tensor, ids: Tensor, grad: Tensor,
+                  padding_idx: int | None, optimizer: str, lr: float, beta1: float, beta2: float, eps: float,
+                  weight_decay: float) -> None:
+    """One optimizer step on the rows of ``table`` [R, D] that ``ids`` [M, K] names, in place.
+
+    Every position ``ids[m, k]`` other than ``padding_idx`` adds ``grad[m]`` [D] to its row's
+    gradient; each row present is then updated once, with ``g = its summed gradient +
+    weight_decay * row`` (L2, as ``torch.optim.Adam``), and no other row or state changes.
+    ``step`` (a 0-d int64 count) is advanced first; with ``t`` its new value:
+
+    - ``sgd``: ``row -= lr * g``
+    - ``adam``: ``moment1``/``moment2`` are ``[R, D]``; ``m = b1 m + (1 - b1) g``,
+      ``v = b2 v + (1 - b2) g^2``, ``row -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)``:
+      ``torch.optim.Adam`` on the rows present, with the table's global step (as
+      ``torch.optim.SparseAdam``)
+    - ``rowwise_adagrad``: ``moment2`` is ``[R]``; ``s += mean(g^2)``,
+      ``row -= lr * g / (sqrt(s) + eps)`` (fbgemm's ``EXACT_ROWWISE_ADAGRAD``)
+
+    The state is in op-math (fp32 for a bf16/fp16 table); the arithmetic is in the state's dtype.
+    """
+    keep = torch.ones_like(ids, dtype=torch.bool) if padding_idx is None else ids != padding_idx
+    _check_ids(ids, keep, table.shape[0], "table_update ids")
+    step += 1
+    t = int(step)
+    acc = moment2.dtype if moment2.numel() else (torch.float64 if table.dtype == torch.float64 else torch.float32)
+    rows, where = torch.unique(ids[keep], return_inverse=True)
+    owner = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[keep]
+    g = torch.zeros((len(rows), table.shape[1]), dtype=acc, device=table.device).index_add_(0, where, grad[owner].to(acc))
+    w = table[rows].to(acc)
+    g = g + weight_decay * w
+    if optimizer == "sgd":
+        w = w - lr * g
+    elif optimizer == "adam":
+        m = beta1 * moment1[rows] + (1 - beta1) * g
+        v = beta2 * moment2[rows] + (1 - beta2) * g * g
+        moment1[rows], moment2[rows] = m, v
+        w = w - lr / (1 - beta1 ** t) * m / ((v / (1 - beta2 ** t)).sqrt() + eps)
+    elif optimizer == "rowwise_adagrad":
+        s = moment2[rows] + (g * g).mean(dim=1)
+        moment2[rows] = s
+        w = w - lr * g / (s.sqrt()[:, None] + eps)
+    else:
+        raise ValueError(f"neumf_fast: optimizer must be one of {TABLE_OPTIMIZERS}, got {optimizer!r}")
+    table[rows] = w.to(table.dtype)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import _id_check
 from ._checks import FusedArgs, FusedDims, capturing, check_id_range, check_inputs
+from .table_update import rows_for_update
 from .dispatch import (BACKENDS, ENV_VAR, PREFERENCE, BackendUnavailable, CallKind, available_backends, kind_of,
                        select_backend)
 
@@ -28,6 +29,7 @@ def neumf_input(
     item_bias: Tensor | None = None,
     mode: str = "sum",
     backend: str = "auto",
+    table_optimizer=None,
 ) -> tuple[Tensor, Tensor]:
     """Fused first half of a NeuMF forward pass; returns ``(gmf, mlp_in)``.
 
@@ -45,22 +47,28 @@ def neumf_input(
             overrides it.  Under ``torch.autocast`` every float input is cast to the autocast
             dtype first, so the kernels' bf16/fp16 paths run (in eager mode an id side that
             reads fewer positions than its table has rows casts only the rows it reads).
+        table_optimizer: a ``neumf_fast.TableOptimizer`` holding ``user_table`` and/or
+            ``item_table``: the backward updates those tables' rows in place instead of giving
+            them a ``.grad`` (``ops/table_update.py``).
 
     Returns:
         ``gmf = mf_user * mf_item`` of shape ``[B, h_mf]`` and
         ``mlp_in = cat(mlp_user, mlp_item)`` of shape ``[B, H_mlp_user + H_mlp_item]``.
     """
     return run_fused(FusedArgs(user, user_mask, user_table, padding_idx, item, item_table,
-                               user_weight, user_bias, item_weight, item_bias, h_mf, mode), backend)
+                               user_weight, user_bias, item_weight, item_bias, h_mf, mode), backend, table_optimizer)
 
 
-def run_fused(args: FusedArgs, backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """``neumf_input`` on its arguments as one ``FusedArgs``: under autocast the inputs are
-    cast (and an id side gathered, see ``_autocast_inputs``), then the backend chosen for the
-    call's kind (``select_backend``, cached) validates and runs it."""
+def run_fused(args: FusedArgs, backend: str = "auto", table_optimizer=None) -> tuple[Tensor, Tensor]:
+    """``neumf_input`` on its arguments as one ``FusedArgs``: the id sides a table optimizer
+    updates are gathered (``rows_for_update``, when autograd records the call), under autocast
+    the inputs are cast (and an id side gathered, see ``_autocast_inputs``), then the backend
+    chosen for the call's kind (``select_backend``, cached) validates and runs it."""
     device = args.user.device if isinstance(args.user, Tensor) else None
     if _id_check._PENDING and not torch.compiler.is_compiling():
         _id_check.raise_pending(wait=True)  # a bad id an earlier call recorded (see _id_check)
+    if table_optimizer is not None and args.needs_grad():
+        args = rows_for_update(args, table_optimizer)
     gathered = False
     if device is not None and torch.is_autocast_enabled(device.type):
         args, gathered = _autocast_inputs(args, device.type)

@@ -1,0 +1,169 @@
+// CPU kernel of neumf_fast::table_update_: one row-wise optimizer step, in place.
+//
+// Math (neumf_fast/reference.py: table_update_ is the spec): each position ids[m, k] other than
+// padding_idx gives its row grad[m]; each row present is updated once from the sum of its
+// positions' gradients, plus weight_decay * row.  sgd, adam (per-element moments, the table's
+// global step for bias correction) and rowwise_adagrad (one accumulator per row).
+//
+// Work: the positions are sorted by id, stably, so that each row's positions lie together in
+// position order: fbgemm's parallel LSD radix sort (in libtorch on x86; as many passes as the
+// table's row count needs), or a stable at::sort where torch has no fbgemm.  Threads split the sorted
+// positions; a thread owns every run (one row's positions) that starts in its range, sums the
+// run in op-math in that order and updates the row.  The sum, and so the result, does not depend
+// on the thread count, and nothing of the table's size is allocated: the work is O(M K log)
+// for the sort and O(M K D) for the sums, whatever the table's size.
+#include "../ops.h"
+
+#include <ATen/Config.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sort.h>
+#include <torch/library.h>
+#if __has_include(<fbgemm/Utils.h>)
+#include <fbgemm/Utils.h>
+#endif
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace neumf_fast {
+namespace {
+
+struct Hyper {
+  double lr, beta1, beta2, eps, weight_decay;
+  double step_size;  // adam: lr / (1 - beta1^t)
+  double bc2_sqrt;   // adam: sqrt(1 - beta2^t)
+};
+
+// One row: g (the summed gradient, op-math) becomes g + weight_decay * w, then the step.
+template <typename scalar_t, typename acc_t>
+void update_row(TableOptimizer opt, scalar_t* w, acc_t* m1, acc_t* m2, acc_t* g, int64_t dim, const Hyper& h) {
+  const acc_t wd = static_cast<acc_t>(h.weight_decay);
+  for (int64_t j = 0; j < dim; ++j) g[j] += wd * static_cast<acc_t>(w[j]);
+  if (opt == TableOptimizer::kSgd) {
+    const acc_t lr = static_cast<acc_t>(h.lr);
+    for (int64_t j = 0; j < dim; ++j) w[j] = static_cast<scalar_t>(static_cast<acc_t>(w[j]) - lr * g[j]);
+  } else if (opt == TableOptimizer::kAdam) {
+    const acc_t b1 = static_cast<acc_t>(h.beta1), b2 = static_cast<acc_t>(h.beta2);
+    const acc_t step_size = static_cast<acc_t>(h.step_size), bc2_sqrt = static_cast<acc_t>(h.bc2_sqrt);
+    const acc_t eps = static_cast<acc_t>(h.eps);
+    for (int64_t j = 0; j < dim; ++j) {
+      const acc_t m = b1 * m1[j] + (1 - b1) * g[j];
+      const acc_t v = b2 * m2[j] + (1 - b2) * g[j] * g[j];
+      m1[j] = m;
+      m2[j] = v;
+      w[j] = static_cast<scalar_t>(static_cast<acc_t>(w[j]) - step_size * m / (std::sqrt(v) / bc2_sqrt + eps));
+    }
+  } else {  // rowwise_adagrad: m2 is the row's one accumulator
+    acc_t sq = 0;
+    for (int64_t j = 0; j < dim; ++j) sq += g[j] * g[j];
+    const acc_t s = *m2 + sq / static_cast<acc_t>(dim);
+    *m2 = s;
+    const acc_t rate = static_cast<acc_t>(h.lr) / (std::sqrt(s) + static_cast<acc_t>(h.eps));
+    for (int64_t j = 0; j < dim; ++j) w[j] = static_cast<scalar_t>(static_cast<acc_t>(w[j]) - rate * g[j]);
+  }
+}
+
+// Each position's row as an int64 sort key: its id, or `rows` (sorts last) for a padding
+// position.  An id outside [0, rows) raises IndexError naming the first such position's id.
+template <typename index_t>
+at::Tensor position_keys(const at::Tensor& ids, int64_t rows, const std::optional<int64_t>& padding_idx) {
+  const int64_t n = ids.numel();
+  at::Tensor keys = at::empty({n}, ids.options().dtype(at::kLong));
+  const index_t* id = ids.data_ptr<index_t>();
+  int64_t* key = keys.data_ptr<int64_t>();
+  const bool has_pad = padding_idx.has_value();
+  const int64_t pad = has_pad ? *padding_idx : 0;
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t v = static_cast<int64_t>(id[p]);
+      if (has_pad && v == pad) {
+        key[p] = rows;
+      } else {
+        key[p] = v;
+        if (v < 0 || v >= rows) {
+          int64_t seen = first_bad.load();
+          while (p < seen && !first_bad.compare_exchange_weak(seen, p)) {
+          }
+        }
+      }
+    }
+  });
+  const int64_t bad = first_bad.load();
+  TORCH_CHECK_INDEX(bad == std::numeric_limits<int64_t>::max(), "neumf_fast: table_update id ",
+                    static_cast<int64_t>(id[bad]), " is out of range for a table with ", rows, " rows");
+  return keys;
+}
+
+// (keys sorted, the positions in that order); keys lie in [0, rows].
+std::pair<at::Tensor, at::Tensor> sort_positions(const at::Tensor& keys, int64_t rows) {
+#if __has_include(<fbgemm/Utils.h>)
+  const int64_t n = keys.numel();
+  at::Tensor positions = at::arange(n, keys.options());
+  at::Tensor tmp_keys = at::empty_like(keys), tmp_positions = at::empty_like(positions);
+  const auto [k, v] = fbgemm::radix_sort_parallel(keys.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+                                                  tmp_keys.data_ptr<int64_t>(), tmp_positions.data_ptr<int64_t>(),
+                                                  n, rows);
+  // the result lies in whichever pair of buffers the last pass wrote
+  return k == keys.data_ptr<int64_t>() ? std::pair{keys, positions} : std::pair{tmp_keys, tmp_positions};
+#else
+  const auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  return {sorted, order};
+#endif
+}
+
+void table_update_cpu(const at::Tensor& table, const at::Tensor& moment1, const at::Tensor& moment2,
+                      const at::Tensor& step, const at::Tensor& ids_in, const at::Tensor& grad_in,
+                      std::optional<int64_t> padding_idx, c10::string_view optimizer, double lr, double beta1,
+                      double beta2, double eps, double weight_decay) {
+  const auto d = check_table_update(table, moment1, moment2, step, ids_in, grad_in, optimizer, lr, beta1, beta2, eps,
+                                    weight_decay);
+  const at::Tensor ids = ids_in.contiguous(), grad = grad_in.contiguous();
+  const int64_t t = ++step.data_ptr<int64_t>()[0];
+  Hyper h{lr, beta1, beta2, eps, weight_decay, lr / (1 - std::pow(beta1, static_cast<double>(t))),
+          std::sqrt(1 - std::pow(beta2, static_cast<double>(t)))};
+  const int64_t n = ids.numel();
+  if (n == 0 || d.dim == 0) return;
+  const at::Tensor keys = ids.scalar_type() == at::kLong ? position_keys<int64_t>(ids, d.rows, padding_idx)
+                                                          : position_keys<int32_t>(ids, d.rows, padding_idx);
+  const auto [sorted_t, order_t] = sort_positions(keys, d.rows);
+  const int64_t* sorted = sorted_t.data_ptr<int64_t>();
+  const int64_t* order = order_t.data_ptr<int64_t>();
+  const int64_t dim = d.dim, per_group = d.per_group, rows = d.rows;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, table.scalar_type(), "table_update_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* w = table.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    acc_t* m1 = moment1.numel() ? moment1.data_ptr<acc_t>() : nullptr;
+    acc_t* m2 = moment2.numel() ? moment2.data_ptr<acc_t>() : nullptr;
+    const int64_t m2_stride = d.optimizer == TableOptimizer::kAdam ? dim : 1;
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sum(dim);
+      int64_t p = begin;
+      while (p > 0 && p < n && sorted[p] == sorted[p - 1]) ++p;  // a run that started before: its owner's
+      while (p < end && sorted[p] < rows) {
+        const int64_t row = sorted[p];
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        for (; p < n && sorted[p] == row; ++p) {
+          const scalar_t* src = g + (order[p] / per_group) * dim;
+          for (int64_t j = 0; j < dim; ++j) sum[j] += static_cast<acc_t>(src[j]);
+        }
+        update_row(d.optimizer, w + row * dim, m1 ? m1 + row * dim : nullptr, m2 ? m2 + row * m2_stride : nullptr,
+                   sum.data(), dim, h);
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(neumf_fast, CPU, m) { m.impl("table_update_", &table_update_cpu); }
+
+}  // namespace neumf_fast
