@@ -34,6 +34,8 @@ class TrainConfig:
     threshold: float | None = None  # keep ratings >= threshold as positives
     cuda_graphs: bool = False  # capture the whole training step in a CUDA graph (train_step.py); CUDA only
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler; CUDA only)
+    table_optimizer: str = "dense"  # dense | adam | rowwise_adagrad | sgd (table_optimizer.py)
+    table_lr: float | None = None  # None: table_optimizer.DEFAULT_LR of that optimizer
 
     def learning_rate(self) -> float:
         if self.lr is not None:

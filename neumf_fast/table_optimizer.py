@@ -60,27 +60,33 @@ class TableOptimizer:
     def update(self, table: Tensor, ids: Tensor, grad: Tensor, padding_idx: int | None) -> None:
         """One step on the rows of ``table`` that ``ids`` ``[M, K]`` names, each position taking
         its row of ``grad`` ``[M, D]`` (``reference.table_update_``)."""
-        ids, grad = self._gather(ids, grad)
+        ids, grad, padding_idx = self._gather(ids, grad, padding_idx)
         h = self.hyper
         state: TableState = self.state[self._names[id(table)]]
         with torch.no_grad():
             update_kernel(table.device, self.backend)(table, *state, ids, grad, padding_idx, h.name, h.lr, h.beta1,
                                                       h.beta2, h.eps, h.weight_decay)
 
-    def _gather(self, ids: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-        """Every rank's ids and gradients (divided by the world size), in rank order, so each rank
-        applies the same update; this rank's own in one process."""
+    def _gather(self, ids: Tensor, grad: Tensor, padding_idx: int | None) -> tuple[Tensor, Tensor, int | None]:
+        """Every rank's ids and gradients (divided by the world size, as DDP averages), in rank
+        order, so that each rank applies the same update; this rank's own in one process.  Ranks'
+        shares of a batch differ by up to one row: each pads its share to the largest with
+        padding positions (id ``padding_idx``, or -1 made the padding id where there is none)."""
         dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
-            return ids, grad
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(self.process_group) == 1:
+            return ids, grad, padding_idx
         world = dist.get_world_size(self.process_group)
-        if world == 1:
-            return ids, grad
-        out_ids = ids.new_empty((world * ids.shape[0], ids.shape[1]))
-        out_grad = grad.new_empty((world * grad.shape[0], grad.shape[1]))
+        sizes = ids.new_tensor([ids.shape[0]])
+        dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=self.process_group)
+        pad = -1 if padding_idx is None else padding_idx
+        rows = int(sizes)
+        ids = torch.cat([ids, ids.new_full((rows - ids.shape[0], ids.shape[1]), pad)])
+        grad = torch.cat([grad.div(world), grad.new_zeros((rows - grad.shape[0], grad.shape[1]))])
+        out_ids = ids.new_empty((world * rows, ids.shape[1]))
+        out_grad = grad.new_empty((world * rows, grad.shape[1]))
         dist.all_gather_into_tensor(out_ids, ids.contiguous(), group=self.process_group)
-        dist.all_gather_into_tensor(out_grad, grad.div(world).contiguous(), group=self.process_group)
-        return out_ids, out_grad
+        dist.all_gather_into_tensor(out_grad, grad.contiguous(), group=self.process_group)
+        return out_ids, out_grad, pad
 
     def state_dict(self) -> dict:
         return {"hyper": dataclasses.asdict(self.hyper),

@@ -30,6 +30,7 @@ from .data import NegativeSampler, Split, leave_one_out, load_dataset
 from .evaluate import UserInput, evaluate_candidates, evaluate_full, popularity_scores
 from .parallel import world
 from .run_files import RunExistsError, fresh_run_dir, holds_run, plot_curves, save_atomic, write_json
+from .table_optimizer import TableOptimizer
 from .train_step import PRECISIONS, TrainStep, use_cuda_graphs
 
 
@@ -85,9 +86,9 @@ def _optimizer(config: TrainConfig, model, capturable: bool = False) -> torch.op
     name = config.optimizer_name()
     if name == "adam":
         fused = torch.device(config.device).type in ("cpu", "cuda")
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused, capturable=capturable)
+        return torch.optim.Adam(model.dense_parameters(), lr=lr, fused=fused, capturable=capturable)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr)
+        return torch.optim.SGD(model.dense_parameters(), lr=lr)
     raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
 
 
@@ -199,6 +200,7 @@ class _Run:
     def save(self, epoch: int, *names: str) -> None:
         state = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.config),
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                 "table_optimizer": None if self.model.table_optimizer is None else self.model.table_optimizer.state_dict(),
                  "history": self.history, "best": self.best, "data_fingerprint": self.split.fingerprint,
                  "num_users": self.split.num_users, "num_items": self.split.num_items}
         for name in names:
@@ -217,9 +219,14 @@ def _build(config: TrainConfig, split: Split, state: dict | None, size: int, out
     if config.precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs a CUDA device (and its GradScaler); use --precision bf16 on the CPU")
     capture = use_cuda_graphs(config.cuda_graphs, device, config.precision, size)
+    if config.table_optimizer != "dense":
+        model.table_optimizer = TableOptimizer(model.tables(), config.table_optimizer, lr=config.table_lr,
+                                               backend=config.backend)
     optimizer = _optimizer(config, model, capturable=capture)
     if state is not None:
         model.load_state_dict(state["model"])
+        if model.table_optimizer is not None:
+            model.table_optimizer.load_state_dict(state["table_optimizer"])
         optimizer.load_state_dict(state["optimizer"])  # this restores the saved run's "capturable" too
         for group in optimizer.param_groups:
             if "capturable" in group:
@@ -228,6 +235,8 @@ def _build(config: TrainConfig, split: Split, state: dict | None, size: int, out
     if size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        if model.table_optimizer is not None:  # its tables get no .grad: it keeps them identical itself
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(model.tables()))
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     user_input = UserInput(split, model, config.history_len, device)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None

@@ -47,8 +47,9 @@ def _optimizer_problems(optimizer, model) -> list[str]:
     if not group.get("fused") or group["amsgrad"] or group["maximize"] or group.get("differentiable") \
             or group.get("capturable") or group.get("decoupled_weight_decay"):
         why.append("Adam must be fused=True without amsgrad, maximize, capturable or differentiable")
-    if {id(p) for p in group["params"]} != {id(p) for p in model.parameters()}:
-        why.append("the optimizer does not hold exactly the model's parameters")
+    if {id(p) for p in group["params"]} != {id(p) for p in model.dense_parameters()}:
+        why.append("the optimizer does not hold exactly the model's parameters (but the tables a table "
+                   "optimizer holds)")
     return why
 
 
@@ -76,6 +77,7 @@ class WrittenOutStep:
         self.model, self.optimizer, self.optimizer_threads = model, optimizer, optimizer_threads
         self.params = list(optimizer.param_groups[0]["params"])
         self.tables = (model.user_embedding.weight, model.item_embedding.weight)
+        self.table_optimizer = model.table_optimizer
         # the prediction layer's input: the parts of model.HEAD, in its order, at these columns
         self.head = model.head_columns()
         gmf = self.head.get("gmf")
@@ -140,7 +142,11 @@ class WrittenOutStep:
         with torch.no_grad():
             user_table, item_table = self.tables
             ids = user[:, None]
-            args = (ids, None, user_table, None, item, item_table, None, None, None, None, self.h_mf, "sum")
+            if self.table_optimizer is None:
+                args = (ids, None, user_table, None, item, item_table, None, None, None, None, self.h_mf, "sum")
+            else:  # the rows themselves, dense, so that the backward gives their gradients, not the tables'
+                args = (F.embedding(ids, user_table), None, None, None, F.embedding(item, item_table), None, None,
+                        None, None, None, self.h_mf, "sum")
             gmf, mlp_in, *saved = _library._kernel_call(*args, True)
             acts = [mlp_in]
             for weight, bias in self.tower:
@@ -164,5 +170,9 @@ class WrittenOutStep:
                 d_h = g.mm(weight)
             g_user, g_item, *_ = torch.ops.neumf_fast.fused_input_backward(
                 d_gmf.contiguous(), d_h.contiguous(), *args, *saved, [True, True, False, False, False, False])
-            grads[id(user_table)], grads[id(item_table)] = g_user, g_item
+            if self.table_optimizer is None:
+                grads[id(user_table)], grads[id(item_table)] = g_user, g_item
+            else:  # every gradient is formed: the tables' rows can change now
+                self.table_optimizer.update(user_table, ids, g_user[:, 0], None)
+                self.table_optimizer.update(item_table, item[:, None], g_item, None)
         return loss, grads

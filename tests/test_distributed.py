@@ -60,3 +60,49 @@ def test_two_gloo_processes_match_one_process(tiny_csv, tmp_path):
     reference, _, _ = load_model(tmp_path / "one" / "last.pt")
     for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _ranks_step_with_a_table_optimizer(rank: int, world: int, store_path: str, out: str) -> None:
+    """One rank: NeuMF under DDP with row-wise Adam on its tables, three steps on this rank's own
+    batches (shares of 37 and 36 rows: unequal), then every rank's tables gathered to rank 0."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from neumf_fast.models import NeuMF
+    from neumf_fast.table_optimizer import TableOptimizer
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = NeuMF(50, 40, 4, (16, 8, 4), backend="cpu")
+    model.table_optimizer = TableOptimizer(model.tables(), "adam", lr=0.05)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(model.tables()))
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.Adam(model.dense_parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(100 + rank)
+    for _ in range(3):
+        n = 37 - rank
+        user, item = torch.randint(0, 50, (n,), generator=g), torch.randint(0, 40, (n,), generator=g)
+        opt.zero_grad()
+        ddp(user, item).sum().backward()
+        opt.step()
+    tables = torch.cat([t.detach().reshape(-1) for t in model.tables().values()])
+    gathered = [torch.empty_like(tables) for _ in range(world)]
+    dist.all_gather(gathered, tables)
+    if rank == 0:
+        torch.save(gathered, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_end_every_step_with_identical_tables(tmp_path):
+    """Under DDP the table optimizer gathers every rank's row gradients and each rank applies the
+    same update: the tables stay bit for bit identical, though each rank saw other rows."""
+    out = tmp_path / "tables.pt"
+    torch.multiprocessing.spawn(_ranks_step_with_a_table_optimizer, args=(2, str(tmp_path / "store"), str(out)),
+                                nprocs=2, join=True)
+    first, second = torch.load(out)
+    assert torch.equal(first, second)
+    torch.manual_seed(0)
+    from neumf_fast.models import NeuMF
+
+    assert not torch.equal(first, torch.cat([t.detach().reshape(-1) for t in NeuMF(50, 40, 4, (16, 8, 4)).tables().values()]))

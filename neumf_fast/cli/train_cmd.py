@@ -15,6 +15,8 @@ def add_parser(add) -> None:
     from .. import models
     from ..config import TrainConfig
     from ..parallel import SMALL_BATCH
+    from ..table_optimizer import CHOICES as TABLE_CHOICES
+    from ..table_optimizer import DEFAULT_LR
 
     d = TrainConfig()
     t = add("train", help="train a model; prints validation HR/NDCG per epoch and test metrics at the end",
@@ -61,6 +63,11 @@ def add_parser(add) -> None:
     t.add_argument("--cuda-graphs", action="store_true",
                    help="capture the whole training step (forward, backward, Adam) in a CUDA graph and replay it per "
                         "batch; fp32/bf16, one process; ignored off CUDA")
+    t.add_argument("--table-optimizer", choices=list(TABLE_CHOICES), default=d.table_optimizer,
+                   help="dense: the tables train with --optimizer; adam (row-wise), rowwise_adagrad or sgd: each "
+                        "step updates only the rows the batch touched, inside the backward (docs/training.md)")
+    t.add_argument("--table-lr", type=flags.positive_float, default=None,
+                   help="the table optimizer's lr; default " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()))
     t.add_argument("--nproc", type=flags.positive, default=1,
                    help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on GPUs)")
 
@@ -161,7 +168,8 @@ def run(args, argv) -> None:
                          device=args.device, seed=args.seed, split_seed=args.split_seed,
                          history_len=args.history_len, new_users=args.new_users, threshold=args.threshold,
                          pretrain=tuple(args.pretrain) if args.pretrain else None, alpha=args.alpha,
-                         cuda_graphs=args.cuda_graphs, precision=args.precision)
+                         cuda_graphs=args.cuda_graphs, precision=args.precision,
+                         table_optimizer=args.table_optimizer, table_lr=args.table_lr)
     out = args.out
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"neumf-fast: training {config.model} on {config.dataset} into {out} ({config.device}, "
