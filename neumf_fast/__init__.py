@@ -4,6 +4,7 @@ from . import reference
 from .layers import FusedUserItem
 from .models import GMF, MLP, NeuMF, SequenceNeuMF
 from .ops import BACKENDS, BackendUnavailable, available_backends, neumf_input, warmup
+from .table_optimizer import TableOptimizer
 
 
 def load_run(path, *, backend=None, device="cpu", split=None):
@@ -16,4 +17,4 @@ def load_run(path, *, backend=None, device="cpu", split=None):
 
 __version__ = "0.1.0"
 __all__ = ["BACKENDS", "BackendUnavailable", "FusedUserItem", "GMF", "MLP", "NeuMF", "SequenceNeuMF",
-           "available_backends", "load_run", "neumf_input", "reference", "warmup"]
+           "TableOptimizer", "available_backends", "load_run", "neumf_input", "reference", "warmup"]

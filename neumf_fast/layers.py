@@ -73,7 +73,16 @@ class FusedUserItem(StackedProjections, nn.Module):
         backend: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"`` (``NEUMF_FAST_BACKEND`` overrides it).
 
     Forward: ``(user, item, user_mask=None) -> (gmf [B, h_mf], mlp_in [B, h_mlp + h_mlp_item])``.
+
+    ``table_optimizer``: a ``neumf_fast.TableOptimizer`` over ``tables()`` updates them in the
+    backward (docs/training.md); ``None`` (dense) gives them a ``.grad``.
     """
+
+    table_optimizer = None
+
+    def tables(self) -> dict[str, nn.Parameter]:
+        """The module's embedding tables by parameter name."""
+        return {f"{n}.weight": m.weight for n, m in self.named_children() if isinstance(m, nn.Embedding)}
 
     def __init__(
         self,
@@ -110,7 +119,7 @@ class FusedUserItem(StackedProjections, nn.Module):
                                    self.padding_idx if user_embedding is not None else None, item,
                                    None if item_embedding is None else item_embedding.weight,
                                    user_weight, user_bias, item_weight, item_bias, self.h_mf, self.mode),
-                         self.backend)
+                         self.backend, self.table_optimizer)
 
     def extra_repr(self) -> str:
         return f"h_mf={self.h_mf}, mode={self.mode!r}, backend={self.backend!r}"

@@ -73,6 +73,7 @@ class Target:
     device: str
     op: str | Callable
     kernels: Kernels
+    update: Callable  # its table_update_ (neumf_fast/ops/table_update.py)
 
     @property
     def slow(self) -> bool:
@@ -96,12 +97,14 @@ def make_target(name: str, request) -> Target:
     if name == "cuda-emu":  # outside the dispatcher: its ops are neumf_fast_emu's, with no autograd of their own
         ops = request.getfixturevalue("emulated_library")
         kernels = Kernels(ops.fused_input, ops.fused_input_backward, None)
-        return Target(name, "cpu", lambda user, item, **kw: run_kernels(kernels, Case(user, item, kw).args()), kernels)
+        return Target(name, "cpu", lambda user, item, **kw: run_kernels(kernels, Case(user, item, kw).args()), kernels,
+                      ops.table_update_)
     if name.startswith("triton"):
         from neumf_fast.ops import triton_backend
 
-        return Target(name, "cuda" if name == "triton-cuda" else "cpu", "triton", triton_backend.KERNELS)
-    return Target(name, name, name, _library.KERNELS)
+        return Target(name, "cuda" if name == "triton-cuda" else "cpu", "triton", triton_backend.KERNELS,
+                      triton_backend.table_update_)
+    return Target(name, name, name, _library.KERNELS, torch.ops.neumf_fast.table_update_)
 
 
 # the emulator builds first (about a minute): its cases are in the full loop, not the quick one

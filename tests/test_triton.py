@@ -2,7 +2,8 @@
 tests/test_parity.py, on the ``triton-interpret`` target (CPU tensors under
 ``TRITON_INTERPRET=1``, set in conftest.py) without a GPU and ``triton-cuda`` on one.  Here: the
 bad-id check modes and the backward of a bad id, opcheck, the dtype it refuses, what "auto"
-takes, and on a GPU torch.compile with the kernels kept in the graph.
+takes, and on a GPU torch.compile with the kernels kept in the graph; for ``table_update_``
+(parity: tests/test_table_update.py), opcheck, a bad id, float64 and its argument checks.
 
 Tolerances as tests/test_parity.py states them: float32 atol = rtol = 2e-5 normwise.
 """
@@ -14,8 +15,9 @@ import torch
 
 import neumf_fast
 from conftest import make_case, run
-from neumf_fast.ops import BackendUnavailable, _id_check, check_inputs, select_backend
+from neumf_fast.ops import BackendUnavailable, _id_check, _library, check_inputs, select_backend, triton_backend
 from neumf_fast.ops.dispatch import BACKENDS
+from neumf_fast.ops.table_update import new_state
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _probe = make_case(batch=1, seq_len=1, user_dim=3, h_mf=1, h_mlp=1).on(DEVICE)
@@ -32,6 +34,28 @@ def test_opcheck():
     if DEVICE == "cuda":
         utils += ("test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(torch.ops.neumf_fast.triton_fused_input.default, args, test_utils=utils)
+
+
+def _update_args(optimizer="adam", dtype=torch.float32):
+    """A small ``table_update_`` call (10 x 4 table, ids [6, 2] with padding 0, the state at step
+    4) as the op's arguments; tests/test_table_update.py has the parity cases."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(10, 4, generator=g).to(dtype)
+    moment1, moment2, step = new_state(optimizer, table)
+    moment2.fill_(0.5)
+    step.fill_(4)
+    ids, grad = torch.randint(0, 10, (6, 2), generator=g), torch.randn(6, 4, generator=g).to(dtype)
+    tensors = [t.to(DEVICE) for t in (table, moment1, moment2, step, ids, grad)]
+    return (*tensors, 0, optimizer, 0.05, 0.9, 0.99, 1e-8, 0.01)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rowwise_adagrad"])
+def test_opcheck_table_update(optimizer):
+    utils = ("test_schema", "test_autograd_registration")
+    if DEVICE == "cuda":  # the interpreter runs even under FakeTensors (wrap_triton hands it the kernel)
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.neumf_fast.triton_table_update_.default, _update_args(optimizer),
+                          test_utils=utils)
 
 
 @pytest.fixture
@@ -118,6 +142,66 @@ def test_backward_of_a_bad_id_scatters_nothing_out_of_range(deterministic, monke
     (ref_gmf.sum() + 2 * ref_mlp.sum()).backward()
     for name in ("user_table", "item_table"):
         torch.testing.assert_close(case.kwargs[name].grad, expected.kwargs[name].grad, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("check", ["deferred", "sync"])
+@pytest.mark.parametrize("bad_id", [10, -1])
+def test_table_update_with_a_bad_id(check, bad_id, monkeypatch, clean_id_check):
+    """An id outside the table is never read or written.  CPU tensors (the interpreter) and
+    ``sync``: the IndexError at the call, before anything changes.  ``deferred`` on a GPU: the
+    call updates the other rows as if the id were padding, and the next call raises."""
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", check)
+    args = _update_args()
+    args[4][1, 1] = bad_id  # ids; the table has 10 rows
+    before = [t.clone() for t in args[:4]]
+    if DEVICE == "cpu" or check == "sync":
+        with pytest.raises(IndexError, match=f"table_update id {bad_id} is out of range for a table with 10 rows"):
+            triton_backend.table_update_(*args)
+        for name, t, b in zip(("table", "moment1", "moment2", "step"), args[:4], before):
+            assert torch.equal(t, b), name
+        return
+    triton_backend.table_update_(*args)
+    expected = _update_args()
+    expected[4][1, 1] = 0  # the padding id
+    neumf_fast.reference.table_update_(*expected)
+    for t, e in zip(args[:4], expected[:4]):
+        torch.testing.assert_close(t, e, atol=1e-5, rtol=1e-5)
+    torch.cuda.synchronize()  # the record's copy has landed: the next call reports it
+    with pytest.raises(IndexError, match=f"id {bad_id} is out of range for a table with 10 rows"):
+        triton_backend.table_update_(*_update_args())
+
+
+def test_table_update_refuses_float64():
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot update this table: .*not float64"):
+        triton_backend.table_update_(*_update_args(dtype=torch.float64))
+
+
+_BAD_UPDATES = {  # name: (change to the call, exception); the C++ op raises the same
+    "optimizer": (lambda a: a.__setitem__(7, "lamb"), ValueError),
+    "table": (lambda a: a.__setitem__(0, a[0].t()), ValueError),
+    "ids": (lambda a: a.__setitem__(4, a[4].float()), TypeError),
+    "grad": (lambda a: a.__setitem__(5, a[5][:3]), ValueError),
+    "moment1": (lambda a: a.__setitem__(1, a[1].bfloat16()), TypeError),
+    "moment2": (lambda a: a.__setitem__(2, a[2][:5]), ValueError),
+    "step": (lambda a: a.__setitem__(3, a[3].int()), TypeError),
+    "lr": (lambda a: a.__setitem__(8, -1.0), ValueError),
+    "betas": (lambda a: a.__setitem__(10, 1.0), ValueError),
+}
+
+
+@pytest.mark.parametrize("name", _BAD_UPDATES)
+def test_table_update_checks_its_arguments_as_the_cpp_op_does(name):
+    """The Python check (``check_table_update``) raises what csrc/ops.cpp's does: the same
+    exception type, a message naming the same argument and problem (up to how a number prints)."""
+    change, exc = _BAD_UPDATES[name]
+    args = list(_update_args())
+    change(args)
+    with pytest.raises(exc, match=name if name != "betas" else "betas in") as python:
+        triton_backend.table_update_(*args)
+    if _library.EXTENSION_ERROR is None and DEVICE == "cpu":
+        with pytest.raises(exc) as cpp:
+            torch.ops.neumf_fast.table_update_(*[t.cpu() if isinstance(t, torch.Tensor) else t for t in args])
+        assert str(cpp.value).split(" got ")[0] == str(python.value).split(" got ")[0]
 
 
 def test_check_mode_must_be_known(monkeypatch):

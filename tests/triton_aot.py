@@ -1,5 +1,6 @@
 """Compiles every Triton kernel that ``backend="triton"`` ships for the benchmark shapes and for
-ML-20M NeuMF training, ahead of time for sm_80 and sm_90, without a GPU, and checks the SASS.
+ML-20M NeuMF training (and the table update's, for each optimizer), ahead of time for sm_80 and
+sm_90, without a GPU, and checks the SASS.
 
 The launches are the launchers' own: each shape's forward and backward run through the
 registered ops on CPU tensors with the kernels replaced by recorders, so the block sizes,
@@ -48,7 +49,8 @@ from neumf_fast.ops import _triton_kernels as K  # noqa: E402
 from neumf_fast.ops import triton_backend as TB  # noqa: E402
 
 ML20M_USERS, ML20M_ITEMS = 138_493, 26_744  # MovieLens-20M; NeuMF's defaults: factors 8, layers (64, 32, 16, 8)
-KERNELS = ("fused_forward_kernel", "fused_backward_rows_kernel", "segment_sum_kernel", "chunk_sum_kernel")
+KERNELS = ("fused_forward_kernel", "fused_backward_rows_kernel", "segment_sum_kernel", "chunk_sum_kernel",
+           "table_update_kernel")
 
 
 class _Recorder:
@@ -72,7 +74,11 @@ def recorded_launches():
 
 
 def _call(args, save, deterministic=False):
-    """One forward (and, with ``save``, one backward) of the Triton ops on ``args``."""
+    """One forward (and, with ``save``, one backward) of the Triton ops on ``args``; with
+    ``save="update"``, one ``table_update_`` (its launcher: CPU tensors pass no device check)."""
+    if save == "update":
+        TB._triton_update.launch(TB.K.table_update_kernel, *args)
+        return
     ops = torch.ops.neumf_fast
     gmf, mlp_in, *saved = ops.triton_fused_input(*args, save)
     if save:
@@ -103,8 +109,19 @@ def _neumf(B, dtype):
             f(ML20M_ITEMS, 40), None, None, None, None, 8, "sum")
 
 
+def _update(optimizer, rows, D, dtype):
+    """A ``table_update_`` of a table of ``rows`` x ``D`` with its ``optimizer`` state: 16 ids
+    with padding 0 (the size of the batch is not specialised)."""
+    from neumf_fast.ops.table_update import new_state
+
+    table = torch.zeros(rows, D, dtype=dtype)
+    return (table, *new_state(optimizer, table), torch.ones(16, 1, dtype=torch.int64), torch.zeros(16, D, dtype=dtype),
+            0, optimizer, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+
+
 def cases():
-    """(name, op arguments, save, deterministic).  B is small: it is not specialised."""
+    """(name, op arguments, save, deterministic); ``save="update"``: a ``table_update_`` call.  B
+    is small: it is not specialised."""
     out = []
     for dt, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         out += [(f"design B=4096 L=10 D=128 {dt} train", _dense(16, 10, 128, dtype), True, False),
@@ -114,6 +131,10 @@ def cases():
     out += [("neumf ML-20M fp32 train", _neumf(16, torch.float32), True, False),
             ("neumf ML-20M fp32 eval", _neumf(16, torch.float32), False, False),
             ("neumf ML-20M fp32 train deterministic", _neumf(16, torch.float32), True, True)]
+    for optimizer in ("sgd", "adam", "rowwise_adagrad"):
+        out += [(f"table_update {optimizer} ML-20M D=40 fp32", _update(optimizer, ML20M_ITEMS, 40, torch.float32),
+                 "update", False),
+                (f"table_update {optimizer} D=128 bf16", _update(optimizer, 1000, 128, torch.bfloat16), "update", False)]
     return out
 
 

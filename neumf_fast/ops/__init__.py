@@ -68,7 +68,7 @@ def run_fused(args: FusedArgs, backend: str = "auto", table_optimizer=None) -> t
     if _id_check._PENDING and not torch.compiler.is_compiling():
         _id_check.raise_pending(wait=True)  # a bad id an earlier call recorded (see _id_check)
     if table_optimizer is not None and args.needs_grad():
-        args = rows_for_update(args, table_optimizer)
+        args = rows_for_update(args, table_optimizer, backend)
     gathered = False
     if device is not None and torch.is_autocast_enabled(device.type):
         args, gathered = _autocast_inputs(args, device.type)

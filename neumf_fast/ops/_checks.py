@@ -1,4 +1,5 @@
-"""A fused NeuMF input call's arguments (``FusedArgs``) and the Python check of them.
+"""A fused NeuMF input call's arguments (``FusedArgs``) and the Python check of them, and the
+same for ``table_update_`` (``check_table_update``).
 
 ``check_inputs`` validates a call for the backends with no compiled entry point of their own
 (the Triton launcher and the PyTorch reference).  It reads only shapes, dtypes and devices (no
@@ -13,6 +14,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from ..reference import TABLE_OPTIMIZERS
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 INDEX_DTYPES = (torch.int64, torch.int32)
@@ -197,3 +200,49 @@ def check_backward_inputs(d, grad_gmf, grad_mlp_in, pooled_user, pooled_item, mf
                                f"{t.dtype} {list(t.shape)}" + (" (was the forward run with save=False?)" if saved else ""))
         if t.device != d.device:
             raise RuntimeError(f"neumf_fast: {name} is on {t.device} but the inputs are on {d.device}")
+
+
+def check_table_update(table: Tensor, moment1: Tensor, moment2: Tensor, step: Tensor, ids: Tensor, grad: Tensor,
+                       optimizer: str, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """``table_update_``'s metadata check for the backends with no compiled entry point (Triton,
+    the reference; ``table_update`` re-exports it): what ``check_table_update`` in csrc/ops.cpp
+    rejects, with the same error types (``TypeError`` for a dtype, ``ValueError`` for the rest)
+    naming the same argument.  Reads no data."""
+    if optimizer not in TABLE_OPTIMIZERS:
+        raise ValueError(f"neumf_fast: optimizer must be one of {TABLE_OPTIMIZERS}, got {optimizer!r}")
+    if table.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"neumf_fast: table must be float, got {table.dtype}")
+    if table.dim() != 2 or not table.is_contiguous():
+        raise ValueError(f"neumf_fast: table must be a contiguous [R, D], got {list(table.shape)}")
+    if ids.dtype not in INDEX_DTYPES:
+        raise TypeError(f"neumf_fast: ids must be int32/int64, got {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"neumf_fast: ids must be [M, K], got {list(ids.shape)}")
+    if grad.dim() != 2 or grad.shape != (ids.shape[0], table.shape[1]):
+        raise ValueError(f"neumf_fast: grad must be [{ids.shape[0]}, {table.shape[1]}] (one row per row of ids), "
+                         f"got {list(grad.shape)}")
+    if grad.dtype != table.dtype:
+        raise TypeError(f"neumf_fast: grad has dtype {grad.dtype} but table has {table.dtype}")
+    acc = torch.float64 if table.dtype == torch.float64 else torch.float32  # op-math
+    shapes = {"moment1": table.shape if optimizer == "adam" else None,
+              "moment2": {"adam": table.shape, "rowwise_adagrad": table.shape[:1]}.get(optimizer)}
+    for name, state in (("moment1", moment1), ("moment2", moment2)):
+        if shapes[name] is None:
+            if state.numel():
+                raise ValueError(f"neumf_fast: {name} must be empty for optimizer {optimizer!r}, got {list(state.shape)}")
+            continue
+        if state.dtype != acc:
+            raise TypeError(f"neumf_fast: {name} must be {acc} for a {table.dtype} table, got {state.dtype}")
+        if state.shape != shapes[name] or not state.is_contiguous():
+            raise ValueError(f"neumf_fast: {name} must be a contiguous {list(shapes[name])}, got {list(state.shape)}")
+    if step.dtype != torch.int64:
+        raise TypeError(f"neumf_fast: step must be int64, got {step.dtype}")
+    if step.numel() != 1:
+        raise ValueError(f"neumf_fast: step must hold one count, got {list(step.shape)}")
+    for name, t in (("moment1", moment1), ("moment2", moment2), ("step", step), ("ids", ids), ("grad", grad)):
+        if t.device != table.device:
+            raise ValueError(f"neumf_fast: {name} is on {t.device} but table is on {table.device}")
+    if not (lr >= 0 and weight_decay >= 0):
+        raise ValueError(f"neumf_fast: lr and weight_decay must be >= 0, got {lr} and {weight_decay}")
+    if not (eps > 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise ValueError(f"neumf_fast: need eps > 0 and betas in [0, 1), got eps={eps}, betas=({beta1}, {beta2})")

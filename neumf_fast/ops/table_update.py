@@ -9,7 +9,8 @@ CUDA one (csrc/cuda/table_update.cu); Triton has its own (``triton_backend.table
 
 A call of the fused op with a table optimizer (``neumf_input(..., table_optimizer=)``) goes
 through ``rows_for_update``: each id side whose table the optimizer holds is gathered (and pooled)
-here by ``_TableRows``, and the fused op runs on those rows as its dense input.  The op's backward
+by ``_TableRows`` (the op itself, with no projection), and the op then runs on those rows as its
+dense input.  The op's backward
 then returns each side's ``[B, D]`` row gradient, and ``_TableRows.backward`` hands it to the
 optimizer, which applies ``table_update_``: the table's ``.grad`` stays ``None`` and nothing of the
 table's size is written but the rows present.
@@ -20,13 +21,13 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
-from . import _id_check, _library
-from ._checks import FusedArgs, capturing, check_id_range
-from .dispatch import BackendUnavailable, requested_backend
+from . import _library
+from ._checks import FusedArgs
+from ._checks import check_table_update as check_table_update  # the Python backends' check, here by name
+from .dispatch import BackendUnavailable, kind_of, requested_backend, select_backend
 
 TABLE_OPTIMIZERS = reference.TABLE_OPTIMIZERS
 
@@ -107,7 +108,7 @@ class TableOptimizerLike:  # the protocol rows_for_update reads (neumf_fast.tabl
 
 
 @torch.compiler.disable  # a graph break: the update runs eagerly in a compiled step (docs/training.md)
-def rows_for_update(args: FusedArgs, optimizer: TableOptimizerLike) -> FusedArgs:
+def rows_for_update(args: FusedArgs, optimizer: TableOptimizerLike, backend: str) -> FusedArgs:
     """The call with each id side whose table ``optimizer`` holds replaced by its rows, pooled
     (``[B, 1, D]``, mode sum: the pooling is done here) or gathered (``[B, D]``), whose gradient
     the optimizer applies to the table in the backward."""
@@ -117,51 +118,39 @@ def rows_for_update(args: FusedArgs, optimizer: TableOptimizerLike) -> FusedArgs
         raise ValueError("neumf_fast: one table on both sides cannot take a table optimizer (each side would "
                          "update it on its own); give each side its own table, or use dense")
     if user_held:
-        pooled = _TableRows.apply(args.user_table, args.user, args.padding_idx, args.mode == "mean", optimizer,
-                                  "user")
+        pooled = _TableRows.apply(args.user_table, args.user, args.padding_idx, args.mode, optimizer, backend)
         args = args._replace(user=pooled[:, None], user_table=None, padding_idx=None, mode="sum")
     if item_held:
-        rows = _TableRows.apply(args.item_table, args.item[:, None], None, False, optimizer, "item")
+        rows = _TableRows.apply(args.item_table, args.item, None, "sum", optimizer, backend)
         args = args._replace(item=rows, item_table=None)
     return args
 
 
 class _TableRows(torch.autograd.Function):
-    """``forward``: the sum (or mean) of each row of ``ids`` ``[M, K]`` into ``table`` (padding
-    ids left out, as the fused op pools them).  ``backward``: hands the pooled rows' gradient
-    (divided by the count for a mean) to ``optimizer.update``; the table gets no gradient."""
+    """``forward``: a user's ids ``[B, L]`` pooled (padding left out, sum or mean), or item ids
+    ``[B]`` gathered, from ``table``.  ``backward``: hands those rows' gradient (divided by the
+    count for a mean) to ``optimizer.update``; the table gets no gradient."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, ids: Tensor, padding_idx: int | None, mean: bool, optimizer, name: str) -> Tensor:
-        ids, keep = _checked_ids(ids, padding_idx, table.shape[0], name)
-        pooled = F.embedding_bag(ids, table, mode="sum", padding_idx=padding_idx) if ids.shape[1] != 1 or \
-            padding_idx is not None else F.embedding(ids[:, 0], table)
-        count = None
-        if mean:
-            count = keep.sum(dim=1, keepdim=True).clamp_min(1).to(pooled.dtype)
-            pooled = pooled / count
-        ctx.save_for_backward(ids, count)
-        ctx.table, ctx.padding_idx, ctx.optimizer = table, padding_idx, optimizer
-        return pooled
+    def forward(ctx, table: Tensor, ids: Tensor, padding_idx: int | None, mode: str, optimizer, backend: str):
+        # The op itself pools or gathers (its kernels, its id checks): with no projection, h_mf = 0
+        # and a zero-width other side, its mlp_in is just this side's rows.
+        batch, none = ids.shape[0], (None,) * 4
+        if ids.dim() == 2:
+            args = FusedArgs(ids, None, table, padding_idx, table.new_zeros((batch, 0)), None, *none, 0, mode)
+        else:
+            args = FusedArgs(table.new_zeros((batch, 1, 0)), None, None, None, ids, table, *none, 0, "sum")
+        rows = select_backend(kind_of(args), backend).run(args)[1]
+        ctx.save_for_backward(ids)
+        ctx.table, ctx.padding_idx, ctx.mean, ctx.optimizer = table, padding_idx, mode == "mean", optimizer
+        return rows
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        ids, count = ctx.saved_tensors
-        if count is not None:
-            grad = grad / count
+        (ids,) = ctx.saved_tensors
+        ids = ids if ids.dim() == 2 else ids[:, None]
+        if ctx.mean:
+            kept = ids.shape[1] if ctx.padding_idx is None else (ids != ctx.padding_idx).sum(dim=1, keepdim=True)
+            grad = grad / (kept.clamp_min(1) if isinstance(kept, Tensor) else kept)
         ctx.optimizer.update(ctx.table, ids, grad.contiguous(), ctx.padding_idx)
         return None, None, None, None, None, None
-
-
-def _checked_ids(ids: Tensor, padding_idx: int | None, rows: int, name: str) -> tuple[Tensor, Tensor]:
-    """(the ids to read, the positions pooled).  A bad id raises ``IndexError`` here on the CPU
-    (and in ``sync`` mode or a CUDA graph capture, see ``check_id_range``); on a GPU in the
-    default ``deferred`` mode it is recorded for ``_id_check`` (no host sync) and read as the
-    padding id, or as row 0 with no padding id: that step is wrong, and the next call raises."""
-    keep = ids != padding_idx if padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
-    if ids.is_cuda and not capturing(ids) and _id_check.mode() == "deferred":
-        bad = _id_check.record_bad_ids(ids, keep, rows, name)
-        _id_check.after_launch(ids.device, "deferred")
-        return ids.masked_fill(bad, 0 if padding_idx is None else padding_idx), keep & ~bad
-    check_id_range(ids, keep, rows, name)
-    return ids, keep

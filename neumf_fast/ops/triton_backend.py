@@ -7,7 +7,8 @@ block sizes by a rule, allocate only outputs and saves) → ``Kernels`` and the 
 One config per shape from ``_triton_configs`` (a rule on the widths, as Liger-Kernel's
 ``calculate_settings``); ``NEUMF_FAST_TRITON_AUTOTUNE=1`` searches a few configs instead.  Ids are
 checked in the kernels (``_id_check``), with no host sync.  Table gradients: a relaxed atomic
-scatter, or under ``torch.use_deterministic_algorithms(True)`` a sorted segment sum.
+scatter, or under ``torch.use_deterministic_algorithms(True)`` a sorted segment sum.  The
+``table_update_`` op (``table_update_`` here, launched by ``_triton_update``): sorted runs, no atomics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from . import _id_check
+from . import _id_check, _triton_update
 from ._autograd import Kernels, register_autograd
 from ._checks import FusedArgs, capturing, check_backward_inputs, check_inputs
 from ._triton_configs import _backward_config, _block, _forward_config, _precision
@@ -308,6 +309,17 @@ def _eager_backward(grad_gmf, grad_mlp_in, *rest):
                            torch.are_deterministic_algorithms_enabled())
 
 
+def table_update_(table: Tensor, moment1: Tensor, moment2: Tensor, step: Tensor, ids: Tensor, grad: Tensor,
+                  padding_idx: Optional[int], optimizer: str, lr: float, beta1: float, beta2: float, eps: float,
+                  weight_decay: float) -> None:
+    """The ``table_update_`` op (also as the ``triton_op`` ``triton_table_update_``): ``_triton_update.launch``."""
+    reasons = triton_reasons(table)  # a tensor has the .device and .dtype that they read
+    if reasons:
+        raise RuntimeError("neumf_fast: backend 'triton' cannot update this table: " + "; ".join(reasons))
+    _triton_update.launch(K.table_update_kernel, table, moment1, moment2, step, ids, grad, padding_idx, optimizer,
+                          lr, beta1, beta2, eps, weight_decay)
+
+
 KERNELS: Kernels | None = None
 if TRITON_ERROR is None:
     # Registered for torch.compile (and direct torch.ops callers); eager calls run the launchers
@@ -316,6 +328,7 @@ if TRITON_ERROR is None:
     triton_op("neumf_fast::triton_fused_input_backward", mutates_args={})(triton_fused_input_backward)
     register_autograd("neumf_fast::triton_fused_input", lambda *a: torch.ops.neumf_fast.triton_fused_input_backward(
         *a, torch.are_deterministic_algorithms_enabled()))
+    triton_op("neumf_fast::triton_table_update_", mutates_args={"table", "moment1", "moment2", "step"})(table_update_)
     KERNELS = Kernels(lambda *a: launch_forward(FusedArgs(*a[:12]), a[12], True), _eager_backward,
                       torch.ops.neumf_fast.triton_fused_input)
 

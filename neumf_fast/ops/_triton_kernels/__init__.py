@@ -37,9 +37,14 @@ the dots in their own dtype, with fp32 accumulation.
 Specialisation: the batch size and the padding id are ``do_not_specialize`` (a ragged last
 batch, or padding id 0 against 29, reuses the compiled kernel); the table gradient's atomics
 are ``sem="relaxed"`` (a fence-free ``RED``: the adds need no ordering with anything else).
+
+``table_update_kernel`` (update.py), the ``table_update_`` op's row-wise optimizer step, states
+its own math and tiling.
 """
 
 from .backward import chunk_sum_kernel, fused_backward_rows_kernel, segment_sum_kernel
 from .forward import fused_forward_kernel
+from .update import table_update_kernel
 
-__all__ = ["chunk_sum_kernel", "fused_backward_rows_kernel", "fused_forward_kernel", "segment_sum_kernel"]
+__all__ = ["chunk_sum_kernel", "fused_backward_rows_kernel", "fused_forward_kernel", "segment_sum_kernel",
+           "table_update_kernel"]
