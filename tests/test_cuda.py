@@ -9,9 +9,9 @@ checked), but not the hardware.  Here: the emulator's counters (float4 atomics, 
 waits for), a compute capability below sm_80, the id record's check modes on both targets, the
 parity cases rerun under AddressSanitizer, and on a GPU opcheck, torch.compile and CUDA graphs.
 
-Without a GPU, ``test_cuda_sources_compile_for_sm80_and_sm90`` also compiles every ``.cu`` file
+Without a GPU, ``test_cuda_sources_compile_for_sm80_and_sm90`` also compiles each ``.cu`` file
 with nvcc for sm_80 and sm_90 against torch's headers, as setup.py would on a CUDA machine, and
-reads the table scatter's SASS.
+reads the SASS of the table scatter and of ``table_update_``'s row update.
 
 Tolerances as tests/test_parity.py states them: float32 atol = rtol = 2e-5 normwise; float16 /
 bfloat16 by flash-attention's rule (error against the float64 truth at most 2x PyTorch's own
@@ -33,7 +33,9 @@ import torch
 
 import neumf_fast
 from conftest import assert_flash_attention_rule, make_case, popular_id_case, run
+from neumf_fast import reference
 from neumf_fast.ops import BackendUnavailable, _library, check_inputs
+from neumf_fast.ops.table_update import new_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
@@ -160,6 +162,53 @@ def test_an_unknown_check_mode_is_a_value_error(backend, monkeypatch):
         op(case.user, case.item, **case.kwargs)
 
 
+_HYPER = (0.05, 0.9, 0.99, 1e-8, 0.01)  # lr, beta1, beta2, eps, weight_decay
+
+
+def _bad_update_case(optimizer="adam"):
+    """A float64 ``table_update_`` call whose ids name row 10 of a 10-row table, and the table,
+    state and ids the reference updates (the bad position as padding: skipped, as the kernel must)."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    ids = torch.tensor([[1, 10], [3, 1], [0, 2]])
+    grad = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    state = new_state(optimizer, table)
+    expected, expected_state, skipped = table.clone(), [s.clone() for s in state], ids.clone()
+    skipped[0, 1] = -1
+    reference.table_update_(expected, *expected_state, skipped, grad, -1, optimizer, *_HYPER)
+    return (table, state, ids, grad), (expected, expected_state), "user id 10 is out of range for a table with 10 rows"
+
+
+@CUDA_TARGETS
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_table_update_ids_out_of_range(backend, mode, monkeypatch):
+    """``table_update_`` checks its ids as the fused op's kernels do (id_check.cuh, the user
+    slot): the bad position is skipped like padding (its row never read or written, the other
+    rows updated), and the ``IndexError`` names the id and the table at the call (``sync``) or at
+    the next call (``deferred``), after which calls run again."""
+    device, update = backend.device, backend.update
+    monkeypatch.setenv("NEUMF_FAST_CHECK_IDS", mode)
+    (table, state, ids, grad), (expected, expected_state), match = _bad_update_case()
+    table, state, ids, grad = table.to(device), [s.to(device) for s in state], ids.to(device), grad.to(device)
+    if mode == "sync":
+        with pytest.raises(IndexError, match=match):
+            update(table, *state, ids, grad, None, "adam", *_HYPER)
+    else:
+        update(table, *state, ids, grad, None, "adam", *_HYPER)
+        if device == "cuda":
+            torch.cuda.synchronize()  # the read-back has landed: the next call raises, without a wait
+    torch.testing.assert_close(table.cpu(), expected, atol=1e-12, rtol=0)
+    for actual, wanted in zip(state, expected_state):
+        torch.testing.assert_close(actual.cpu(), wanted, atol=1e-12, rtol=0)
+    good = ids.clamp_max(9)
+    if mode == "deferred":
+        with pytest.raises(IndexError, match=match):
+            update(table, *state, good, grad, None, "adam", *_HYPER)
+        assert int(state[2]) == 1  # raised before touching anything
+    update(table, *state, good, grad, None, "adam", *_HYPER)  # reported and cleared: the next call runs
+    assert int(state[2]) == 2
+
+
 @EMULATED
 def test_host_never_waits_for_the_calls_own_kernels(backend, monkeypatch):
     """What the CUDA host code asks of the runtime (emulator counters), with ids on both sides:
@@ -265,6 +314,35 @@ def test_cuda_graph_capture_with_ids():
 
 
 @gpu_only
+def test_table_update_captures_in_a_cuda_graph():
+    """``table_update_`` advances its step and reads it on the device, with grids that depend on
+    shapes only: a captured step replays as eager steps run, bit for bit (Adam's bias
+    corrections follow the count)."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 40, generator=g).cuda()
+    ids, grad = torch.randint(0, 50, (64, 3), generator=g).cuda(), torch.randn(64, 40, generator=g).cuda()
+    state = new_state("adam", table)
+    eager, eager_state = table.clone(), [s.clone() for s in state]
+    for _ in range(3):
+        torch.ops.neumf_fast.table_update_(eager, *eager_state, ids, grad, 0, "adam", *_HYPER)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture, on copies, as torch.cuda.graphs asks
+        torch.ops.neumf_fast.table_update_(table.clone(), *[s.clone() for s in state], ids, grad, 0, "adam", *_HYPER)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.ops.neumf_fast.table_update_(table, *state, ids, grad, 0, "adam", *_HYPER)
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert int(state[2]) == 3
+    torch.testing.assert_close(table, eager, atol=0, rtol=0)
+    for actual, wanted in zip(state, eager_state):
+        torch.testing.assert_close(actual, wanted, atol=0, rtol=0)
+
+
+@gpu_only
 def test_models_train_on_the_cuda_backend():
     """A NeuMF step on backend="cuda" matches the same step on the reference, and the two
     state_dicts have the same keys."""
@@ -357,8 +435,9 @@ def _spills(ptxas_log: str) -> list[str]:
     return found
 
 
-def _scatter_sass(obj: Path) -> dict[str, str]:
-    """{arch: SASS of the table-scatter kernels} of a compiled object, by Triton's cuobjdump."""
+def _sass(obj: Path, kernel: str) -> dict[str, str]:
+    """{arch: SASS of the kernels whose name contains ``kernel``} of a compiled object, by
+    Triton's cuobjdump."""
     import triton
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -370,36 +449,60 @@ def _scatter_sass(obj: Path) -> dict[str, str]:
         arch = re.match(r"code for (sm_\d+)", part)
         if arch:
             functions = re.split(r"\n\s*Function : ", part)[1:]
-            out[arch.group(1)] = "\n".join(f for f in functions if "scatter_atomic_kernel" in f.split("\n", 1)[0])
+            out[arch.group(1)] = "\n".join(f for f in functions if kernel in f.split("\n", 1)[0])
     return out
+
+
+_FENCED = r"\b(?:ATOMG?|MEMBAR|FENCE)\.[\w.]+"
+
+
+def _check_scatter_sass(obj: Path) -> None:
+    """fused_input_backward.cu: the table scatter has only fence-free reductions (``RED``: no
+    ``ATOM``, no ``MEMBAR``), 4-wide for fp32 on sm_90."""
+    scatter = _sass(obj, "scatter_atomic_kernel")
+    assert set(scatter) == {"sm_80", "sm_90"} and all(scatter.values()), "no scatter kernel in the SASS"
+    for arch, text in scatter.items():
+        assert re.search(r"\bREDG?\.E\.ADD\.F32", text), f"{arch}: no fp32 RED in the table scatter"
+        fenced = re.findall(_FENCED, text)
+        assert not fenced, f"{arch}: fenced or value-returning atomics in the table scatter: {sorted(set(fenced))}"
+    assert "F32x4" in scatter["sm_90"], "sm_90: the fp32 scatter does not use the 4-wide vector reduction"
+
+
+def _check_table_update_sass(obj: Path) -> None:
+    """table_update.cu: the row update (one owner warp per row) has no atomic, reduction or
+    fence at all, and no kernel of the file has a fence (the key kernel's bad-id flag is a
+    relaxed exchange)."""
+    update = _sass(obj, "update_rows_kernel")
+    assert set(update) == {"sm_80", "sm_90"} and all(update.values()), "no update kernel in the SASS"
+    for arch, text in update.items():
+        found = re.findall(r"\b(?:ATOMG?|REDG?|MEMBAR|FENCE)\.[\w.]+", text)
+        assert not found, f"{arch}: atomics or fences in the row update: {sorted(set(found))}"
+    for arch, text in _sass(obj, "").items():
+        fences = re.findall(r"\b(?:MEMBAR|FENCE)\.[\w.]+", text)
+        assert not fences, f"{arch}: fences in table_update.cu: {sorted(set(fences))}"
+
+
+_SASS_CHECKS = {"fused_input_backward.cu": _check_scatter_sass, "table_update.cu": _check_table_update_sass}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(ON_GPU, reason="on a GPU machine the extension build compiles these for real")
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed, so the CUDA sources cannot be compiled")
-def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
-    """Every .cu file under csrc/cuda/ compiles with nvcc -c for sm_80 and sm_90 against torch's
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda src: src.name)
+def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path, source):
+    """Each .cu file under csrc/cuda/ compiles with nvcc -c for sm_80 and sm_90 against torch's
     headers, with the flags torch's extension build uses, and without a warning from our code;
-    ptxas reports no spill past _KNOWN_SPILLS; and the table scatter's SASS has only fence-free
-    reductions (``RED``: no ``ATOM``, no ``MEMBAR``), 4-wide for fp32 on sm_90."""
+    ptxas reports no spill past _KNOWN_SPILLS; and the SASS checks of _SASS_CHECKS hold (the
+    table scatter's fence-free reductions, table_update's atomic-free row update)."""
     assert CUDA_SOURCES, "no CUDA sources found"
-    procs = {src: subprocess.Popen([*_nvcc_command(src, tmp_path / (src.stem + ".o")), "-Xptxas", "-v"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-             for src in CUDA_SOURCES}
-    failures = []
-    for src, proc in procs.items():
-        out, _ = proc.communicate(timeout=600)
-        ours = [line for line in out.splitlines() if "csrc/cuda" in line and ("warning" in line or "error" in line)]
-        if proc.returncode != 0 or ours:
-            failures.append(f"{src.name}: exit {proc.returncode}\n" + "\n".join(ours or out.splitlines()[-30:]))
-            continue
-        assert (tmp_path / (src.stem + ".o")).stat().st_size > 0
-        failures += [f"{src.name}: spills: {s}" for s in _spills(out)]
-    assert not failures, "\n\n".join(failures)
-    scatter = _scatter_sass(tmp_path / "fused_input_backward.o")
-    assert set(scatter) == {"sm_80", "sm_90"} and all(scatter.values()), "no scatter kernel in the SASS"
-    for arch, text in scatter.items():
-        assert re.search(r"\bREDG?\.E\.ADD\.F32", text), f"{arch}: no fp32 RED in the table scatter"
-        fenced = re.findall(r"\b(?:ATOMG?|MEMBAR|FENCE)\.[\w.]+", text)
-        assert not fenced, f"{arch}: fenced or value-returning atomics in the table scatter: {sorted(set(fenced))}"
-    assert "F32x4" in scatter["sm_90"], "sm_90: the fp32 scatter does not use the 4-wide vector reduction"
+    obj = tmp_path / (source.stem + ".o")
+    done = subprocess.run([*_nvcc_command(source, obj), "-Xptxas", "-v"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, cwd=ROOT, timeout=600)
+    ours = [line for line in done.stdout.splitlines() if "csrc/cuda" in line and ("warning" in line or "error" in line)]
+    assert done.returncode == 0 and not ours, f"{source.name}: exit {done.returncode}\n" + "\n".join(
+        ours or done.stdout.splitlines()[-30:])
+    assert obj.stat().st_size > 0
+    spills = _spills(done.stdout)
+    assert not spills, f"{source.name}: spills:\n" + "\n".join(spills)
+    if source.name in _SASS_CHECKS:
+        _SASS_CHECKS[source.name](obj)

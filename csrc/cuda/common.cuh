@@ -168,6 +168,30 @@ inline int grid_for(int64_t work_items, int64_t per_block) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, per_block), 1 << 20)));
 }
 
+// Sums by row in a fixed order (the sorted table gradient of fused_input_backward.cu, and
+// table_update.cu): each position's sort key is the row it names, or `rows` (after every row)
+// for a padding position and for an id outside [0, rows), which is recorded in err when given
+// (id_check.cuh's record) and never read or written by the kernels that walk the keys.  A stable
+// sort of the keys (at::sort) then puts each row's positions together, in position order.  The
+// launch stays in the .cu files (the emulator rewrites launches there only).
+template <typename index_t>
+__global__ void __launch_bounds__(kThreads) position_keys_kernel(const index_t* ids, int64_t positions, int64_t rows,
+                                                                 bool has_pad, int64_t pad, int64_t* err,
+                                                                 int64_t* keys) {
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; p < positions;
+       p += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t id = static_cast<int64_t>(ids[p]);
+    int64_t key = id;
+    if (has_pad && id == pad) {
+      key = rows;
+    } else if (id < 0 || id >= rows) {
+      report_bad_id(err, id);
+      key = rows;
+    }
+    keys[p] = key;
+  }
+}
+
 inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }

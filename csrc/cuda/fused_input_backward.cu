@@ -27,7 +27,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -284,11 +283,17 @@ Tensor table_grad(const SideParams& s, const Tensor& ids, int64_t batch, const T
   Tensor out = at::zeros({s.rows, s.D}, dpooled.options().dtype(dtype));
   const int64_t positions = ids.numel();
   if (positions == 0 || s.D == 0) return out;
-  Tensor flat = ids.reshape({-1}).to(at::kLong);
-  Tensor invalid = flat.lt(0).logical_or_(flat.ge(s.rows));
-  if (s.has_pad) invalid.logical_or_(flat.eq(s.pad));
-  flat = at::where(invalid, s.rows, flat);
-  const auto [sorted_ids, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  // ids were checked (and any bad one recorded) by the forward: no record here
+  Tensor keys = at::empty({positions}, ids.options().dtype(at::kLong));
+  if (ids.scalar_type() == at::kLong) {
+    position_keys_kernel<int64_t><<<grid_for(positions, kThreads), kThreads, 0, stream>>>(
+        ids.data_ptr<int64_t>(), positions, s.rows, s.has_pad, s.pad, nullptr, keys.data_ptr<int64_t>());
+  } else {
+    position_keys_kernel<int32_t><<<grid_for(positions, kThreads), kThreads, 0, stream>>>(
+        ids.data_ptr<int32_t>(), positions, s.rows, s.has_pad, s.pad, nullptr, keys.data_ptr<int64_t>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto [sorted_ids, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const int64_t chunks = ceil_div(positions, kChunk);
   // partial sums of the runs that cross a chunk boundary; pass 1 writes every one pass 2 reads
   const Tensor head = at::empty({chunks, s.D}, dpooled.options()), tail = at::empty({chunks, s.D}, dpooled.options());
