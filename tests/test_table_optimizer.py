@@ -33,8 +33,8 @@ def _model(kind: str, backend: str):
         if kind != "mlp" else models.MLP(50, 40, (8, 4), backend=backend)
 
 
-def _batch(kind: str, batch: int = 37):
-    g = torch.Generator().manual_seed(1)
+def _batch(kind: str, batch: int = 37, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
     if kind == "seq":
         user = torch.randint(0, 31, (batch, 5), generator=g)  # 30 is the padding id
         user[3] = 30  # a history of nothing but padding
@@ -175,3 +175,25 @@ def test_one_table_on_both_sides_is_refused():
     with pytest.raises(ValueError, match="both sides"):
         neumf_input(torch.tensor([[1]]), torch.tensor([2]), h_mf=4, user_table=table, item_table=table,
                     table_optimizer=opt)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (a CUDA graph)")
+def test_a_captured_step_updates_the_tables_as_eager():
+    """``--cuda-graphs`` with a table optimizer: six steps (three eager warm-up steps, the
+    capture, replays) end with the same tables as six eager steps."""
+    from neumf_fast.train_step import TrainStep
+
+    tables = []
+    for capture in (False, True):
+        model = _model("neumf", "auto").cuda()
+        model.table_optimizer = TableOptimizer(model.tables(), "adam", lr=LR)
+        opt = torch.optim.Adam(model.dense_parameters(), lr=0.01, fused=True, capturable=capture)
+        step = TrainStep(model, opt, 64, capture=capture)
+        step.begin_epoch(torch.device("cuda"))
+        for s in range(6):
+            user, item = _batch("neumf", 64, seed=s)
+            step(user.cuda(), item.cuda(), (item % 2).float().cuda(), 64)
+        assert (step.graph is not None) == capture
+        tables.append({n: t.detach().cpu() for n, t in model.tables().items()})
+    for name, table in tables[0].items():
+        torch.testing.assert_close(tables[1][name], table, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from neumf_fast import models
 from neumf_fast.ops import _checks, _library
 from neumf_fast.train import train_epoch
+from neumf_fast.table_optimizer import TableOptimizer
 from neumf_fast.train_step import TrainStep
 
 needs_extension = pytest.mark.skipif(_library.EXTENSION_ERROR is not None, reason="C++ extension not built")
@@ -218,13 +219,16 @@ def _host_reads_forbidden():
 
 
 @needs_extension
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision,table_optimizer", [("fp32", None), ("bf16", None), ("fp32", "adam")])
 @pytest.mark.parametrize("kind", ["neumf", "seq"])
-def test_a_step_reads_nothing_on_the_host(kind, precision):
+def test_a_step_reads_nothing_on_the_host(kind, precision, table_optimizer):
     """The loss is summed on the device and read once, after the epoch.  bf16 covers the
-    autocast path, whose row gather checks ids (on the host outside a capture)."""
+    autocast path, whose row gather checks ids (on the host outside a capture); a table
+    optimizer, the rows pooled by the op and updated in the backward."""
     model = _model(kind, "cpu")
-    step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=0.01, fused=True), 32,
+    if table_optimizer:
+        model.table_optimizer = TableOptimizer(model.tables(), table_optimizer)
+    step = TrainStep(model, torch.optim.Adam(model.dense_parameters(), lr=0.01, fused=True), 32,
                      user_input=_History() if kind == "seq" else None, precision=precision)
     user, item, label = _samples(64)
     step.begin_epoch("cpu")
