@@ -118,3 +118,31 @@ def test_update_is_deterministic_and_sums_a_hot_row_once(backend):
     state = [s.to(torch.float64 if s.is_floating_point() else s.dtype, copy=True) for s in _state("adam", table)]
     reference.table_update_(expected, *state, ids, grad.double(), None, "adam", *HYPER.values())
     _check(results[0], expected, torch.float32, "table")
+
+
+@pytest.mark.parametrize("optimizer", TABLE_OPTIMIZERS)
+def test_opcheck(optimizer):
+    """The schema's mutation annotations, the fake kernel and the C++ CPU kernel agree."""
+    from neumf_fast.ops import _library
+
+    if _library.EXTENSION_ERROR is not None:
+        pytest.skip(_library.EXTENSION_ERROR)
+    table, ids, grad = _case(37, 3, 5, 50, torch.float32, 0)
+    state = _state(optimizer, table)
+    torch.library.opcheck(torch.ops.neumf_fast.table_update_.default,
+                          (table, *state, ids, grad, 0, optimizer, *HYPER.values()))
+
+
+def test_bad_input_is_a_clear_error(backend):
+    """An id outside the table (IndexError at the call on the CPU) and a state of the wrong
+    shape (ValueError naming it)."""
+    backend.require(torch.float32)
+    table, ids, grad = _case(5, 2, 4, 10, torch.float32, None)
+    ids[3, 1] = 10
+    state = _state("adam", table)
+    if backend.name in ("cpu", "triton-interpret"):  # the GPU kernels' deferred record: tests/test_cuda.py
+        with pytest.raises(IndexError, match="10 is out of range for a table with 10 rows"):
+            _run(backend.update, table, state, ids, grad, None, "adam", backend.device)
+    ids[3, 1] = 0
+    with pytest.raises(ValueError, match="moment2"):
+        _run(backend.update, table, (state[0], state[1][:5], state[2]), ids, grad, None, "adam", backend.device)
