@@ -7,11 +7,13 @@
 #                      tests marked slow (builds, compiles, the distributed run): a few minutes
 #   bash dev.sh lint   ruff check, with pyproject.toml's rules (.ci/run runs it before the tests)
 #   bash dev.sh demo   the fused op alone on the design's shapes (parity and speed)
-#   bash dev.sh bench [op|train|scale|throughput|serve]  run the CPU benchmarks and write benchmarks/results/
+#   bash dev.sh bench [op|train|scale|throughput|serve|table]  run the CPU benchmarks and write benchmarks/results/
 #                      (throughput: training samples/s, ML-1M-sized at batch 256/8192 against the
 #                      plain loop, one after the other and interleaved, and ML-20M-shaped at scale,
 #                      fp32 and bf16, in one run; serve: all-user top-10, exported-program latency and
-#                      peak memory of recommend, benchmarks/test_bench_serve.py, about 5 minutes)
+#                      peak memory of recommend, benchmarks/test_bench_serve.py, about 5 minutes; table:
+#                      row-wise table optimizers against dense Adam, benchmarks/test_bench_table_optim.py,
+#                      about 10 minutes)
 # Extra arguments go to the command (neumf-fast train, pytest, the demo).
 # Set-up steps that have nothing to do (same requirements, same sources) are skipped.
 set -euo pipefail
@@ -73,7 +75,7 @@ case "$cmd" in
   bench)
     which="${1:-all}"
     [ $# -gt 0 ] && shift
-    for suite in op train scale throughput serve; do
+    for suite in op train scale throughput serve table; do
       [ "$which" = "$suite" ] || { [ "$which" = all ] && [ "$suite" != throughput ]; } || continue
       file=benchmarks/test_bench_cpu.py; stamp="cpu-$(date -u +%Y-%m-%dT%H%M%S)"
       if [ "$suite" = train ]; then file=benchmarks/test_bench_train.py; stamp="train-cpu-$(date -u +%Y-%m-%dT%H%M%S)"; fi
@@ -89,11 +91,18 @@ case "$cmd" in
         cat "benchmarks/results/$stamp.md"
         continue
       fi
+      if [ "$suite" = table ]; then
+        stamp="table-optim-cpu-$(date -u +%Y-%m-%dT%H%M%S)"
+        python -m pytest benchmarks/test_bench_table_optim.py -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
+        python benchmarks/table_report.py "benchmarks/results/$stamp.json" > "benchmarks/results/$stamp.md"
+        cat "benchmarks/results/$stamp.md"
+        continue
+      fi
       # shellcheck disable=SC2086  # $file may name two test selections
       python -m pytest $file -q --benchmark-json="benchmarks/results/$stamp.json" "$@"
       python benchmarks/report.py "benchmarks/results/$stamp.json" --command "bash dev.sh bench $suite" > "benchmarks/results/$stamp.md"
       cat "benchmarks/results/$stamp.md"
     done
     ;;
-  *) echo "usage: bash dev.sh {train|test [--quick]|lint|demo|bench [op|train|scale|throughput|serve]} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash dev.sh {train|test [--quick]|lint|demo|bench [op|train|scale|throughput|serve|table]} [args...]" >&2; exit 2 ;;
 esac
