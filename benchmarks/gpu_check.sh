@@ -31,6 +31,7 @@
 #   first     <= 25 s   the first calls of a fresh process with empty caches (benchmarks/first_call.py)
 #   train     <= 30 s   a training epoch at batch 4096, fp32: eager and with the step in a CUDA graph
 #   scale     <= 40 s   a training epoch at ML-20M scale, batch 2^20, fp32 and bf16
+#   tables    <= 60 s   the same epoch, fp32, dense Adam and each table optimizer, interleaved
 # Triton's default is the package's (not NEUMF_FAST_TRITON_AUTOTUNE=1): with one compile per shape
 # the warm-up is short; where the package still autotunes by default, the Triton cases that do
 # not finish within their caps read "not measured".
@@ -38,8 +39,8 @@
 #   GPU_CHECK_STEPS="tests kernels compiled first train scale" GPU_CHECK_TESTS=tests/test_dispatch.py \
 #     GPU_CHECK_BUDGET=120 bash benchmarks/gpu_check.sh /tmp/gpucheck
 #
-# GPU_CHECK_STEPS picks the steps (default: all, "build tests kernels compiled first train scale").
-# GPU_CHECK_CAP_<STEP> (BUILD, TESTS, KERNELS, COMPILED, FIRST, TRAIN, SCALE) replaces a step's
+# GPU_CHECK_STEPS picks the steps (default: all, "build tests kernels compiled first train scale tables").
+# GPU_CHECK_CAP_<STEP> (BUILD, TESTS, KERNELS, COMPILED, FIRST, TRAIN, SCALE, TABLES) replaces a step's
 # cap in seconds, GPU_CHECK_TESTS the test files, GPU_CHECK_COMPILE_MODE torch.compile's mode.
 #
 # Writes 2 files into RESULTS_DIR (few, so that a job that returns few files keeps both): gpu-<date>.md, which is
@@ -67,7 +68,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}" PYTHONPATH="$P
 export NEUMF_FAST_BENCH_COMPILE_MODE="${GPU_CHECK_COMPILE_MODE:-default}"
 bench_opts=(-q -p no:cacheprovider --benchmark-min-rounds=10 --benchmark-max-time=0.05 --benchmark-warmup=off)
 
-steps=" ${GPU_CHECK_STEPS:-build tests kernels compiled first train scale} "
+steps=" ${GPU_CHECK_STEPS:-build tests kernels compiled first train scale tables} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 
 step "environment"
@@ -167,6 +168,11 @@ if want train && gpu_only train; then
 fi
 if want scale && gpu_only scale; then
   bench scale 40 benchmarks/test_bench_scale.py -k test_epoch_throughput
+fi
+if want tables && gpu_only tables; then
+  bench tables 60 benchmarks/test_bench_table_optim.py -k test_scale_epoch
+  { echo; python benchmarks/table_report.py "$out/$stamp-tables.json" --command "gpu_check.sh: tables" 2>&1 \
+      || echo "(table_report.py: no result)"; } >> "$summary"
 fi
 
 # the backend neumf_fast's training runs took with backend="auto" (NeuMF's call: ids, batch 4096, fp32)

@@ -6,8 +6,9 @@
   ``trainer_adam`` (the same with ``--table-optimizer adam``), and at batch 256 the plain
   PyTorch loop with dense Adam (``plain_dense``) and with ``nn.Embedding(sparse=True)`` +
   ``torch.optim.SparseAdam`` (``plain_sparse_adam``).  Validation HR@10 after the epoch.
-- ``test_scale_epoch``: the same, ML-20M-shaped at ``NEUMF_FAST_SCALE`` (0.01), factors 64,
-  fp32, ``trainer_dense`` against ``trainer_adam``.
+- ``test_scale_epoch``: the same, ML-20M-shaped at ``NEUMF_FAST_SCALE`` (0.01 on the CPU, 1 on a
+  GPU: batch 2^20), factors 64, fp32, ``trainer_dense`` against ``trainer_adam``; on a GPU also
+  ``trainer_rowwise_adagrad`` and ``trainer_sgd`` (``benchmarks/gpu_check.sh``'s ``tables`` step).
 - ``test_step``: one training step on the op benchmarks' ids shape (two 100k x 64 tables, B=4096,
   a 50-id user bag with padding id 0 and one item id, the design's four ``nn.Linear``): the
   user's ``nn.EmbeddingBag`` + ``nn.Linear`` with ``torch.optim.Adagrad``; the fused op with
@@ -28,7 +29,7 @@ import pytest
 import torch
 from paired import interleaved_epoch
 from test_bench_cpu import make_case
-from test_bench_train import PlainNeuMF, _split, _tensors
+from test_bench_train import DEVICE, PlainNeuMF, _tensors
 
 from neumf_fast import FusedUserItem, TableOptimizer
 from neumf_fast.config import TrainConfig
@@ -63,10 +64,11 @@ def _provider(name: str, num_users: int, num_items: int, factors: int = 8, layer
     """(model, optimizer) as each provider trains."""
     torch.manual_seed(0)
     lr = TrainConfig().learning_rate()
-    if name.startswith("trainer"):
-        model = NeuMF(num_users, num_items, factors, layers, backend="cpu")
-        if name == "trainer_adam":
-            model.table_optimizer = TableOptimizer(model.tables(), "adam", lr=lr)
+    if name.startswith("trainer"):  # trainer_dense, or trainer_ and a table optimizer
+        model = NeuMF(num_users, num_items, factors, layers, backend="cpu" if DEVICE == "cpu" else "auto").to(DEVICE)
+        if name != "trainer_dense":
+            model.table_optimizer = TableOptimizer(model.tables(), name.removeprefix("trainer_"),
+                                                   lr=lr if name == "trainer_adam" else None)
         return model, torch.optim.Adam(model.dense_parameters(), lr=lr, fused=True)
     model = PlainNeuMF(num_users, num_items, factors, layers)
     if name == "plain_dense":
@@ -92,7 +94,7 @@ def _paired(benchmark, names, split, sampler, users, items, batch_size, shape: s
     sampling = perf_counter() - begin
     seconds = {}
     benchmark.pedantic(lambda: seconds.update(interleaved_epoch(runs, samples, batch_size)), rounds=1, iterations=1)
-    hr = {n: evaluate_candidates(m, split, "valid")["hr@10"] for n, (m, _, _) in runs.items()}
+    hr = {n: evaluate_candidates(m, split, "valid", device=DEVICE)["hr@10"] for n, (m, _, _) in runs.items()}
     written_out = {n: step.written_out is not None for n, (_, _, step) in runs.items()}
     benchmark.extra_info.update(
         direction="train epoch, paired", shape=shape, dtype="float32", threads=threads, samples=len(samples[0]),
@@ -101,6 +103,10 @@ def _paired(benchmark, names, split, sampler, users, items, batch_size, shape: s
                     "written_out_step": written_out[n]} for n in runs})
 
 
+cpu_only = pytest.mark.skipif(DEVICE != "cpu", reason="a CPU benchmark (test_scale_epoch runs on a GPU)")
+
+
+@cpu_only
 @pytest.mark.parametrize("batch_size", [256, 8192])
 def test_epoch(benchmark, batch_size):
     split, sampler, users, items = _tensors()
@@ -113,7 +119,8 @@ def test_scale_epoch(benchmark):
 
     split = scale._split()
     _, _, _, sampler, users, items = scale._setup("fused_op")
-    _paired(benchmark, ["trainer_dense", "trainer_adam"], split, sampler, users, items, scale.batch_size,
+    names = ["trainer_dense", "trainer_adam"] + (["trainer_rowwise_adagrad", "trainer_sgd"] if DEVICE == "cuda" else [])
+    _paired(benchmark, names, split, sampler, users, items, scale.batch_size,
             f"ML-20M x {scale.SCALE:g}, batch {scale.batch_size}", scale.FACTORS, scale.LAYERS)
 
 
@@ -164,6 +171,7 @@ def _time_interleaved(benchmark, steps: dict) -> dict:
     return {n: round(statistics.median(t) * 1e3, 2) for n, t in times.items()}
 
 
+@cpu_only
 def test_step(benchmark):
     steps, *_ = _step_providers()
     ms = _time_interleaved(benchmark, steps)
@@ -171,6 +179,7 @@ def test_step(benchmark):
                                 dtype="float32", threads=torch.get_num_threads(), rounds=ROUNDS, ms_per_step=ms)
 
 
+@cpu_only
 def test_step_fbgemm(benchmark):
     fbgemm = pytest.importorskip("fbgemm_gpu", reason="fbgemm-gpu-cpu is not installed (pip install "
                                  "fbgemm-gpu-cpu==1.8.0 beside torch 2.13.0 to compare)")
