@@ -189,6 +189,18 @@ def test_cli_seq_model_trains(tiny_csv, tmp_path, capsys):
     assert isinstance(model, SequenceNeuMF) and config.history_len == 5
 
 
+def test_cli_trains_with_a_table_optimizer_and_evaluate_reads_the_run(tiny_csv, tmp_path, capsys):
+    cli_main(["train", "--model", "seq", "--dataset", str(tiny_csv), "--epochs", "1", "--batch-size", "512",
+              "--factors", "4", "--history-len", "5", "--out", str(tmp_path), "--no-progress",
+              "--table-optimizer", "rowwise_adagrad", "--table-lr", "0.3"])
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["config"]["table_optimizer"] == "rowwise_adagrad"
+    assert ckpt["table_optimizer"]["hyper"]["lr"] == 0.3
+    assert set(ckpt["table_optimizer"]["state"]) == {"history_embedding.weight", "item_embedding.weight"}
+    cli_main(["evaluate", str(tmp_path / "best.pt")])
+    assert "hr@10" in capsys.readouterr().out.lower()
+
+
 def test_learning_rate_scales_with_batch():
     assert TrainConfig().learning_rate() == 0.001
     assert TrainConfig(batch_size=1024).learning_rate() == pytest.approx(0.002)

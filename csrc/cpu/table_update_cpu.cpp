@@ -28,6 +28,7 @@
 #include <fbgemm/Utils.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -89,6 +90,16 @@ void update_row(TableOptimizer opt, scalar_t* w, acc_t* m1, acc_t* m2, acc_t* g,
     *m2 = s;
     const acc_t rate = static_cast<acc_t>(h.lr) / (std::sqrt(s) + static_cast<acc_t>(h.eps));
     for (int64_t j = 0; j < dim; ++j) w[j] = static_cast<scalar_t>(static_cast<acc_t>(w[j]) - rate * g[j]);
+  }
+}
+
+constexpr int64_t kPrefetch = 4;
+
+template <typename T>
+void prefetch_row(const T* row, int64_t dim) {
+  if (row == nullptr) return;
+  for (int64_t b = 0; b < dim * static_cast<int64_t>(sizeof(T)); b += 64) {
+    __builtin_prefetch(reinterpret_cast<const char*>(row) + b, 1);
   }
 }
 
@@ -172,6 +183,14 @@ void table_update_cpu(const at::Tensor& table, const at::Tensor& moment1, const 
       while (p > 0 && p < n && sorted[p] == sorted[p - 1]) ++p;  // a run that started before: its owner's
       while (p < end && sorted[p] < rows) {
         const int64_t row = sorted[p];
+        // The rows come in ascending but scattered order, cold after a step's other work: fetch
+        // the row (and its state) a few positions on while this one is summed and updated.
+        const int64_t ahead = sorted[std::min(p + kPrefetch, n - 1)];
+        if (ahead < rows) {
+          prefetch_row(w + ahead * dim, dim);
+          if (m1 != nullptr) prefetch_row(m1 + ahead * dim, dim);
+          if (m2 != nullptr) prefetch_row(m2 + ahead * m2_stride, m2_stride);
+        }
         std::fill(sum.begin(), sum.end(), acc_t(0));
         for (; p < n && sorted[p] == row; ++p) {
           const scalar_t* src = g + (order[p] / per_group) * dim;
