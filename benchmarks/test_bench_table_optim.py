@@ -150,8 +150,8 @@ def _step_providers() -> dict:
             continue
         table_opt = name.removeprefix("fused_")
         fused.table_optimizer = TableOptimizer(fused.tables(), table_opt, lr=0.01)
-        dense = [p for n, p in fused.named_parameters() if n not in fused.tables()]
-        out[name] = make(fused, (torch.optim.Adagrad if table_opt == "rowwise_adagrad" else torch.optim.Adam)(dense, lr=0.01))
+        dense_optimizer = torch.optim.Adagrad if table_opt == "rowwise_adagrad" else torch.optim.Adam
+        out[name] = make(fused, dense_optimizer(fused.dense_parameters(), lr=0.01))
     return out, user, item, plain
 
 

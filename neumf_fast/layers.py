@@ -58,7 +58,26 @@ class StackedProjections:
     mlp_item = property(lambda self: _Projection(self, "item", "mlp"))
 
 
-class FusedUserItem(StackedProjections, nn.Module):
+class TableOwner:
+    """For an ``nn.Module`` with embedding tables (``nn.Embedding`` children).  Its
+    ``table_optimizer``, a ``neumf_fast.TableOptimizer`` over ``tables()``, updates them in the
+    fused op's backward (docs/training.md); ``None`` (dense) gives them a ``.grad`` like any
+    parameter.  It is not a submodule: the ``state_dict`` stays the module's own, and a trainer
+    saves the optimizer's state beside it (train.py)."""
+
+    table_optimizer = None
+
+    def tables(self) -> dict[str, nn.Parameter]:
+        """The embedding tables by parameter name: what a ``TableOptimizer`` updates."""
+        return {f"{name}.weight": m.weight for name, m in self.named_children() if isinstance(m, nn.Embedding)}
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """The parameters for ``torch.optim``: all of them, less the tables a table optimizer holds."""
+        held = {id(t) for t in self.tables().values()} if self.table_optimizer is not None else set()
+        return [p for p in self.parameters() if id(p) not in held]
+
+
+class FusedUserItem(TableOwner, StackedProjections, nn.Module):
     """Pool a user's sequence, project user and item twice (MF and MLP), form the GMF product.
 
     Args:
@@ -74,15 +93,8 @@ class FusedUserItem(StackedProjections, nn.Module):
 
     Forward: ``(user, item, user_mask=None) -> (gmf [B, h_mf], mlp_in [B, h_mlp + h_mlp_item])``.
 
-    ``table_optimizer``: a ``neumf_fast.TableOptimizer`` over ``tables()`` updates them in the
-    backward (docs/training.md); ``None`` (dense) gives them a ``.grad``.
+    ``table_optimizer``: see ``TableOwner``.
     """
-
-    table_optimizer = None
-
-    def tables(self) -> dict[str, nn.Parameter]:
-        """The module's embedding tables by parameter name."""
-        return {f"{n}.weight": m.weight for n, m in self.named_children() if isinstance(m, nn.Embedding)}
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import StackedProjections
+from .layers import StackedProjections, TableOwner
 from .ops import neumf_input
 
 PAPER_LAYERS = (64, 32, 16, 8)
@@ -65,7 +65,7 @@ def _as_candidates(users: int, items: Tensor) -> Tensor:
     return items
 
 
-class _Ranker(nn.Module):
+class _Ranker(TableOwner, nn.Module):
     """The prediction layer, and shared scoring: ``user_parts`` and ``item_parts`` give each
     side's GMF vector and its share of the first tower layer's pre-activation; ``head`` combines
     them with broadcasting."""
@@ -74,19 +74,6 @@ class _Ranker(nn.Module):
     # tower's output).  forward, score and the written-out training step (written_out.py, which
     # differentiates it by hand) all follow it, so a head cannot change in one of them alone.
     HEAD: tuple[str, ...] = ()
-    # A neumf_fast.TableOptimizer that updates the embedding tables in the fused op's backward, or
-    # None (dense: the tables get a .grad like any parameter).  Not a submodule: the state_dict
-    # stays the model's, and the optimizer's state is saved beside it (checkpoints.py).
-    table_optimizer = None
-
-    def tables(self) -> dict[str, nn.Parameter]:
-        """The embedding tables by parameter name: what a ``TableOptimizer`` updates."""
-        return {f"{name}.weight": m.weight for name, m in self.named_children() if isinstance(m, nn.Embedding)}
-
-    def dense_parameters(self) -> list[nn.Parameter]:
-        """The parameters ``torch.optim`` updates when a ``TableOptimizer`` has the tables."""
-        held = {id(t) for t in self.tables().values()} if self.table_optimizer is not None else set()
-        return [p for p in self.parameters() if id(p) not in held]
 
     def user_parts(self, user, **kw) -> tuple[Tensor | None, Tensor | None]:
         raise NotImplementedError
