@@ -67,8 +67,7 @@ def _provider(name: str, num_users: int, num_items: int, factors: int = 8, layer
     if name.startswith("trainer"):  # trainer_dense, or trainer_ and a table optimizer
         model = NeuMF(num_users, num_items, factors, layers, backend="cpu" if DEVICE == "cpu" else "auto").to(DEVICE)
         if name != "trainer_dense":
-            model.table_optimizer = TableOptimizer(model.tables(), name.removeprefix("trainer_"),
-                                                   lr=lr if name == "trainer_adam" else None)
+            model.table_optimizer = TableOptimizer(model.tables(), name.removeprefix("trainer_"))  # default lr
         return model, torch.optim.Adam(model.dense_parameters(), lr=lr, fused=True)
     model = PlainNeuMF(num_users, num_items, factors, layers)
     if name == "plain_dense":

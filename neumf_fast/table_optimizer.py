@@ -24,7 +24,7 @@ from torch import Tensor
 from .ops.table_update import TABLE_OPTIMIZERS, TableState, new_state, update_kernel
 
 # The recommended learning rate of each (docs/training.md has the measurements behind them).
-DEFAULT_LR = {"adam": 0.001, "rowwise_adagrad": 0.2, "sgd": 50.0}
+DEFAULT_LR = {"adam": 0.002, "rowwise_adagrad": 0.2, "sgd": 50.0}
 CHOICES = ("dense", *TABLE_OPTIMIZERS)
 
 

@@ -93,7 +93,7 @@ void update_row(TableOptimizer opt, scalar_t* w, acc_t* m1, acc_t* m2, acc_t* g,
   }
 }
 
-constexpr int64_t kPrefetch = 4;
+constexpr int64_t kPrefetch = 16;
 
 template <typename T>
 void prefetch_row(const T* row, int64_t dim) {
