@@ -172,6 +172,7 @@ def test_a_backend_that_cannot_run_on_the_device_is_refused_before_any_work(tmp_
     (["train", "--model", "gmf", "--pretrain", "a.pt", "b.pt"], "--pretrain applies to --model neumf"),
     (["train", "--pretrain", "a.pt", "b.pt"], "--pretrain a.pt: no such checkpoint file"),
     (["train", "--precision", "fp16"], "--precision fp16 needs --device cuda"),
+    (["train", "--table-lr", "0.1"], "--table-lr sets a table optimizer's lr; with --table-optimizer dense"),
     (["train", "--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
     (["train", "--device", "tpu"], "--device 'tpu' is not a device"),
 ])

@@ -83,6 +83,9 @@ def check_train(args) -> None:
         raise UsageError("--cuda-graphs captures one process's fp32 or bf16 step: "
                          + ("fp16's GradScaler syncs every step; use --precision bf16" if args.precision == "fp16"
                             else "drop it with --nproc > 1 (DDP's gradient hooks are not captured)"))
+    if args.table_lr is not None and args.table_optimizer == "dense":
+        raise UsageError("--table-lr sets a table optimizer's lr; with --table-optimizer dense the tables train with "
+                         "--optimizer at --lr")
     if args.pretrain:
         if args.model != "neumf":
             raise UsageError("--pretrain applies to --model neumf")

@@ -18,6 +18,7 @@ table's size is written but the rows present.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, NamedTuple
 
 import torch
@@ -79,8 +80,6 @@ def update_kernel(device: torch.device, backend: str = "auto") -> Callable:
 
 
 def _triton_error() -> str | None:
-    import os
-
     if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         return "the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
     from . import triton_backend
