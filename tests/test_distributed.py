@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -90,6 +91,11 @@ def _ranks_step_with_a_table_optimizer(rank: int, world: int, store_path: str, o
     dist.all_gather(gathered, tables)
     if rank == 0:
         torch.save(gathered, out)
+    # DDP's reducer holds the process group and is freed with the GIL held: were it the group's
+    # last holder, gloo's destructor would join a worker thread that waits for the GIL to free the
+    # all_gather's tensors, and hang.  Freed first, the group goes with destroy_process_group,
+    # which releases the GIL.
+    del ddp, opt, model
     dist.destroy_process_group()
 
 
@@ -98,8 +104,14 @@ def test_ranks_end_every_step_with_identical_tables(tmp_path):
     """Under DDP the table optimizer gathers every rank's row gradients and each rank applies the
     same update: the tables stay bit for bit identical, though each rank saw other rows."""
     out = tmp_path / "tables.pt"
-    torch.multiprocessing.spawn(_ranks_step_with_a_table_optimizer, args=(2, str(tmp_path / "store"), str(out)),
-                                nprocs=2, join=True)
+    ranks = torch.multiprocessing.spawn(_ranks_step_with_a_table_optimizer,
+                                        args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=False)
+    deadline = time.monotonic() + 300  # a hung rank fails the test instead of stalling the suite
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the two ranks did not finish within 300 s")
     first, second = torch.load(out)
     assert torch.equal(first, second)
     torch.manual_seed(0)
