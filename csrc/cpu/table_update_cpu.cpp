@@ -6,12 +6,13 @@
 // global step for bias correction) and rowwise_adagrad (one accumulator per row).
 //
 // Work: the positions are sorted by id, stably, so that each row's positions lie together in
-// position order: fbgemm's parallel LSD radix sort (in libtorch on x86; as many passes as the
-// table's row count needs), or a stable at::sort where torch has no fbgemm.  Threads split the sorted
-// positions; a thread owns every run (one row's positions) that starts in its range, sums the
-// run in op-math in that order and updates the row.  The sum, and so the result, does not depend
-// on the thread count, and nothing of the table's size is allocated: the work is O(M K log)
-// for the sort and O(M K D) for the sums, whatever the table's size.
+// position order: one counting sort where the batch is large beside the table, else fbgemm's
+// parallel LSD radix sort (in libtorch on x86; as many passes as the table's row count needs), or
+// std::stable_sort where torch has no fbgemm.  Threads split the sorted positions; a thread owns
+// every run (one row's positions) that starts in its range, sums the run in op-math in that
+// order and updates the row.  The sum, and so the result, does not depend on the thread count.
+// Nothing of the table's size is allocated: scratch of 4 M K entries, and the counting sort's
+// rows + 2 counts only where rows <= 16 M K.
 #include "../ops.h"
 
 #include <ATen/Config.h>
@@ -19,10 +20,8 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 #if __has_include(<fbgemm/Utils.h>)
 #include <fbgemm/Utils.h>
@@ -110,11 +109,9 @@ void prefetch_row(const T* row, int64_t dim) {
 // Each position's row as an int64 sort key: its id, or `rows` (sorts last) for a padding
 // position.  An id outside [0, rows) raises IndexError naming the first such position's id.
 template <typename index_t>
-at::Tensor position_keys(const at::Tensor& ids, int64_t rows, const std::optional<int64_t>& padding_idx) {
+void position_keys(const at::Tensor& ids, int64_t rows, const std::optional<int64_t>& padding_idx, int64_t* key) {
   const int64_t n = ids.numel();
-  at::Tensor keys = at::empty({n}, ids.options().dtype(at::kLong));
   const index_t* id = ids.data_ptr<index_t>();
-  int64_t* key = keys.data_ptr<int64_t>();
   const bool has_pad = padding_idx.has_value();
   const int64_t pad = has_pad ? *padding_idx : 0;
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
@@ -136,49 +133,46 @@ at::Tensor position_keys(const at::Tensor& ids, int64_t rows, const std::optiona
   const int64_t bad = first_bad.load();
   TORCH_CHECK_INDEX(bad == std::numeric_limits<int64_t>::max(), "neumf_fast: table_update id ",
                     static_cast<int64_t>(id[bad]), " is out of range for a table with ", rows, " rows");
-  return keys;
 }
 
-// (keys sorted, the positions in that order); keys lie in [0, rows].
+// Sorts the n keys in buf[0, n) (they lie in [0, rows]) with their positions, stably; buf holds
+// 4 n entries of scratch.  Returns (keys sorted, the positions in that order), both inside buf.
 //
 // Fast path: where the table has few rows beside the positions (rows <= kCountingRatio * n), one
 // stable counting sort (count, scan, scatter: O(n + rows), one thread) instead of the radix sort,
 // whose passes and OpenMP regions cost ~9 ns a key at n = 8192 against ~2 here.  Both give the
-// same stable order, so the result is the same; the count array has rows + 1 entries, a
-// 1/dim-th of a table, and is never allocated where the table dwarfs the batch.
+// same stable order, so the result is the same.  The counts (rows + 2 int64) are at most
+// 2 / dim of an fp32 table, and never allocated where the table dwarfs the batch.
 constexpr int64_t kCountingRatio = 16;
 
-std::pair<at::Tensor, at::Tensor> counting_sort(const at::Tensor& keys, int64_t rows) {
-  const int64_t n = keys.numel();
-  const int64_t* key = keys.data_ptr<int64_t>();
-  std::vector<int64_t> start(rows + 2, 0);
-  for (int64_t p = 0; p < n; ++p) ++start[key[p] + 1];
-  for (int64_t r = 0; r <= rows; ++r) start[r + 1] += start[r];
-  at::Tensor sorted = at::empty_like(keys), order = at::empty_like(keys);
-  int64_t* out_key = sorted.data_ptr<int64_t>();
-  int64_t* out_pos = order.data_ptr<int64_t>();
-  for (int64_t p = 0; p < n; ++p) {
-    const int64_t slot = start[key[p]]++;
-    out_key[slot] = key[p];
-    out_pos[slot] = p;
-  }
-  return {sorted, order};
+// The radix sort's stand-in where torch has no fbgemm; compiled everywhere, so that it builds.
+[[maybe_unused]] std::pair<const int64_t*, const int64_t*> comparison_sort(const int64_t* key, int64_t* pos,
+                                                                            int64_t* out_key, int64_t n) {
+  std::stable_sort(pos, pos + n, [key](int64_t a, int64_t b) { return key[a] < key[b]; });
+  for (int64_t p = 0; p < n; ++p) out_key[p] = key[pos[p]];
+  return {out_key, pos};
 }
 
-std::pair<at::Tensor, at::Tensor> sort_positions(const at::Tensor& keys, int64_t rows) {
-  const int64_t n = keys.numel();
-  if (rows <= kCountingRatio * n) return counting_sort(keys, rows);
+std::pair<const int64_t*, const int64_t*> sort_positions(int64_t* buf, int64_t n, int64_t rows) {
+  int64_t *key = buf, *pos = buf + n, *out_key = buf + 2 * n, *out_pos = buf + 3 * n;
+  if (rows <= kCountingRatio * n) {
+    at::Tensor counts = at::zeros({rows + 2}, at::kLong);  // through torch's allocator, as scratch is
+    int64_t* start = counts.data_ptr<int64_t>();
+    for (int64_t p = 0; p < n; ++p) ++start[key[p] + 1];
+    for (int64_t r = 0; r <= rows; ++r) start[r + 1] += start[r];
+    for (int64_t p = 0; p < n; ++p) {
+      const int64_t slot = start[key[p]]++;
+      out_key[slot] = key[p];
+      out_pos[slot] = p;
+    }
+    return {out_key, out_pos};
+  }
+  for (int64_t p = 0; p < n; ++p) pos[p] = p;
 #if __has_include(<fbgemm/Utils.h>)
-  at::Tensor positions = at::arange(n, keys.options());
-  at::Tensor tmp_keys = at::empty_like(keys), tmp_positions = at::empty_like(positions);
-  const auto [k, v] = fbgemm::radix_sort_parallel(keys.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
-                                                  tmp_keys.data_ptr<int64_t>(), tmp_positions.data_ptr<int64_t>(),
-                                                  n, rows);
-  // the result lies in whichever pair of buffers the last pass wrote
-  return k == keys.data_ptr<int64_t>() ? std::pair{keys, positions} : std::pair{tmp_keys, tmp_positions};
+  const auto [k, v] = fbgemm::radix_sort_parallel(key, pos, out_key, out_pos, n, rows);
+  return {k, v};  // whichever pair of buffers the last pass wrote
 #else
-  const auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  return {sorted, order};
+  return comparison_sort(key, pos, out_key, n);
 #endif
 }
 
@@ -194,11 +188,15 @@ void table_update_cpu(const at::Tensor& table, const at::Tensor& moment1, const 
           std::sqrt(1 - std::pow(beta2, static_cast<double>(t)))};
   const int64_t n = ids.numel();
   if (n == 0 || d.dim == 0) return;
-  const at::Tensor keys = ids.scalar_type() == at::kLong ? position_keys<int64_t>(ids, d.rows, padding_idx)
-                                                          : position_keys<int32_t>(ids, d.rows, padding_idx);
-  const auto [sorted_t, order_t] = sort_positions(keys, d.rows);
-  const int64_t* sorted = sorted_t.data_ptr<int64_t>();
-  const int64_t* order = order_t.data_ptr<int64_t>();
+  // one scratch allocation: keys, positions, and the sort's output
+  const at::Tensor scratch = at::empty({4 * n}, ids.options().dtype(at::kLong));
+  int64_t* buf = scratch.data_ptr<int64_t>();
+  if (ids.scalar_type() == at::kLong) {
+    position_keys<int64_t>(ids, d.rows, padding_idx, buf);
+  } else {
+    position_keys<int32_t>(ids, d.rows, padding_idx, buf);
+  }
+  const auto [sorted, order] = sort_positions(buf, n, d.rows);
   const int64_t dim = d.dim, per_group = d.per_group, rows = d.rows;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, table.scalar_type(), "table_update_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
